@@ -1,0 +1,170 @@
+"""Reading images and masks into well-defined arrays, and writing label images.
+
+Every image, whatever its file format, bit depth or channel count, becomes an
+``(H, W, 3) uint8`` array; label images are written as TIFF (uint16 or uint32),
+never PNG or JPEG, which cannot hold more than 255 or 65,535 labels.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+MIN_SIDE = 1
+
+
+def to_rgb_uint8(array: np.ndarray, source: str = "<array>") -> np.ndarray:
+    """Turn a decoded image into an ``(H, W, 3) uint8`` array.
+
+    Parameters
+    ----------
+    array : (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) ndarray of bool, uint8, uint16 or float
+        The decoded pixels. Alpha is dropped; greyscale is repeated over three
+        channels; 16-bit, wider integer and float images are scaled linearly
+        from their minimum to their maximum onto 0..255, so nothing is clipped
+        (contrast normalisation is a separate step: :func:`normalize_image`).
+    source : str
+        Name used in error messages (a file name).
+
+    Returns
+    -------
+    (H, W, 3) ndarray of uint8
+    """
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] in (3, 4):
+        a = a[..., :3]
+    else:
+        raise ValueError(f"{source}: unsupported image shape {a.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
+    if a.shape[0] < MIN_SIDE or a.shape[1] < MIN_SIDE:
+        raise ValueError(f"{source}: empty image of shape {a.shape}")
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if a.dtype == bool:
+        return a.astype(np.uint8) * 255
+    if np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{source}: image contains NaN or infinite values")
+        lo, hi = float(a.min()), float(a.max())
+        if hi <= lo:
+            return np.zeros(a.shape, np.uint8)
+        return np.round((a - lo) / (hi - lo) * 255).astype(np.uint8)
+    raise TypeError(f"{source}: unsupported pixel type {a.dtype}")
+
+
+def decode_image(data: bytes, source: str) -> np.ndarray:
+    """Decode image file bytes (PNG, JPEG, TIFF) into the raw pixel array.
+
+    Raises
+    ------
+    ValueError
+        When the bytes are not an image any reader understands; the message names ``source``.
+    """
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        try:
+            return tifffile.imread(io.BytesIO(data))
+        except Exception as exc:  # tifffile raises many types for broken files
+            raise ValueError(f"{source}: not a readable TIFF image ({exc})") from exc
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode == "P":
+                im = im.convert("RGBA")
+            elif im.mode in ("I;16", "I;16B", "I;16L"):
+                return np.asarray(im, dtype=np.uint16)
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(f"{source}: not a readable image ({exc})") from exc
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file into an ``(H, W, 3) uint8`` array (see :func:`to_rgb_uint8`)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read image file ({exc.strerror})") from exc
+    return to_rgb_uint8(decode_image(data, str(path)), str(path))
+
+
+def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """Percentile-normalise a whole image to float32, about 0..1.
+
+    The percentiles are taken over the whole image (all channels), never per
+    tile, so that tiled inference leaves no seams.
+
+    Parameters
+    ----------
+    image : (H, W, C) ndarray
+    low, high : float
+        Percentiles mapped to 0 and 1.
+
+    Returns
+    -------
+    (H, W, C) ndarray of float32
+        Values below ``low`` and above ``high`` percentiles fall slightly
+        outside 0..1 and are clipped to [-0.5, 1.5].
+
+    Examples
+    --------
+    >>> normalize_image(np.array([[[0], [255]]], np.uint8)).ravel().round(2)
+    array([-0.  ,  1.  ], dtype=float32)
+    """
+    a = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(a, [low, high])
+    scale = float(hi - lo) if hi > lo else 1.0
+    return np.clip((a - lo) / scale, -0.5, 1.5).astype(np.float32)
+
+
+def guess_modality(image: np.ndarray) -> str:
+    """Guess the imaging modality of an ``(H, W, 3)`` image.
+
+    Returns ``"histology"`` for coloured images (stained tissue), otherwise
+    ``"brightfield"`` when the background is light (dark nuclei), otherwise
+    ``"fluorescence"`` (bright nuclei on a dark background).
+    """
+    a = np.asarray(image, dtype=np.float32)
+    colour = np.abs(a[..., 0] - a[..., 1]).mean() + np.abs(a[..., 1] - a[..., 2]).mean()
+    if colour > 10:
+        return "histology"
+    return "brightfield" if float(np.median(a)) > 100 else "fluorescence"
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
+    """Write a label image as a compressed TIFF, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination; written to a temporary name first, then renamed.
+    labels : (H, W) ndarray of integers
+        Stored as uint16 when the largest label fits, else uint32.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: label image must be a 2-D integer array, got {labels.shape} {labels.dtype}")
+    dtype = np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib")
+    os.replace(tmp, path)
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Read a label TIFF written by :func:`write_labels`."""
+    try:
+        return tifffile.imread(path)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable label TIFF ({exc})") from exc

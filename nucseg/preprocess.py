@@ -1,0 +1,238 @@
+"""Preprocess stage: an unpacked dataset into a chunked zarr store and an index table.
+
+Two kinds of store:
+
+* **training** (:func:`preprocess_training`): every image becomes crops or a
+  resized copy of ``size x size`` pixels. ``mode="crop"`` covers the image
+  with a grid of full-resolution crops (overlapping where the side is not a
+  multiple of ``size``; images smaller than ``size`` are reflect-padded), so the
+  network sees nuclei at the scale it will meet at inference; ``mode="resize"``
+  resizes the whole image, as the published method did (128 x 128).
+  Arrays: ``images (N, S, S, 3) uint8``, ``labels (N, S, S) uint32``, one chunk
+  per crop. The index table has one row per source image, with its split
+  (``train``/``val``, seeded, stratified by modality) and its crops.
+* **full-size** (:func:`preprocess_fullsize`): test images at full resolution,
+  ``images/<id> (H, W, 3) uint8`` and, where ground truth exists,
+  ``labels/<id> (H, W) uint32``.
+
+Images are read one at a time: memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import zarr
+from skimage.transform import resize
+
+from nucseg.datasets import list_images, read_sample
+from nucseg.files import atomic_dir, write_csv
+from nucseg.imageio import guess_modality
+
+log = logging.getLogger(__name__)
+
+FULLSIZE_CHUNK = 1024
+MODES = ("crop", "resize")
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """Settings of the training store.
+
+    Attributes
+    ----------
+    size : int
+        Side of the training crops in pixels; a multiple of 32.
+    mode : {"crop", "resize"}
+        Full-resolution crops, or the whole image resized.
+    val_fraction : float
+        Share of the images (per modality, at least one where a modality has
+        two or more) held out for validation.
+    seed : int
+        Seed of the train/validation split.
+    """
+
+    size: int = 128
+    mode: str = "crop"
+    val_fraction: float = 0.15
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size < 32 or self.size % 32:
+            raise ValueError(f"preprocess size must be a positive multiple of 32, got {self.size}")
+        if self.mode not in MODES:
+            raise ValueError(f"preprocess mode must be one of {MODES}, got {self.mode!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+def crop_starts(length: int, size: int) -> list[int]:
+    """Start offsets of crops of ``size`` evenly covering ``length`` (overlapping where needed).
+
+    Examples
+    --------
+    >>> crop_starts(256, 128)
+    [0, 128]
+    >>> crop_starts(300, 128)
+    [0, 86, 172]
+    >>> crop_starts(100, 128)
+    [0]
+    """
+    if length <= size:
+        return [0]
+    n = math.ceil(length / size)
+    return [round(i * (length - size) / (n - 1)) for i in range(n)]
+
+
+def pad_to_size(array: np.ndarray, size: int) -> np.ndarray:
+    """Symmetric-pad the first two axes of ``array`` up to at least ``size``."""
+    pad_h, pad_w = max(0, size - array.shape[0]), max(0, size - array.shape[1])
+    if not (pad_h or pad_w):
+        return array
+    widths = [(pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2)] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, widths, mode="symmetric")
+
+
+def make_crops(image: np.ndarray, labels: np.ndarray, settings: PreprocessSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Cut or resize one image and its labels into training examples.
+
+    Parameters
+    ----------
+    image : (H, W, 3) ndarray of uint8
+    labels : (H, W) ndarray of integers
+    settings : PreprocessSettings
+
+    Returns
+    -------
+    images : (N, S, S, 3) ndarray of uint8
+    labels : (N, S, S) ndarray of uint32
+    """
+    s = settings.size
+    if settings.mode == "resize":
+        img = resize(image, (s, s), order=1, preserve_range=True, anti_aliasing=True)
+        lab = resize(labels, (s, s), order=0, preserve_range=True, anti_aliasing=False)
+        return np.round(img).astype(np.uint8)[None], lab.astype(np.uint32)[None]
+    image, labels = pad_to_size(image, s), pad_to_size(labels, s)
+    boxes = [(y, x) for y in crop_starts(image.shape[0], s) for x in crop_starts(image.shape[1], s)]
+    imgs = np.stack([image[y : y + s, x : x + s] for y, x in boxes])
+    labs = np.stack([labels[y : y + s, x : x + s] for y, x in boxes]).astype(np.uint32)
+    return imgs, labs
+
+
+def split_by_modality(modalities: pd.Series, val_fraction: float, seed: int) -> np.ndarray:
+    """Seeded train/validation split, stratified by modality.
+
+    Returns an array of ``"train"``/``"val"`` in the order of ``modalities``.
+    A modality with a single image stays in training.
+    """
+    rng = np.random.default_rng(seed)
+    split = np.full(len(modalities), "train", dtype=object)
+    if val_fraction == 0:
+        return split
+    for modality in sorted(modalities.unique()):
+        idx = np.flatnonzero(modalities.to_numpy() == modality)
+        if len(idx) < 2:
+            continue
+        n_val = max(1, round(val_fraction * len(idx)))
+        split[rng.choice(idx, size=n_val, replace=False)] = "val"
+    return split
+
+
+def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike, settings: PreprocessSettings) -> pd.DataFrame:
+    """Preprocess stage, training store: crops (or resized images) and labels into zarr.
+
+    Parameters
+    ----------
+    dataset_dir : path-like
+        Unpacked dataset (see :mod:`nucseg.datasets`); every image must have masks.
+    out_zarr : path-like
+        Store to create; built under a temporary name and renamed when complete.
+    index_csv : path-like
+        Index table: ``image_id, height, width, modality, n_nuclei, n_overlap_px, split, first_crop, n_crops``.
+    settings : PreprocessSettings
+
+    Returns
+    -------
+    pandas.DataFrame
+        The index table.
+    """
+    ids = list_images(dataset_dir)
+    if not ids:
+        raise ValueError(f"{dataset_dir}: no images found")
+    s = settings.size
+    rows = []
+    with atomic_dir(out_zarr, overwrite=True) as tmp:
+        root = zarr.open_group(tmp, mode="w")
+        images = root.create_array("images", shape=(0, s, s, 3), dtype="uint8", chunks=(1, s, s, 3))
+        labels = root.create_array("labels", shape=(0, s, s), dtype="uint32", chunks=(1, s, s))
+        n = 0
+        for image_id in ids:
+            sample = read_sample(dataset_dir, image_id)
+            if sample.labels is None:
+                raise ValueError(f"{Path(dataset_dir) / image_id}: no masks folder; a training image needs masks")
+            imgs, labs = make_crops(sample.image, sample.labels, settings)
+            images.resize((n + len(imgs), s, s, 3))
+            labels.resize((n + len(imgs), s, s))
+            images[n:] = imgs
+            labels[n:] = labs
+            rows.append(
+                dict(
+                    image_id=image_id,
+                    height=sample.image.shape[0],
+                    width=sample.image.shape[1],
+                    modality=guess_modality(sample.image),
+                    n_nuclei=int(sample.labels.max()),
+                    n_overlap_px=sample.n_overlap,
+                    first_crop=n,
+                    n_crops=len(imgs),
+                )
+            )
+            n += len(imgs)
+        index = pd.DataFrame(rows)
+        index.insert(6, "split", split_by_modality(index["modality"], settings.val_fraction, settings.seed))
+        root.attrs.update(dict(kind="training", size=s, mode=settings.mode, n_images=len(ids)))
+    write_csv(index, index_csv)
+    log.info("%s: %d images -> %d examples of %dx%d (%s)", dataset_dir, len(ids), n, s, s, settings.mode)
+    return index
+
+
+def preprocess_fullsize(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike) -> pd.DataFrame:
+    """Preprocess stage, full-size store: test images at full resolution, with labels where known.
+
+    The index table has ``image_id, height, width, modality, n_nuclei, has_labels``.
+    """
+    ids = list_images(dataset_dir)
+    if not ids:
+        raise ValueError(f"{dataset_dir}: no images found")
+    rows = []
+    with atomic_dir(out_zarr, overwrite=True) as tmp:
+        root = zarr.open_group(tmp, mode="w")
+        img_group, lab_group = root.create_group("images"), root.create_group("labels")
+        for image_id in ids:
+            sample = read_sample(dataset_dir, image_id)
+            h, w = sample.image.shape[:2]
+            chunk = (min(h, FULLSIZE_CHUNK), min(w, FULLSIZE_CHUNK))
+            img_group.create_array(image_id, data=sample.image, chunks=chunk + (3,))
+            if sample.labels is not None:
+                lab_group.create_array(image_id, data=sample.labels, chunks=chunk)
+            rows.append(
+                dict(
+                    image_id=image_id,
+                    height=h,
+                    width=w,
+                    modality=guess_modality(sample.image),
+                    n_nuclei=int(sample.labels.max()) if sample.labels is not None else 0,
+                    has_labels=sample.labels is not None,
+                )
+            )
+        root.attrs.update(dict(kind="fullsize", n_images=len(ids)))
+    index = pd.DataFrame(rows)
+    write_csv(index, index_csv)
+    log.info("%s: %d full-size images", dataset_dir, len(ids))
+    return index

@@ -1,0 +1,372 @@
+"""Train stage: fit a :class:`~nucseg.model.ResUNet` on training stores from :mod:`nucseg.preprocess`.
+
+Adam; the learning rate is cut x0.1 after ``lr_patience`` epochs without a
+better validation IoU, training stops after ``stop_patience`` such epochs;
+the weights of the best validation epoch are kept (Rautaray et al. 2020,
+Algorithm 1). A checkpoint is written after every epoch; a rerun with the same
+checkpoint path resumes from it.
+
+The result is a self-describing model folder:
+
+``weights.pt``
+    ``state_dict`` of the best epoch.
+``config.json``
+    Model configuration (enough to rebuild it), normalisation, training settings, best epoch and scores.
+``history.csv``
+    ``epoch, lr, train_loss, train_iou, val_loss, val_iou, seconds``.
+``curves.png``
+    Loss and IoU per epoch, training and validation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+from scipy import ndimage as ndi
+from torch.utils.data import DataLoader, Dataset
+
+import nucseg
+from nucseg.files import atomic_dir
+from nucseg.imageio import normalize_image
+from nucseg.losses import Loss
+from nucseg.model import PRESETS, ModelConfig, ResUNet
+
+log = logging.getLogger(__name__)
+
+BORDER_RADIUS = 2
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Training settings (see ``config/config.yaml`` for what each means and why the default).
+
+    ``model`` names a preset of :data:`nucseg.model.PRESETS`; ``width`` and
+    ``heads``, when given, override the preset's.
+    """
+
+    model: str = "resunet-small"
+    width: int | None = None
+    heads: tuple[str, ...] = field(default=("body",))
+    loss: str = "bce_dice"
+    epochs: int = 30
+    samples_per_epoch: int = 0
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    lr_patience: int = 5
+    stop_patience: int = 10
+    augment: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", tuple(self.heads))
+        if self.model not in PRESETS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(PRESETS)}")
+        if self.samples_per_epoch < 0:
+            raise ValueError(f"samples_per_epoch must be >= 0 (0: all examples), got {self.samples_per_epoch}")
+        for name in ("epochs", "batch_size", "lr_patience", "stop_patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train setting {name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    def model_config(self) -> ModelConfig:
+        preset = PRESETS[self.model]
+        return ModelConfig(width=self.width or preset.width, blocks=preset.blocks, heads=self.heads)
+
+
+def touching_borders(labels: np.ndarray, radius: int = BORDER_RADIUS) -> np.ndarray:
+    """Pixels within ``radius`` of two different nuclei (the winners' separator target).
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of integers
+
+    Returns
+    -------
+    (H, W) ndarray of bool
+        Empty when no two nuclei come within ``2 * radius`` pixels of each other.
+    """
+    size = 2 * radius + 1
+    big = np.iinfo(np.int64).max
+    lab = labels.astype(np.int64)
+    highest = ndi.maximum_filter(lab, size=size)
+    lowest = ndi.minimum_filter(np.where(lab > 0, lab, big), size=size)
+    return (highest > 0) & (lowest != big) & (highest != lowest)
+
+
+def make_targets(labels: np.ndarray, heads: tuple[str, ...]) -> np.ndarray:
+    """Training targets ``(K, H, W) float32`` in {0, 1}, one per head, from a label image."""
+    maps = {"body": lambda: labels > 0, "border": lambda: touching_borders(labels)}
+    return np.stack([maps[h]() for h in heads]).astype(np.float32)
+
+
+def augment(image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random flip and 90-degree rotation, applied identically to ``(H, W, C)`` image and ``(K, H, W)`` target."""
+    k = int(rng.integers(4))
+    image, target = np.rot90(image, k, axes=(0, 1)), np.rot90(target, k, axes=(1, 2))
+    if rng.random() < 0.5:
+        image, target = image[:, ::-1], target[:, :, ::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(target)
+
+
+class CropDataset(Dataset):
+    """Examples of one or more training stores, read one chunk at a time from zarr."""
+
+    def __init__(self, stores: list[str], items: list[tuple[int, int]], heads: tuple[str, ...], augment: bool, seed: int) -> None:
+        self.stores, self.items, self.heads = stores, items, heads
+        self.augment, self.seed, self.epoch = augment, seed, 0
+        self._open: dict[int, zarr.Group] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        store, index = self.items[i]
+        if store not in self._open:
+            self._open[store] = zarr.open_group(self.stores[store], mode="r")
+        group = self._open[store]
+        image = normalize_image(group["images"][index])
+        target = make_targets(group["labels"][index], self.heads)
+        if self.augment:
+            # one generator per (seed, epoch, example): identical whatever the worker layout
+            image, target = augment(image, target, np.random.default_rng((self.seed, self.epoch, i)))
+        return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(target)
+
+
+def split_items(stores: list[str], indexes: list[str]) -> dict[str, list[tuple[int, int]]]:
+    """(store, example) pairs of the ``train`` and ``val`` splits of the index tables."""
+    items: dict[str, list[tuple[int, int]]] = {"train": [], "val": []}
+    for s, index_csv in enumerate(indexes):
+        table = pd.read_csv(index_csv)
+        for row in table.itertuples():
+            items[row.split] += [(s, row.first_crop + k) for k in range(row.n_crops)]
+    if not items["train"]:
+        raise ValueError(f"no training examples in {indexes}")
+    return items
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    """CUDA when asked for or available (``"auto"``), else CPU; logs the choice."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    device = torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        log.info("training on CUDA device %s", torch.cuda.get_device_name(device))
+    else:
+        log.info("training on CPU (%d threads)", torch.get_num_threads())
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_epoch(model: ResUNet, loader: DataLoader, loss_fn: Loss, device: torch.device, optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler | None) -> tuple[float, float]:
+    """One pass over ``loader``; trains when ``optimizer`` is given. Returns (mean loss, body IoU)."""
+    model.train(optimizer is not None)
+    total, n, inter, union = 0.0, 0, 0.0, 0.0
+    amp = device.type == "cuda"
+    with torch.set_grad_enabled(optimizer is not None):
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, enabled=amp):
+                logits = model(x)
+                loss = loss_fn(logits, y)
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+            total += float(loss.detach()) * len(x)
+            n += len(x)
+            pred, truth = logits[:, 0] > 0, y[:, 0] > 0.5
+            inter += float((pred & truth).sum())
+            union += float((pred | truth).sum())
+    return total / max(n, 1), (inter / union if union else 1.0)
+
+
+def save_curves(history: pd.DataFrame, path: Path) -> None:
+    """Loss and IoU against epoch, training and validation (like the paper's Fig. 7)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, metric in zip(axes, ("loss", "iou")):
+        ax.plot(history["epoch"], history[f"train_{metric}"], label="training")
+        if history[f"val_{metric}"].notna().any():
+            ax.plot(history["epoch"], history[f"val_{metric}"], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (BCE + Dice)" if metric == "loss" else "pixel IoU")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLike, settings: TrainSettings, checkpoint: str | os.PathLike | None = None, threads: int | None = None) -> dict:
+    """Train stage: train a model and write the model folder ``out_dir``.
+
+    Parameters
+    ----------
+    stores : list of path
+        Training zarr stores (:func:`nucseg.preprocess.preprocess_training`).
+    indexes : list of path
+        Their index tables, in the same order (they give the train/val split).
+    out_dir : path-like
+        Model folder to create (written under a temporary name, then renamed).
+    settings : TrainSettings
+    checkpoint : path-like, optional
+        Checkpoint file written after every epoch; if it exists with the same
+        settings and data, training resumes from it.
+    threads : int, optional
+        CPU threads for torch.
+
+    Returns
+    -------
+    dict
+        The contents of ``config.json``.
+    """
+    if len(stores) != len(indexes):
+        raise ValueError(f"{len(stores)} stores but {len(indexes)} index tables")
+    if threads:
+        torch.set_num_threads(threads)
+    seed_everything(settings.seed)
+    device = choose_device(settings.device)
+    items = split_items(list(map(str, stores)), list(map(str, indexes)))
+    heads = settings.heads
+    train_set = CropDataset(list(map(str, stores)), items["train"], heads, settings.augment, settings.seed)
+    val_set = CropDataset(list(map(str, stores)), items["val"], heads, False, settings.seed)
+    log.info("%d training and %d validation examples", len(train_set), len(val_set))
+    generator = torch.Generator().manual_seed(settings.seed)
+    loader_args = dict(batch_size=settings.batch_size, num_workers=settings.num_workers, pin_memory=device.type == "cuda")
+    per_epoch = min(settings.samples_per_epoch or len(train_set), len(train_set))
+    sampler = torch.utils.data.RandomSampler(train_set, num_samples=per_epoch, generator=generator)
+    train_loader = DataLoader(train_set, sampler=sampler, drop_last=per_epoch > settings.batch_size, **loader_args)
+    val_loader = DataLoader(val_set, shuffle=False, **loader_args)
+
+    model_config = settings.model_config()
+    model = ResUNet(model_config).to(device)
+    loss_fn = Loss(settings.loss)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=settings.lr_patience)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+
+    identity = dict(settings=asdict(settings), stores=[str(s) for s in stores], model=model_config.to_dict())
+    start, history, best, best_state, bad_epochs = 1, [], -1.0, None, 0
+    ckpt_path = Path(checkpoint) if checkpoint else None
+    if ckpt_path and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt["identity"] == json.loads(json.dumps(identity)):
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            generator.set_state(ckpt["generator"])
+            _set_rng_state(ckpt["rng"])
+            start, history, best, best_state, bad_epochs = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"], ckpt["best_state"], ckpt["bad_epochs"]
+            log.info("resuming from %s after epoch %d", ckpt_path, ckpt["epoch"])
+        else:
+            log.warning("%s was written with other settings or data; starting afresh", ckpt_path)
+
+    for epoch in range(start, settings.epochs + 1):
+        if bad_epochs >= settings.stop_patience:
+            break
+        t0 = time.perf_counter()
+        train_set.epoch = epoch
+        train_loss, train_iou = run_epoch(model, train_loader, loss_fn, device, optimizer, scaler)
+        if len(val_set):
+            val_loss, val_iou = run_epoch(model, val_loader, loss_fn, device, None, None)
+        else:
+            val_loss, val_iou = float("nan"), train_iou
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step(val_iou)
+        if val_iou > best:
+            best, bad_epochs = val_iou, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        history.append(dict(epoch=epoch, lr=lr, train_loss=train_loss, train_iou=train_iou, val_loss=val_loss, val_iou=val_iou, seconds=time.perf_counter() - t0))
+        log.info("epoch %d/%d  lr %.1e  loss %.4f  IoU %.4f  val loss %.4f  val IoU %.4f  (%.1f s)", epoch, settings.epochs, lr, train_loss, train_iou, val_loss, val_iou, history[-1]["seconds"])
+        if ckpt_path:
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ckpt_path.with_name(ckpt_path.name + ".part")
+            torch.save(
+                dict(identity=identity, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                     scaler=scaler.state_dict() if scaler else None, generator=generator.get_state(), rng=_rng_state(),
+                     history=history, best=best, best_state=best_state, bad_epochs=bad_epochs),
+                tmp,
+            )
+            os.replace(tmp, ckpt_path)
+    if bad_epochs >= settings.stop_patience:
+        log.info("early stop: no better validation IoU for %d epochs", bad_epochs)
+
+    table = pd.DataFrame(history)
+    best_row = table.loc[table["val_iou"].idxmax()]
+    config = dict(
+        nucseg_version=nucseg.__version__,
+        architecture="ResUNet",
+        model=model_config.to_dict(),
+        normalize=dict(low=1.0, high=99.8),
+        train=asdict(settings),
+        device=device.type,
+        best_epoch=int(best_row["epoch"]),
+        best_val_iou=float(best_row["val_iou"]),
+        epochs_run=len(table),
+    )
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        torch.save(best_state, tmp / "weights.pt")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        table.to_csv(tmp / "history.csv", index=False)
+        save_curves(table, tmp / "curves.png")
+    log.info("best validation IoU %.4f at epoch %d; model in %s", config["best_val_iou"], config["best_epoch"], out_dir)
+    return config
+
+
+def load_model(model_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[ResUNet, dict]:
+    """Rebuild a trained model from its folder; returns ``(model in eval mode, config dict)``."""
+    model_dir = Path(model_dir)
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+        model = ResUNet(ModelConfig(**config["model"]))
+        model.load_state_dict(torch.load(model_dir / "weights.pt", map_location=device, weights_only=True))
+    except (OSError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
+        raise ValueError(f"{model_dir}: not a readable nucseg model folder ({exc})") from exc
+    return model.to(device).eval(), config

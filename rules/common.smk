@@ -1,0 +1,56 @@
+# Workflow-level Python: config validation, dataset tables, paths, input functions.
+
+import os
+import re
+
+import nucseg
+from snakemake.utils import validate
+
+
+validate(config, schema="../config/config.schema.yaml")
+
+DATASETS = config["datasets"]
+TRAIN_SETS = sorted(name for name, d in DATASETS.items() if d["role"] == "train")
+TEST_SETS = sorted(name for name, d in DATASETS.items() if d["role"] == "test")
+if not TRAIN_SETS:
+    raise ValueError("config: 'datasets' needs at least one dataset with role: train")
+if not TEST_SETS:
+    raise ValueError("config: 'datasets' needs at least one dataset with role: test")
+
+RESULTS = "results"
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+MODEL = f"{RESULTS}/model"
+SUMMARY = f"{RESULTS}/summary.csv"
+
+
+wildcard_constraints:
+    dataset="|".join(re.escape(name) for name in DATASETS),
+
+
+def dataset_source(name):
+    """A local archive path is taken relative to the working directory, else to the workflow."""
+    source = DATASETS[name]["source"]
+    if re.match(r"https?://", source) or os.path.isabs(source) or os.path.exists(source):
+        return source
+    return os.path.join(workflow.basedir, source)
+
+
+def training_stores():
+    return [f"{RESULTS}/preprocessed/{name}/train.zarr" for name in TRAIN_SETS]
+
+
+def training_indexes():
+    return [f"{RESULTS}/preprocessed/{name}/train_index.csv" for name in TRAIN_SETS]
+
+
+def all_outputs():
+    return [SUMMARY] + [f"{RESULTS}/segmentation/{name}/objects.csv" for name in TEST_SETS]
+
+
+def print_summary(path):
+    if os.path.exists(path):
+        import pandas as pd
+        from nucseg.report import format_summary
+
+        print(f"\nSummary ({path}):\n{format_summary(pd.read_csv(path))}\n")

@@ -1,0 +1,32 @@
+rule evaluate:
+    # Per-image metrics against the ground truth.
+    input:
+        labels=f"{RESULTS}/segmentation/{{dataset}}/labels",
+        zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
+        index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",
+    output:
+        f"{RESULTS}/metrics/{{dataset}}/per_image.csv",
+    params:
+        code=nucseg.code_hash("evaluate", "metrics", "imageio", "files"),
+    log:
+        f"{LOGS}/evaluate/{{dataset}}.log",
+    conda:
+        "../envs/nucseg.yaml"
+    script:
+        "../workflow_scripts/evaluate.py"
+
+
+rule aggregate:
+    # Mean of every metric over images, per dataset and overall.
+    input:
+        expand(f"{RESULTS}/metrics/{{dataset}}/per_image.csv", dataset=TEST_SETS),
+    output:
+        SUMMARY,
+    params:
+        code=nucseg.code_hash("report", "evaluate", "files"),
+    log:
+        f"{LOGS}/aggregate/aggregate.log",
+    conda:
+        "../envs/nucseg.yaml"
+    script:
+        "../workflow_scripts/aggregate.py"

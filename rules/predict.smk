@@ -1,0 +1,22 @@
+rule predict:
+    # Probability maps of the full-size test images.
+    input:
+        model=MODEL,
+        zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
+        index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",
+    output:
+        directory(f"{RESULTS}/predictions/{{dataset}}.zarr"),
+    params:
+        settings=config["predict"],
+        code=nucseg.code_hash("infer", "tiling", "train", "model", "imageio", "files"),
+    threads: 4
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/predict/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/predict/{{dataset}}.tsv"
+    conda:
+        "../envs/nucseg.yaml"
+    script:
+        "../workflow_scripts/predict.py"

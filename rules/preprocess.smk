@@ -1,0 +1,35 @@
+rule preprocess_train:
+    # Training images -> crops (or resized images) and labels in a zarr store.
+    input:
+        f"{RESULTS}/datasets/{{dataset}}",
+    output:
+        zarr=directory(f"{RESULTS}/preprocessed/{{dataset}}/train.zarr"),
+        index=f"{RESULTS}/preprocessed/{{dataset}}/train_index.csv",
+    params:
+        settings=config["preprocess"],
+        code=nucseg.code_hash("preprocess", "datasets", "imageio", "files"),
+    log:
+        f"{LOGS}/preprocess_train/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/preprocess_train/{{dataset}}.tsv"
+    conda:
+        "../envs/nucseg.yaml"
+    script:
+        "../workflow_scripts/preprocess_train.py"
+
+
+rule preprocess_test:
+    # Test images at full resolution (and their ground truth) in a zarr store.
+    input:
+        f"{RESULTS}/datasets/{{dataset}}",
+    output:
+        zarr=directory(f"{RESULTS}/preprocessed/{{dataset}}/full.zarr"),
+        index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",
+    params:
+        code=nucseg.code_hash("preprocess", "datasets", "imageio", "files"),
+    log:
+        f"{LOGS}/preprocess_test/{{dataset}}.log",
+    conda:
+        "../envs/nucseg.yaml"
+    script:
+        "../workflow_scripts/preprocess_test.py"

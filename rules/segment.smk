@@ -1,0 +1,20 @@
+rule segment:
+    # Otsu + hole filling + distance-transform markers + watershed -> label TIFFs, object table.
+    input:
+        pred=f"{RESULTS}/predictions/{{dataset}}.zarr",
+        zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
+        index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",
+    output:
+        labels=directory(f"{RESULTS}/segmentation/{{dataset}}/labels"),
+        objects=f"{RESULTS}/segmentation/{{dataset}}/objects.csv",
+    params:
+        settings=config["segment"],
+        code=nucseg.code_hash("postprocess", "measure", "imageio", "files"),
+    log:
+        f"{LOGS}/segment/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/segment/{{dataset}}.tsv"
+    conda:
+        "../envs/nucseg.yaml"
+    script:
+        "../workflow_scripts/segment.py"

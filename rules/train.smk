@@ -1,0 +1,23 @@
+rule train:
+    # Residual U-Net on all training datasets; CUDA when present, else CPU.
+    input:
+        stores=training_stores(),
+        indexes=training_indexes(),
+    output:
+        directory(MODEL),
+    params:
+        settings=config["train"],
+        # not an output: it survives a failed job, so a rerun resumes from it
+        checkpoint=f"{RESULTS}/checkpoints/model.pt",
+        code=nucseg.code_hash("train", "model", "losses", "imageio", "files"),
+    threads: 4
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/train/train.log",
+    benchmark:
+        f"{BENCH}/train/train.tsv"
+    conda:
+        "../envs/nucseg.yaml"
+    script:
+        "../workflow_scripts/train.py"

@@ -1,0 +1,11 @@
+"""Adapter of rule preprocess_test -> nucseg.preprocess.preprocess_fullsize."""
+
+from nucseg.logs import setup_logging
+from nucseg.preprocess import preprocess_fullsize
+
+setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+preprocess_fullsize(
+    dataset_dir=snakemake.input[0],  # noqa: F821
+    out_zarr=snakemake.output.zarr,  # noqa: F821
+    index_csv=snakemake.output.index,  # noqa: F821
+)

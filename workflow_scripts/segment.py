@@ -1,0 +1,14 @@
+"""Adapter of rule segment -> nucseg.postprocess.segment_dataset."""
+
+from nucseg.logs import setup_logging
+from nucseg.postprocess import SegmentSettings, segment_dataset
+
+setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+segment_dataset(
+    pred_zarr=snakemake.input.pred,  # noqa: F821
+    images_zarr=snakemake.input.zarr,  # noqa: F821
+    index_csv=snakemake.input.index,  # noqa: F821
+    out_dir=snakemake.output.labels,  # noqa: F821
+    objects_csv=snakemake.output.objects,  # noqa: F821
+    settings=SegmentSettings(**snakemake.params.settings),  # noqa: F821
+)

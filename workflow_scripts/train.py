@@ -1,0 +1,14 @@
+"""Adapter of rule train -> nucseg.train.train_model."""
+
+from nucseg.logs import setup_logging
+from nucseg.train import TrainSettings, train_model
+
+setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+train_model(
+    stores=list(snakemake.input.stores),  # noqa: F821
+    indexes=list(snakemake.input.indexes),  # noqa: F821
+    out_dir=snakemake.output[0],  # noqa: F821
+    settings=TrainSettings(**snakemake.params.settings),  # noqa: F821
+    checkpoint=snakemake.params.checkpoint,  # noqa: F821
+    threads=snakemake.threads,  # noqa: F821
+)
