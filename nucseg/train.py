@@ -101,8 +101,8 @@ def touching_borders(labels: np.ndarray, radius: int = BORDER_RADIUS) -> np.ndar
         Empty when no two nuclei come within ``2 * radius`` pixels of each other.
     """
     size = 2 * radius + 1
-    big = np.iinfo(np.int64).max
     lab = labels.astype(np.int64)
+    big = int(lab.max(initial=0)) + 1  # stands for background in the minimum filter
     highest = ndi.maximum_filter(lab, size=size)
     lowest = ndi.minimum_filter(np.where(lab > 0, lab, big), size=size)
     return (highest > 0) & (lowest != big) & (highest != lowest)
@@ -288,12 +288,13 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=settings.lr_patience)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
 
-    identity = dict(settings=asdict(settings), stores=[str(s) for s in stores], model=model_config.to_dict())
+    # what a checkpoint must match to be resumed (JSON-normalised: tuples become lists)
+    identity = json.loads(json.dumps(dict(settings=asdict(settings), stores=[str(s) for s in stores], model=model_config.to_dict())))
     start, history, best, best_state, bad_epochs = 1, [], -1.0, None, 0
     ckpt_path = Path(checkpoint) if checkpoint else None
     if ckpt_path and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt["identity"] == json.loads(json.dumps(identity)):
+        if ckpt["identity"] == identity:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
