@@ -165,9 +165,9 @@ def choose_device(name: str = "auto") -> torch.device:
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
     device = torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
-        log.info("training on CUDA device %s", torch.cuda.get_device_name(device))
+        log.info("using CUDA device %s", torch.cuda.get_device_name(device))
     else:
-        log.info("training on CPU (%d threads)", torch.get_num_threads())
+        log.info("using CPU (%d threads)", torch.get_num_threads())
     return device
 
 

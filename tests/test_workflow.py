@@ -74,7 +74,7 @@ def test_every_rule_logged_and_the_summary_was_printed(sample_run):
     for rule in RULES:
         logs = list((workdir / "results/logs" / rule).glob("*.log"))
         assert logs and all(p.stat().st_size > 0 for p in logs), rule
-    assert "training on CPU" in (workdir / "results/logs/train/train.log").read_text()
+    assert "using CPU" in (workdir / "results/logs/train/train.log").read_text()
     assert "Summary (results/summary.csv)" in result.stdout + result.stderr
     model = workdir / "results/model"
     assert {p.name for p in model.iterdir() if not p.name.startswith(".")} == {"weights.pt", "config.json", "history.csv", "curves.png"}
