@@ -6,7 +6,8 @@ Each stage of the Snakemake workflow calls one function of this package:
 stage         module                      function
 ============  ==========================  ========================================
 download      :mod:`nucseg.datasets`      :func:`~nucseg.datasets.download_dataset`
-preprocess    :mod:`nucseg.preprocess`    :func:`~nucseg.preprocess.preprocess_dataset`
+preprocess    :mod:`nucseg.preprocess`    :func:`~nucseg.preprocess.preprocess_training`,
+                                          :func:`~nucseg.preprocess.preprocess_fullsize`
 train         :mod:`nucseg.train`         :func:`~nucseg.train.train_model`
 predict       :mod:`nucseg.infer`         :func:`~nucseg.infer.predict_dataset`
 segment       :mod:`nucseg.postprocess`   :func:`~nucseg.postprocess.segment_dataset`

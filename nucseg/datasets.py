@@ -20,8 +20,10 @@ import os
 import shutil
 import stat
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -77,8 +79,11 @@ def fetch(source: str, dest: str | os.PathLike, sha256: str | None = None, timeo
         with os.fdopen(fd, "wb") as out:
             if is_url(source):
                 log.info("downloading %s", source)
-                with urllib.request.urlopen(source, timeout=timeout) as response:
-                    shutil.copyfileobj(response, out, CHUNK)
+                try:
+                    with urllib.request.urlopen(source, timeout=timeout) as response:
+                        shutil.copyfileobj(response, out, CHUNK)
+                except (urllib.error.URLError, OSError) as exc:
+                    raise ValueError(f"{source}: download failed ({exc})") from exc
             else:
                 if not Path(source).is_file():
                     raise FileNotFoundError(f"dataset archive not found: {source}")
@@ -152,7 +157,7 @@ def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(info) as src, open(target, "wb") as out:
                         shutil.copyfileobj(src, out, CHUNK)
-        except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, OSError) as exc:
+        except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, OSError, zlib.error) as exc:
             raise ValueError(f"{archive}: truncated or corrupt zip archive ({exc})") from exc
     return dest
 
@@ -216,7 +221,7 @@ class Sample:
     labels : (H, W) ndarray of uint32 or None
         0 is background, 1..N the nuclei; ``None`` when the dataset has no masks.
     n_overlap : int
-        Pixels claimed by more than one mask (they go to the mask read last).
+        Pixels claimed by more than one mask (each goes to the mask read last).
     """
 
     image_id: str
@@ -247,7 +252,8 @@ def read_sample(root: str | os.PathLike, image_id: str) -> Sample:
     if not mask_dir.is_dir():
         return Sample(image_id, image, None)
     labels = np.zeros(image.shape[:2], np.uint32)
-    n_overlap = 0
+    claimed = np.zeros(image.shape[:2], bool)
+    overlap = np.zeros(image.shape[:2], bool)
     label = 0
     for mask_path in sorted(mask_dir.iterdir()):
         if not mask_path.is_file() or mask_path.name.startswith("."):
@@ -262,6 +268,7 @@ def read_sample(root: str | os.PathLike, image_id: str) -> Sample:
             log.warning("%s: empty mask skipped", mask_path)
             continue
         label += 1
-        n_overlap += int(np.count_nonzero(labels[inside]))
+        overlap |= claimed & inside
+        claimed |= inside
         labels[inside] = label
-    return Sample(image_id, image, labels, n_overlap)
+    return Sample(image_id, image, labels, int(np.count_nonzero(overlap)))

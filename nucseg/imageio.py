@@ -80,7 +80,7 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            if im.mode == "P":
+            if im.mode in ("P", "PA", "LA", "La"):
                 im = im.convert("RGBA")
             elif im.mode in ("I;16", "I;16B", "I;16L"):
                 return np.asarray(im, dtype=np.uint16)
@@ -119,8 +119,8 @@ def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> 
 
     Examples
     --------
-    >>> normalize_image(np.array([[[0], [255]]], np.uint8)).ravel().round(2)
-    array([-0.  ,  1.  ], dtype=float32)
+    >>> normalize_image(np.array([[[0], [100], [200]]], np.uint8), 0, 100).ravel()
+    array([0. , 0.5, 1. ], dtype=float32)
     """
     a = np.asarray(image, dtype=np.float32)
     lo, hi = np.percentile(a, [low, high])
@@ -155,7 +155,10 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{path}: label image must be a 2-D integer array, got {labels.shape} {labels.dtype}")
-    dtype = np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32
+    low, high = int(labels.min(initial=0)), int(labels.max(initial=0))
+    if low < 0 or high > np.iinfo(np.uint32).max:
+        raise ValueError(f"{path}: labels must lie in 0..{np.iinfo(np.uint32).max}, got {low}..{high}")
+    dtype = np.uint16 if high <= np.iinfo(np.uint16).max else np.uint32
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib")

@@ -110,7 +110,7 @@ def predict_dataset(model_dir: str | os.PathLike, images_zarr: str | os.PathLike
         torch.set_num_threads(threads)
     device = choose_device(settings.device)
     model, config = load_model(model_dir, device)
-    ids = pd.read_csv(index_csv)["image_id"].astype(str).tolist()
+    ids = pd.read_csv(index_csv, dtype={"image_id": str})["image_id"].tolist()
     images = zarr.open_group(images_zarr, mode="r")["images"]
     with atomic_dir(out_zarr, overwrite=True) as tmp:
         root = zarr.open_group(tmp, mode="w")

@@ -104,7 +104,8 @@ def segment_probability(prob: np.ndarray, settings: SegmentSettings, border: np.
         raise ValueError(f"border map {border.shape} and probability map {prob.shape} differ in shape")
     t = foreground_threshold(prob, settings)
     mask = ndi.binary_fill_holes(prob > t)
-    mask = remove_small_objects(mask, max_size=max(settings.min_size - 1, 0)) if settings.min_size > 1 else mask
+    if settings.min_size > 1:
+        mask = remove_small_objects(mask, max_size=settings.min_size - 1)
     components, n = ndi.label(mask)
     if n == 0:
         return np.zeros(prob.shape, np.uint32)
@@ -125,7 +126,9 @@ def segment_probability(prob: np.ndarray, settings: SegmentSettings, border: np.
         extra = np.isin(components, unmarked)
         markers[extra] = components[extra] + markers.max()
     labels = watershed(-distance if border is None else -ndi.distance_transform_edt(mask), markers, mask=mask)
-    labels = remove_small_objects(labels, max_size=max(settings.min_size - 1, 0)) if settings.min_size > 1 else labels
+    if settings.min_size > 1:
+        areas = np.bincount(labels.ravel())
+        labels[areas[labels] < settings.min_size] = 0
     return relabel_sequential(labels)[0].astype(np.uint32)
 
 
@@ -134,7 +137,7 @@ def segment_dataset(pred_zarr: str | os.PathLike, images_zarr: str | os.PathLike
 
     Returns the object table (see :func:`nucseg.measure.measure_objects`), also written to ``objects_csv``.
     """
-    ids = pd.read_csv(index_csv)["image_id"].astype(str).tolist()
+    ids = pd.read_csv(index_csv, dtype={"image_id": str})["image_id"].tolist()
     preds = zarr.open_group(pred_zarr, mode="r")
     heads = list(preds.attrs["heads"])
     images = zarr.open_group(images_zarr, mode="r")["images"]

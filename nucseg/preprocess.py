@@ -129,7 +129,8 @@ def split_by_modality(modalities: pd.Series, val_fraction: float, seed: int) -> 
     """Seeded train/validation split, stratified by modality.
 
     Returns an array of ``"train"``/``"val"`` in the order of ``modalities``.
-    A modality with a single image stays in training.
+    A modality with a single image stays in training; every modality keeps at
+    least one training image.
     """
     rng = np.random.default_rng(seed)
     split = np.full(len(modalities), "train", dtype=object)
@@ -139,7 +140,7 @@ def split_by_modality(modalities: pd.Series, val_fraction: float, seed: int) -> 
         idx = np.flatnonzero(modalities.to_numpy() == modality)
         if len(idx) < 2:
             continue
-        n_val = max(1, round(val_fraction * len(idx)))
+        n_val = min(max(1, round(val_fraction * len(idx))), len(idx) - 1)
         split[rng.choice(idx, size=n_val, replace=False)] = "val"
     return split
 

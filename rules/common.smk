@@ -7,6 +7,25 @@ import nucseg
 from snakemake.utils import validate
 
 
+def typed_cli_values(section):
+    """`--config train='{epochs: 5}'` gives the string '5' (Snakemake parses nested values as
+    text): read such strings of the settings sections as YAML scalars or lists again."""
+    import yaml
+
+    for key, value in section.items():
+        if isinstance(value, str):
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                continue
+            if parsed is None or isinstance(parsed, (bool, int, float, list)):
+                section[key] = parsed
+
+
+for _section in ("preprocess", "train", "predict", "segment"):
+    if isinstance(config.get(_section), dict):
+        typed_cli_values(config[_section])
+
 validate(config, schema="../config/config.schema.yaml")
 
 DATASETS = config["datasets"]

@@ -1,0 +1,56 @@
+"""Fixtures shared by the stage tests: the shared data folder and tiny datasets on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` next to the checkout; the test is skipped where it is absent."""
+    data = SHARED / "data"
+    if not data.is_dir():
+        pytest.skip("../shared/data not present (a fresh clone has no ../shared)")
+    return data
+
+
+def _write_dataset(root: Path, samples: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> Path:
+    for image_id, (image, labels) in samples.items():
+        (root / image_id / "images").mkdir(parents=True)
+        Image.fromarray(image).save(root / image_id / "images" / f"{image_id}.png")
+        if labels is None:
+            continue
+        (root / image_id / "masks").mkdir()
+        for k in range(1, int(labels.max()) + 1):
+            mask = np.where(labels == k, 255, 0).astype(np.uint8)
+            Image.fromarray(mask).save(root / image_id / "masks" / f"m{k:03d}.png")
+    return root
+
+
+@pytest.fixture
+def make_dataset():
+    """``make_dataset(root, {image_id: (image, labels or None)})`` writes the challenge layout.
+
+    ``image`` is ``(H, W)`` or ``(H, W, 3)`` uint8 (written as PNG); ``labels`` is an
+    ``(H, W)`` label image with labels 1..N, written as one mask PNG per label
+    (``m001.png``, ``m002.png`` ... so that sorted order is label order), or ``None``
+    for an image without a ``masks`` folder.
+    """
+    return _write_dataset
+
+
+@pytest.fixture
+def two_square_sample() -> tuple[np.ndarray, np.ndarray]:
+    """A 40 x 48 fluorescence-like image (dark background) with two bright squares, and its labels."""
+    labels = np.zeros((40, 48), np.uint32)
+    labels[5:15, 6:16] = 1
+    labels[22:34, 28:40] = 2
+    image = np.where(labels > 0, 200, 10).astype(np.uint8)
+    return image, labels
