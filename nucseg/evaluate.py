@@ -19,10 +19,10 @@ from nucseg.metrics import evaluate_image
 
 log = logging.getLogger(__name__)
 
-ID_COLUMNS = ["dataset", "image_id", "modality", "height", "width"]
+ID_COLUMNS = ["model", "dataset", "image_id", "modality", "height", "width"]
 
 
-def evaluate_dataset(labels_dir: str | os.PathLike, truth_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_csv: str | os.PathLike, dataset: str) -> pd.DataFrame:
+def evaluate_dataset(labels_dir: str | os.PathLike, truth_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_csv: str | os.PathLike, dataset: str, model: str = "model") -> pd.DataFrame:
     """Evaluate stage: per-image metrics CSV for one dataset.
 
     Parameters
@@ -39,6 +39,8 @@ def evaluate_dataset(labels_dir: str | os.PathLike, truth_zarr: str | os.PathLik
         challenge_score``). Images without ground truth are skipped (logged).
     dataset : str
         Name written in the ``dataset`` column.
+    model : str
+        Name written in the ``model`` column (the model or method that made the labels).
     """
     index = pd.read_csv(index_csv, dtype={"image_id": str})
     truth = zarr.open_group(truth_zarr, mode="r")["labels"]
@@ -49,7 +51,7 @@ def evaluate_dataset(labels_dir: str | os.PathLike, truth_zarr: str | os.PathLik
             continue
         pred_path = Path(labels_dir) / f"{row.image_id}.tif"
         scores = evaluate_image(truth[row.image_id][:], read_labels(pred_path))
-        rows.append(dict(dataset=dataset, image_id=row.image_id, modality=row.modality, height=row.height, width=row.width, **scores))
+        rows.append(dict(model=model, dataset=dataset, image_id=row.image_id, modality=row.modality, height=row.height, width=row.width, **scores))
         log.info("%s: challenge score %.3f (%d true, %d predicted)", row.image_id, scores["challenge_score"], scores["n_true"], scores["n_pred"])
     if not rows:
         raise ValueError(f"{index_csv}: no image of dataset {dataset!r} has ground truth to evaluate against")

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def summarize(per_image: pd.DataFrame) -> pd.DataFrame:
-    """Mean of every metric over images, per dataset and over all datasets.
+    """Mean of every metric over images, per model and dataset, and per model over all datasets.
 
     Parameters
     ----------
@@ -24,17 +24,21 @@ def summarize(per_image: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        One row per dataset plus a row ``dataset="all"``: ``dataset, n_images``
-        and the mean of each metric column. Counts (``n_true``, ``n_pred``,
-        ``obj_tp`` ...) are averaged too: they are per-image means.
+        One row per (model, dataset), plus a row ``dataset="all"`` per model
+        when there are several datasets: ``model, dataset, n_images`` and the
+        mean of each metric column. Counts (``n_true``, ``n_pred``, ``obj_tp``
+        ...) are averaged too: they are per-image means.
     """
     if per_image.empty:
         raise ValueError("no per-image rows to summarise")
     metrics = [c for c in per_image.columns if c not in ID_COLUMNS]
-    groups = [(name, part) for name, part in per_image.groupby("dataset", sort=True)]
-    if len(groups) > 1:
-        groups.append(("all", per_image))
-    rows = [dict(dataset=name, n_images=len(part), **part[metrics].mean(numeric_only=True).to_dict()) for name, part in groups]
+    rows = []
+    for model, by_model in per_image.groupby("model", sort=True):
+        groups = list(by_model.groupby("dataset", sort=True))
+        if len(groups) > 1:
+            groups.append(("all", by_model))
+        for dataset, part in groups:
+            rows.append(dict(model=model, dataset=dataset, n_images=len(part), **part[metrics].mean(numeric_only=True).to_dict()))
     return pd.DataFrame(rows)
 
 
@@ -49,5 +53,5 @@ def aggregate(metric_csvs: list[str | os.PathLike], out_csv: str | os.PathLike) 
 
 def format_summary(summary: pd.DataFrame, columns: tuple[str, ...] = ("n_images", "n_true", "n_pred", "pixel_iou", "pixel_f1", "obj_f1", "challenge_score")) -> str:
     """A short plain-text view of the summary's main columns, for the end of a run."""
-    shown = summary.set_index("dataset")[[c for c in columns if c in summary.columns]]
+    shown = summary.set_index(["model", "dataset"])[[c for c in columns if c in summary.columns]]
     return shown.to_string(float_format=lambda v: f"{v:.3f}")

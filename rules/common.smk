@@ -22,11 +22,18 @@ def typed_cli_values(section):
                 section[key] = parsed
 
 
-for _section in ("preprocess", "train", "predict", "segment"):
+SECTIONS = ("preprocess", "train", "predict", "segment")
+for _section in SECTIONS:
     if isinstance(config.get(_section), dict):
         typed_cli_values(config[_section])
+for _model in (config.get("models") or {}).values():
+    for _section in SECTIONS:
+        if isinstance((_model or {}).get(_section), dict):
+            typed_cli_values(_model[_section])
 
-validate(config, schema="../config/config.schema.yaml")
+# Defaults in the schema document config.yaml; they are not filled in, since they would also
+# fill the per-model overrides (which must hold only what they change).
+validate(config, schema="../config/config.schema.yaml", set_default=False)
 
 DATASETS = config["datasets"]
 TRAIN_SETS = sorted(name for name, d in DATASETS.items() if d["role"] == "train")
@@ -36,15 +43,28 @@ if not TRAIN_SETS:
 if not TEST_SETS:
     raise ValueError("config: 'datasets' needs at least one dataset with role: test")
 
+# Models by name; each may override keys of the train, predict and segment sections.
+MODELS = {name: (overrides or {}) for name, overrides in config["models"].items()}
+
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
-MODEL = f"{RESULTS}/model"
+MODEL = f"{RESULTS}/models/{{model}}"
 SUMMARY = f"{RESULTS}/summary.csv"
 
 
 wildcard_constraints:
     dataset="|".join(re.escape(name) for name in DATASETS),
+    model="|".join(re.escape(name) for name in MODELS),
+
+
+def settings(section):
+    """Input function: the settings of a section for the job's model (section + model's overrides)."""
+
+    def merged(wildcards):
+        return {**config[section], **MODELS[wildcards.model].get(section, {})}
+
+    return merged
 
 
 def dataset_source(name):
@@ -64,7 +84,7 @@ def training_indexes():
 
 
 def all_outputs():
-    return [SUMMARY] + [f"{RESULTS}/segmentation/{name}/objects.csv" for name in TEST_SETS]
+    return [SUMMARY] + expand(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/objects.csv", model=MODELS, dataset=TEST_SETS)
 
 
 def print_summary(path):

@@ -1,15 +1,15 @@
 rule evaluate:
     # Per-image metrics against the ground truth.
     input:
-        labels=f"{RESULTS}/segmentation/{{dataset}}/labels",
+        labels=f"{RESULTS}/segmentation/{{model}}/{{dataset}}/labels",
         zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
         index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",
     output:
-        f"{RESULTS}/metrics/{{dataset}}/per_image.csv",
+        f"{RESULTS}/metrics/{{model}}/{{dataset}}/per_image.csv",
     params:
         code=nucseg.code_hash("evaluate", "metrics", "imageio", "files"),
     log:
-        f"{LOGS}/evaluate/{{dataset}}.log",
+        f"{LOGS}/evaluate/{{model}}/{{dataset}}.log",
     conda:
         "../envs/nucseg.yaml"
     script:
@@ -19,7 +19,7 @@ rule evaluate:
 rule aggregate:
     # Mean of every metric over images, per dataset and overall.
     input:
-        expand(f"{RESULTS}/metrics/{{dataset}}/per_image.csv", dataset=TEST_SETS),
+        expand(f"{RESULTS}/metrics/{{model}}/{{dataset}}/per_image.csv", model=MODELS, dataset=TEST_SETS),
     output:
         SUMMARY,
     params:

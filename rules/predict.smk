@@ -5,17 +5,17 @@ rule predict:
         zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
         index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",
     output:
-        directory(f"{RESULTS}/predictions/{{dataset}}.zarr"),
+        directory(f"{RESULTS}/predictions/{{model}}/{{dataset}}.zarr"),
     params:
-        settings=config["predict"],
+        settings=settings("predict"),
         code=nucseg.code_hash("infer", "tiling", "train", "model", "imageio", "files"),
     threads: 4
     resources:
         gpu=1,
     log:
-        f"{LOGS}/predict/{{dataset}}.log",
+        f"{LOGS}/predict/{{model}}/{{dataset}}.log",
     benchmark:
-        f"{BENCH}/predict/{{dataset}}.tsv"
+        f"{BENCH}/predict/{{model}}/{{dataset}}.tsv"
     conda:
         "../envs/nucseg.yaml"
     script:

@@ -1,19 +1,19 @@
 rule segment:
     # Otsu + hole filling + distance-transform markers + watershed -> label TIFFs, object table.
     input:
-        pred=f"{RESULTS}/predictions/{{dataset}}.zarr",
+        pred=f"{RESULTS}/predictions/{{model}}/{{dataset}}.zarr",
         zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
         index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",
     output:
-        labels=directory(f"{RESULTS}/segmentation/{{dataset}}/labels"),
-        objects=f"{RESULTS}/segmentation/{{dataset}}/objects.csv",
+        labels=directory(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/labels"),
+        objects=f"{RESULTS}/segmentation/{{model}}/{{dataset}}/objects.csv",
     params:
-        settings=config["segment"],
+        settings=settings("segment"),
         code=nucseg.code_hash("postprocess", "measure", "imageio", "files"),
     log:
-        f"{LOGS}/segment/{{dataset}}.log",
+        f"{LOGS}/segment/{{model}}/{{dataset}}.log",
     benchmark:
-        f"{BENCH}/segment/{{dataset}}.tsv"
+        f"{BENCH}/segment/{{model}}/{{dataset}}.tsv"
     conda:
         "../envs/nucseg.yaml"
     script:

@@ -6,17 +6,17 @@ rule train:
     output:
         directory(MODEL),
     params:
-        settings=config["train"],
+        settings=settings("train"),
         # not an output: it survives a failed job, so a rerun resumes from it
-        checkpoint=f"{RESULTS}/checkpoints/model.pt",
+        checkpoint=f"{RESULTS}/checkpoints/{{model}}.pt",
         code=nucseg.code_hash("train", "model", "losses", "imageio", "files"),
     threads: 4
     resources:
         gpu=1,
     log:
-        f"{LOGS}/train/train.log",
+        f"{LOGS}/train/{{model}}.log",
     benchmark:
-        f"{BENCH}/train/train.tsv"
+        f"{BENCH}/train/{{model}}.tsv"
     conda:
         "../envs/nucseg.yaml"
     script:

@@ -13,6 +13,7 @@ def per_image() -> pd.DataFrame:
     """Three images of two datasets, with the identity columns of evaluate_dataset."""
     return pd.DataFrame(
         dict(
+            model=["unet", "unet", "unet"],
             dataset=["stage1", "stage1", "bbbc"],
             image_id=["a", "b", "c"],
             modality=["fluorescence", "histology", "fluorescence"],
@@ -29,7 +30,7 @@ def test_summary_means_by_hand():
     table = per_image()
     before = table.copy()
     summary = summarize(table)
-    assert list(summary.columns) == ["dataset", "n_images", "n_true", "mean_matched_iou", "challenge_score"]
+    assert list(summary.columns) == ["model", "dataset", "n_images", "n_true", "mean_matched_iou", "challenge_score"]
     # datasets sorted by name, then 'all'
     assert summary["dataset"].tolist() == ["bbbc", "stage1", "all"]
     assert summary["n_images"].tolist() == [1, 2, 3]
@@ -65,6 +66,6 @@ def test_format_summary_names_datasets_and_rounds():
     text = format_summary(summarize(per_image()))
     lines = text.splitlines()
     for name in ["bbbc", "stage1", "all"]:
-        assert any(line.startswith(name) for line in lines)
+        assert any(name in line.split() for line in lines)
     assert "0.750" in text and "0.567" in text
     assert "challenge_score" in lines[0] and "mean_matched_iou" not in text  # only the main columns

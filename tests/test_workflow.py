@@ -35,15 +35,15 @@ def sample_run(tmp_path_factory):
 
 def test_every_table_has_the_documented_columns(sample_run):
     results = sample_run[0] / "results"
-    per_image = pd.read_csv(results / "metrics/sample_test/per_image.csv")
+    per_image = pd.read_csv(results / "metrics/resunet/sample_test/per_image.csv")
     assert list(per_image.columns) == ID_COLUMNS + METRIC_COLUMNS
     assert len(per_image) == 12 and set(per_image["dataset"]) == {"sample_test"}
     assert set(per_image["modality"]) == {"fluorescence", "histology", "brightfield"}
     summary = pd.read_csv(results / "summary.csv")
-    assert list(summary.columns) == ["dataset", "n_images"] + METRIC_COLUMNS
+    assert list(summary.columns) == ["model", "dataset", "n_images"] + METRIC_COLUMNS
     assert summary["dataset"].tolist() == ["sample_test"]
     assert summary["challenge_score"].iloc[0] == pytest.approx(per_image["challenge_score"].mean())
-    objects = pd.read_csv(results / "segmentation/sample_test/objects.csv")
+    objects = pd.read_csv(results / "segmentation/resunet/sample_test/objects.csv")
     assert list(objects.columns) == ["image_id"] + OBJECT_COLUMNS
     counts = objects.groupby("image_id").size()
     for row in per_image.itertuples():
@@ -54,7 +54,7 @@ def test_label_images_are_integer_tiffs_of_the_image_size(sample_run):
     results = sample_run[0] / "results"
     index = pd.read_csv(results / "preprocessed/sample_test/full_index.csv")
     for row in index.itertuples():
-        labels = tifffile.imread(results / f"segmentation/sample_test/labels/{row.image_id}.tif")
+        labels = tifffile.imread(results / f"segmentation/resunet/sample_test/labels/{row.image_id}.tif")
         assert labels.shape == (row.height, row.width)
         assert labels.dtype in (np.uint16, np.uint32)
 
@@ -62,7 +62,7 @@ def test_label_images_are_integer_tiffs_of_the_image_size(sample_run):
 def test_trained_model_beats_a_trivial_prediction(sample_run):
     """The model must do better than calling every pixel a nucleus, or one nucleus per image."""
     results = sample_run[0] / "results"
-    per_image = pd.read_csv(results / "metrics/sample_test/per_image.csv")
+    per_image = pd.read_csv(results / "metrics/resunet/sample_test/per_image.csv")
     truth = zarr.open_group(results / "preprocessed/sample_test/full.zarr", mode="r")["labels"]
     trivial = [evaluate_image(truth[i][:], np.ones_like(truth[i][:])) for i in per_image["image_id"]]
     assert per_image["pixel_iou"].mean() > np.mean([t["pixel_iou"] for t in trivial]) + 0.2
@@ -72,11 +72,11 @@ def test_trained_model_beats_a_trivial_prediction(sample_run):
 def test_every_rule_logged_and_the_summary_was_printed(sample_run):
     workdir, result = sample_run
     for rule in RULES:
-        logs = list((workdir / "results/logs" / rule).glob("*.log"))
+        logs = list((workdir / "results/logs" / rule).rglob("*.log"))
         assert logs and all(p.stat().st_size > 0 for p in logs), rule
-    assert "using CPU" in (workdir / "results/logs/train/train.log").read_text()
+    assert "using CPU" in (workdir / "results/logs/train/resunet.log").read_text()
     assert "Summary (results/summary.csv)" in result.stdout + result.stderr
-    model = workdir / "results/model"
+    model = workdir / "results/models/resunet"
     assert {p.name for p in model.iterdir() if not p.name.startswith(".")} == {"weights.pt", "config.json", "history.csv", "curves.png"}
 
 
@@ -105,7 +105,7 @@ def test_config_mistake_stops_before_any_job(tmp_path, override, named):
 def write_config(path, source, sha256=None):
     lines = ["datasets:", "  bad:", f"    source: {source}", "    role: train"]
     if sha256:
-        lines.append(f"    sha256: {sha256}")
+        lines.append(f"    sha256: '{sha256}'")
     lines += ["  sample_test:", "    source: resources/sample/sample_test.zip", "    role: test"]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -113,7 +113,7 @@ def write_config(path, source, sha256=None):
 
 def test_missing_archive_is_named(tmp_path):
     config = write_config(tmp_path / "c.yaml", str(tmp_path / "nowhere.zip"))
-    result = snakemake(tmp_path, "--cores", "1", "--configfile", str(config), "results/datasets/bad")
+    result = snakemake(tmp_path, "results/datasets/bad", "--cores", "1", "--configfile", str(config))
     assert result.returncode != 0
     assert f"dataset archive not found: {tmp_path / 'nowhere.zip'}" in (tmp_path / "results/logs/download/bad.log").read_text()
     assert not (tmp_path / "results/datasets/bad").exists()
@@ -124,14 +124,14 @@ def test_corrupt_archive_and_wrong_checksum_are_named(tmp_path):
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(sample[: len(sample) // 2])
     config = write_config(tmp_path / "c.yaml", str(truncated))
-    result = snakemake(tmp_path, "--cores", "1", "--configfile", str(config), "results/datasets/bad")
+    result = snakemake(tmp_path, "results/datasets/bad", "--cores", "1", "--configfile", str(config))
     assert result.returncode != 0
     log = (tmp_path / "results/logs/download/bad.log").read_text()
     assert f"{truncated}: truncated or corrupt zip archive" in log
     assert not (tmp_path / "results/datasets/bad").exists()
 
     config = write_config(tmp_path / "c.yaml", str(REPO / "resources/sample/sample_test.zip"), sha256="0" * 64)
-    result = snakemake(tmp_path, "--cores", "1", "--configfile", str(config), "results/datasets/bad")
+    result = snakemake(tmp_path, "results/datasets/bad", "--cores", "1", "--configfile", str(config))
     assert result.returncode != 0
     assert "wrong checksum" in (tmp_path / "results/logs/download/bad.log").read_text()
     assert not (tmp_path / "results/datasets/bad").exists()

@@ -10,4 +10,5 @@ evaluate_dataset(
     index_csv=snakemake.input.index,  # noqa: F821
     out_csv=snakemake.output[0],  # noqa: F821
     dataset=snakemake.wildcards.dataset,  # noqa: F821
+    model=snakemake.wildcards.model,  # noqa: F821
 )
