@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,24 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the workflow with its working directory ``workdir``; returns the finished process."""
+    return subprocess.run(SNAKEMAKE + ["--directory", str(workdir), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The whole workflow on the embedded sample, once per test session: (workdir, process).
+
+    Tests must not change its results; copy the folder to change anything.
+    """
+    workdir = tmp_path_factory.mktemp("sample_run")
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir, result
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ starts on 127.0.0.1, serving a folder of ``tmp_path``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.server
 import io
 import re

@@ -1,9 +1,6 @@
 """The whole workflow on the embedded sample, run by Snakemake in a temporary directory."""
 
-import subprocess
-import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,22 +12,10 @@ from nucseg.evaluate import ID_COLUMNS
 from nucseg.measure import COLUMNS as OBJECT_COLUMNS
 from nucseg.metrics import evaluate_image
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+from .conftest import REPO, snakemake
+
 METRIC_COLUMNS = ["n_true", "n_pred", "pixel_iou", "pixel_precision", "pixel_recall", "pixel_f1", "pixel_accuracy", "obj_tp", "obj_fp", "obj_fn", "obj_precision", "obj_recall", "obj_f1", "mean_matched_iou"] + [f"ap_{t:.2f}" for t in np.arange(0.5, 1.0, 0.05)] + ["challenge_score"]
 RULES = ["download", "preprocess_train", "preprocess_test", "train", "predict", "segment", "evaluate", "aggregate"]
-
-
-def snakemake(workdir, *args, timeout=900):
-    return subprocess.run(SNAKEMAKE + ["--directory", str(workdir), *args], capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def sample_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("sample_run")
-    result = snakemake(workdir, "--cores", "2")
-    assert result.returncode == 0, result.stderr[-5000:]
-    return workdir, result
 
 
 def test_every_table_has_the_documented_columns(sample_run):
