@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import zarr
+from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from nucseg.datasets import list_images, read_sample
@@ -38,6 +39,7 @@ from nucseg.imageio import guess_modality
 log = logging.getLogger(__name__)
 
 FULLSIZE_CHUNK = 1024
+BORDER_RADIUS = 2
 MODES = ("crop", "resize")
 
 
@@ -70,6 +72,32 @@ class PreprocessSettings:
             raise ValueError(f"preprocess mode must be one of {MODES}, got {self.mode!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+def touching_borders(labels: np.ndarray, radius: int = BORDER_RADIUS) -> np.ndarray:
+    """Pixels within ``radius`` of two different nuclei (the winners' separator target).
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of integers
+
+    Returns
+    -------
+    (H, W) ndarray of bool
+        Empty when no two nuclei come within ``2 * radius`` pixels of each other.
+    """
+    size = 2 * radius + 1
+    lab = labels.astype(np.int64)
+    big = int(lab.max(initial=0)) + 1  # stands for background in the minimum filter
+    highest = ndi.maximum_filter(lab, size=size)
+    lowest = ndi.minimum_filter(np.where(lab > 0, lab, big), size=size)
+    return (highest > 0) & (lowest != big) & (highest != lowest)
+
+
+def make_targets(labels: np.ndarray, heads: tuple[str, ...]) -> np.ndarray:
+    """Training targets ``(K, H, W) float32`` in {0, 1}, one per head, from a label image."""
+    maps = {"body": lambda: labels > 0, "border": lambda: touching_borders(labels)}
+    return np.stack([maps[h]() for h in heads]).astype(np.float32)
 
 
 def crop_starts(length: int, size: int) -> list[int]:

@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 import torch
 import zarr
-from scipy import ndimage as ndi
 from torch.utils.data import DataLoader, Dataset
 
 import nucseg
@@ -40,11 +39,9 @@ from nucseg.files import atomic_dir
 from nucseg.imageio import normalize_image
 from nucseg.losses import Loss
 from nucseg.model import PRESETS, ModelConfig, ResUNet
+from nucseg.preprocess import make_targets
 
 log = logging.getLogger(__name__)
-
-BORDER_RADIUS = 2
-
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -86,32 +83,6 @@ class TrainSettings:
     def model_config(self) -> ModelConfig:
         preset = PRESETS[self.model]
         return ModelConfig(width=self.width or preset.width, blocks=preset.blocks, heads=self.heads)
-
-
-def touching_borders(labels: np.ndarray, radius: int = BORDER_RADIUS) -> np.ndarray:
-    """Pixels within ``radius`` of two different nuclei (the winners' separator target).
-
-    Parameters
-    ----------
-    labels : (H, W) ndarray of integers
-
-    Returns
-    -------
-    (H, W) ndarray of bool
-        Empty when no two nuclei come within ``2 * radius`` pixels of each other.
-    """
-    size = 2 * radius + 1
-    lab = labels.astype(np.int64)
-    big = int(lab.max(initial=0)) + 1  # stands for background in the minimum filter
-    highest = ndi.maximum_filter(lab, size=size)
-    lowest = ndi.minimum_filter(np.where(lab > 0, lab, big), size=size)
-    return (highest > 0) & (lowest != big) & (highest != lowest)
-
-
-def make_targets(labels: np.ndarray, heads: tuple[str, ...]) -> np.ndarray:
-    """Training targets ``(K, H, W) float32`` in {0, 1}, one per head, from a label image."""
-    maps = {"body": lambda: labels > 0, "border": lambda: touching_borders(labels)}
-    return np.stack([maps[h]() for h in heads]).astype(np.float32)
 
 
 def augment(image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

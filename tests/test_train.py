@@ -8,7 +8,8 @@ import zarr
 from skimage.draw import disk
 
 from nucseg.model import ResUNet
-from nucseg.train import TrainSettings, augment, load_model, make_targets, touching_borders, train_model
+from nucseg.preprocess import make_targets, touching_borders
+from nucseg.train import TrainSettings, augment, load_model, train_model
 
 SIZE = 64
 
