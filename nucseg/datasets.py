@@ -1,118 +1,48 @@
-"""Download stage: fetch a dataset archive, verify it, unpack it safely, read its layout.
+"""Download stage: get a dataset, verify it, unpack it safely; read its images and ground truth.
 
-A dataset is an archive (a local path or an http(s) URL) in the 2018 Data
-Science Bowl training layout::
+A dataset is declared by a ``source`` (an http(s) URL or a local path), a
+``layout`` and optionally a ground-truth ``solution`` file:
 
-    <image_id>/images/<image_id>.png     one image
-    <image_id>/masks/<mask_id>.png       one binary mask per nucleus (0 outside, >0 inside)
+``dsb`` (the 2018 Data Science Bowl layout)
+    A zip archive of ``<id>/images/<id>.png``, with either ``<id>/masks/*.png``
+    (one binary mask per nucleus: the training layout) or a solution CSV
+    (``ImageId, EncodedPixels, Height, Width[, Usage]``: the test layout).
+``images`` (a user's own images)
+    A folder, a glob pattern or a zip archive of PNG, JPEG or TIFF files, any
+    bit depth, greyscale, RGB or RGBA; no ground truth. The image id is the
+    file's path below the folder, without suffix, ``/`` written as ``__``.
 
-The embedded sample (``resources/sample``) and the real challenge archives go
-through the same code: :func:`fetch` (copy or download, sha256 check, atomic
-rename), :func:`unpack_zip` (no member may leave the target folder) and
-:func:`read_sample` (image + label image).
+The download stage makes ``results/datasets/<name>/``: the unpacked archive
+(``subdir`` picks a folder inside it), links to the user's files for a folder
+or glob, and the solution as ``solution.csv``. :func:`list_images` and
+:func:`read_sample` read it back, one image at a time.
 """
 
 from __future__ import annotations
 
-import hashlib
+import glob
 import logging
 import os
 import shutil
 import stat
-import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from nucseg.download import DownloadSettings, fetch, is_url, read_lock, sha256sum, verify_checksum
 from nucseg.files import atomic_dir
-from nucseg.imageio import decode_image, read_image
+from nucseg.imageio import IMAGE_SUFFIXES, decode_image, read_image_info
 
 log = logging.getLogger(__name__)
 
+__all__ = ["fetch", "sha256sum", "verify_checksum", "is_url", "unpack_zip", "download_dataset", "list_images", "read_sample", "load_solution", "Sample", "LAYOUTS"]
+
 CHUNK = 1 << 20
-
-
-def sha256sum(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def is_url(source: str) -> bool:
-    """Whether ``source`` is an http(s) URL rather than a local path."""
-    return source.startswith(("http://", "https://"))
-
-
-def fetch(source: str, dest: str | os.PathLike, sha256: str | None = None, timeout: float = 60.0) -> Path:
-    """Copy or download ``source`` to ``dest``; only a verified file takes the name ``dest``.
-
-    Parameters
-    ----------
-    source : str
-        Local path, or http(s) URL.
-    dest : path-like
-        Where the verified file goes. The transfer goes to a temporary file in
-        the same folder, which is renamed once its checksum matches.
-    sha256 : str, optional
-        Expected hex digest. ``None`` skips the check (and logs the digest found).
-
-    Raises
-    ------
-    FileNotFoundError
-        A local ``source`` does not exist.
-    ValueError
-        The checksum differs; nothing is left at ``dest``.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if is_url(source):
-                log.info("downloading %s", source)
-                try:
-                    with urllib.request.urlopen(source, timeout=timeout) as response:
-                        shutil.copyfileobj(response, out, CHUNK)
-                except (urllib.error.URLError, OSError) as exc:
-                    raise ValueError(f"{source}: download failed ({exc})") from exc
-            else:
-                if not Path(source).is_file():
-                    raise FileNotFoundError(f"dataset archive not found: {source}")
-                log.info("copying %s", source)
-                with open(source, "rb") as fh:
-                    shutil.copyfileobj(fh, out, CHUNK)
-        verify_checksum(tmp, sha256, name=source)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-
-
-def verify_checksum(path: str | os.PathLike, sha256: str | None, name: str | None = None) -> str:
-    """Check the sha256 of ``path``; return the digest found.
-
-    Raises
-    ------
-    ValueError
-        Naming the file, the expected and the found digest.
-    """
-    found = sha256sum(path)
-    if sha256 is None:
-        log.warning("%s: no sha256 given; found %s", name or path, found)
-    elif found != sha256.lower():
-        raise ValueError(f"{name or path}: wrong checksum: expected sha256 {sha256}, found {found}")
-    else:
-        log.info("%s: sha256 verified", name or path)
-    return found
+LAYOUTS = ("dsb", "images")
+SOLUTION = "solution.csv"
 
 
 def _safe_member(info: zipfile.ZipInfo, archive: str) -> PurePosixPath | None:
@@ -129,7 +59,7 @@ def _safe_member(info: zipfile.ZipInfo, archive: str) -> PurePosixPath | None:
     return path
 
 
-def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
+def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike, subdir: str | None = None) -> Path:
     """Unpack a zip archive into ``dest``, atomically and safely.
 
     Every member is checked before anything is written: absolute paths, ``..``
@@ -138,76 +68,176 @@ def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
     renamed to ``dest`` at the end, so an interrupted or failed unpack leaves
     nothing at ``dest``.
 
+    Parameters
+    ----------
+    subdir : str, optional
+        Only the members below this folder of the archive, with that prefix
+        removed (e.g. ``repo-master/stage1_train``).
+
     Raises
     ------
     ValueError
-        The archive is truncated, corrupt, or has an unsafe member; the message names it.
+        The archive is truncated, corrupt, or has an unsafe member; or
+        ``subdir`` is not in it. The message names the archive.
     FileExistsError
         ``dest`` exists already.
     """
     archive = Path(archive)
+    prefix = PurePosixPath(subdir.strip("/")).parts if subdir else ()
     with atomic_dir(dest) as tmp:
         try:
             with zipfile.ZipFile(archive) as zf:
                 members = [(info, _safe_member(info, str(archive))) for info in zf.infolist()]
+                written = 0
                 for info, rel in members:
-                    if rel is None:
+                    if rel is None or rel.parts[: len(prefix)] != prefix or len(rel.parts) == len(prefix):
                         continue
-                    target = tmp.joinpath(*rel.parts)
+                    target = tmp.joinpath(*rel.parts[len(prefix) :])
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(info) as src, open(target, "wb") as out:
                         shutil.copyfileobj(src, out, CHUNK)
+                    written += 1
         except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, OSError, zlib.error) as exc:
             raise ValueError(f"{archive}: truncated or corrupt zip archive ({exc})") from exc
-    return dest
+        if prefix and not written:
+            raise ValueError(f"{archive}: no member below {subdir!r}")
+    return Path(dest)
 
 
-def download_dataset(source: str, dest: str | os.PathLike, sha256: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Download stage: get a dataset archive, verify it, unpack it into ``dest``.
+def _image_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _link_images(source: str, dest: Path) -> None:
+    """Make ``dest`` a folder of links to the images of a local folder or glob pattern."""
+    if Path(source).is_dir():
+        root = Path(source).resolve()
+        files = _image_files(root)
+    else:
+        files = sorted(Path(p).resolve() for p in glob.glob(source, recursive=True) if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else None
+    if not files:
+        raise FileNotFoundError(f"no PNG, JPEG or TIFF image found at {source}")
+    with atomic_dir(dest) as tmp:
+        for f in files:
+            link = tmp / f.relative_to(root)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(f)
+
+
+def _archive_for(source: str, sha256: str | None, cache: Path, settings: DownloadSettings) -> Path:
+    """A verified local copy of an archive: downloaded into ``cache`` (kept), or the local file itself."""
+    if is_url(source):
+        archive = cache / PurePosixPath(source.split("?")[0]).name
+        expected = sha256.lower() if sha256 else read_lock(archive)
+        if archive.is_file() and expected and sha256sum(archive) == expected:
+            log.info("using cached %s", archive)
+            return archive
+        return fetch(source, archive, sha256, settings)
+    archive = Path(source)
+    if not archive.is_file():
+        raise FileNotFoundError(f"dataset archive not found: {source}")
+    verify_checksum(archive, sha256)
+    return archive
+
+
+def download_dataset(
+    source: str,
+    dest: str | os.PathLike,
+    sha256: str | None = None,
+    layout: str = "dsb",
+    solution: str | None = None,
+    solution_sha256: str | None = None,
+    subdir: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    settings: DownloadSettings = DownloadSettings(),
+) -> Path:
+    """Download stage: get a dataset, verify it, and lay it out in ``dest``.
 
     Parameters
     ----------
     source : str
-        Local path or http(s) URL of a zip archive in the challenge layout.
+        http(s) URL or local path of a zip archive; for ``layout="images"`` also
+        a local folder or glob pattern of image files (linked, not copied).
     dest : path-like
-        Folder to create with the unpacked dataset.
+        Folder to create (atomically: nothing is left there on error).
     sha256 : str, optional
-        Expected checksum of the archive.
+        Expected checksum of the archive. A downloaded archive without one is
+        checked against (or recorded in) the lock file ``<archive>.sha256``
+        in ``cache_dir``.
+    layout : {"dsb", "images"}
+    solution, solution_sha256 : str, optional
+        Ground truth of a ``dsb`` test set: a solution CSV (URL or path), kept as ``dest/solution.csv``.
+    subdir : str, optional
+        Folder inside the archive that holds the layout.
     cache_dir : path-like, optional
-        Where a downloaded archive is kept (URLs only; default: ``dest``'s parent
-        folder ``downloads``). A local archive is verified and unpacked in place.
+        Where downloaded files are kept (default: ``<dest>/../downloads``).
 
     Returns
     -------
     Path
-        ``dest``, holding one folder per image.
+        ``dest``.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown dataset layout {layout!r}; choose one of {LAYOUTS}")
     dest = Path(dest)
-    if is_url(source):
-        cache = Path(cache_dir) if cache_dir is not None else dest.parent / "downloads"
-        archive = cache / PurePosixPath(source.split("?")[0]).name
-        if archive.is_file() and sha256 and sha256sum(archive) == sha256.lower():
-            log.info("using cached %s", archive)
-        else:
-            fetch(source, archive, sha256)
+    cache = Path(cache_dir) if cache_dir is not None else dest.parent / "downloads"
+    if layout == "images" and not is_url(source) and not str(source).lower().endswith(".zip"):
+        _link_images(source, dest)
     else:
-        archive = Path(source)
-        if not archive.is_file():
-            raise FileNotFoundError(f"dataset archive not found: {source}")
-        verify_checksum(archive, sha256)
-    unpack_zip(archive, dest)
-    ids = list_images(dest)
-    if not ids:
-        shutil.rmtree(dest)
-        raise ValueError(f"{source}: no image found in the <id>/images/<id>.png layout")
-    log.info("%s: %d images unpacked into %s", source, len(ids), dest)
+        unpack_zip(_archive_for(source, sha256, cache, settings), dest, subdir)
+    try:
+        if solution:
+            if is_url(solution):
+                local = fetch(solution, cache / PurePosixPath(solution.split("?")[0]).name, solution_sha256, settings)
+            else:
+                local = Path(solution)
+                if not local.is_file():
+                    raise FileNotFoundError(f"solution file not found: {solution}")
+                verify_checksum(local, solution_sha256)
+            shutil.copyfile(local, dest / SOLUTION)
+            load_solution(dest, list_images(dest, layout))  # unknown ids or bad runs stop here
+        ids = list_images(dest, layout)
+        if not ids:
+            expected = "<id>/images/<id>.png" if layout == "dsb" else "PNG, JPEG or TIFF files"
+            raise ValueError(f"{source}: no image found in the {layout!r} layout ({expected})")
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    log.info("%s: %d images in %s", source, len(ids), dest)
     return dest
 
 
-def list_images(root: str | os.PathLike) -> list[str]:
-    """Image ids of an unpacked dataset (folders holding ``images/<id>.*``), sorted."""
+def list_images(root: str | os.PathLike, layout: str = "dsb") -> list[str]:
+    """Image ids of a dataset folder made by :func:`download_dataset`, sorted.
+
+    ``dsb``: the folders holding ``images/<id>.*``. ``images``: every image
+    file below ``root``, its relative path without suffix, ``/`` as ``__``.
+    """
     root = Path(root)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and any((p / "images").glob(f"{p.name}.*")))
+    if layout == "dsb":
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and any((p / "images").glob(f"{p.name}.*")))
+    if layout == "images":
+        ids = [_image_id(p, root) for p in _image_files(root)]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"{root}: several files share the image id {dupes[0]!r} (same name, other suffix)")
+        return sorted(ids)
+    raise ValueError(f"unknown dataset layout {layout!r}; choose one of {LAYOUTS}")
+
+
+def _image_id(path: Path, root: Path) -> str:
+    return "__".join(path.relative_to(root).with_suffix("").parts)
+
+
+def _image_path(root: Path, image_id: str, layout: str) -> Path:
+    if layout == "dsb":
+        candidates = sorted((root / image_id / "images").glob(f"{image_id}.*"))
+    else:
+        candidates = [p for p in _image_files(root) if _image_id(p, root) == image_id]
+    if not candidates:
+        raise ValueError(f"{root}: no image file for image id {image_id!r}")
+    return candidates[0]
 
 
 @dataclass(frozen=True)
@@ -219,41 +249,47 @@ class Sample:
     image_id : str
     image : (H, W, 3) ndarray of uint8
     labels : (H, W) ndarray of uint32 or None
-        0 is background, 1..N the nuclei; ``None`` when the dataset has no masks.
+        0 is background, 1..N the nuclei; ``None`` when the dataset has no ground truth for it.
     n_overlap : int
         Pixels claimed by more than one mask (each goes to the mask read last).
+    info : dict
+        ``bit_depth`` and ``channels`` of the image file (see :func:`nucseg.imageio.describe_pixels`).
     """
 
     image_id: str
     image: np.ndarray
     labels: np.ndarray | None
     n_overlap: int = 0
+    info: dict = field(default_factory=dict)
 
 
-def read_sample(root: str | os.PathLike, image_id: str) -> Sample:
-    """Read one image and merge its per-nucleus masks into a label image.
-
-    Masks are read in sorted file-name order and numbered 1..N in that order.
-    Where two masks overlap (it happens by a pixel in the challenge data) the
-    later mask takes the pixel; an empty mask is skipped with a warning, so
-    numbering stays consecutive.
+def load_solution(root: str | os.PathLike, ids: list[str] | None = None) -> dict[str, np.ndarray] | None:
+    """Label images of the dataset's ``solution.csv``, or ``None`` when there is none.
 
     Raises
     ------
     ValueError
-        An unreadable image or mask, or a mask whose size differs from its image.
+        The CSV names an ImageId that is not among ``ids``, or a run is malformed
+        or beyond its image; the message names the file and the ImageId.
     """
-    folder = Path(root) / image_id
-    candidates = sorted((folder / "images").glob(f"{image_id}.*"))
-    if not candidates:
-        raise ValueError(f"{folder}: no image file images/{image_id}.*")
-    image = read_image(candidates[0])
-    mask_dir = folder / "masks"
-    if not mask_dir.is_dir():
-        return Sample(image_id, image, None)
-    labels = np.zeros(image.shape[:2], np.uint32)
-    claimed = np.zeros(image.shape[:2], bool)
-    overlap = np.zeros(image.shape[:2], bool)
+    path = Path(root) / SOLUTION
+    if not path.is_file():
+        return None
+    from nucseg.rle import read_solution
+
+    labels = read_solution(path)
+    if ids is not None:
+        unknown = sorted(set(labels) - set(ids))
+        if unknown:
+            raise ValueError(f"{path}: ImageId {unknown[0]!r} is not an image of the dataset ({len(unknown)} unknown ids)")
+    return labels
+
+
+def _masks_to_labels(mask_dir: Path, shape: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """Merge per-nucleus mask files into a label image (see :func:`read_sample`)."""
+    labels = np.zeros(shape, np.uint32)
+    claimed = np.zeros(shape, bool)
+    overlap = np.zeros(shape, bool)
     label = 0
     for mask_path in sorted(mask_dir.iterdir()):
         if not mask_path.is_file() or mask_path.name.startswith("."):
@@ -261,8 +297,8 @@ def read_sample(root: str | os.PathLike, image_id: str) -> Sample:
         mask = decode_image(mask_path.read_bytes(), str(mask_path))
         if mask.ndim == 3:  # an RGB(A) mask: any colour channel counts, alpha does not
             mask = mask[..., :3].max(axis=2)
-        if mask.shape != labels.shape:
-            raise ValueError(f"{mask_path}: mask of size {mask.shape} differs from its image's size {labels.shape}")
+        if mask.shape != shape:
+            raise ValueError(f"{mask_path}: mask of size {mask.shape} differs from its image's size {shape}")
         inside = mask > 0
         if not inside.any():
             log.warning("%s: empty mask skipped", mask_path)
@@ -271,4 +307,35 @@ def read_sample(root: str | os.PathLike, image_id: str) -> Sample:
         overlap |= claimed & inside
         claimed |= inside
         labels[inside] = label
-    return Sample(image_id, image, labels, int(np.count_nonzero(overlap)))
+    return labels, int(np.count_nonzero(overlap))
+
+
+def read_sample(root: str | os.PathLike, image_id: str, layout: str = "dsb", solution: dict[str, np.ndarray] | None = None) -> Sample:
+    """Read one image and its ground truth.
+
+    Ground truth comes from the image's ``masks/`` folder (``dsb`` training
+    layout), else from ``solution`` (the decoded ``solution.csv``, see
+    :func:`load_solution`), else there is none. Masks are read in sorted
+    file-name order and numbered 1..N in that order. Where two masks overlap
+    (it happens by a pixel in the challenge data) the later mask takes the
+    pixel; an empty mask is skipped with a warning, so numbering stays
+    consecutive.
+
+    Raises
+    ------
+    ValueError
+        An unreadable image or mask, or a mask or solution entry whose size differs from its image.
+    """
+    root = Path(root)
+    image, info = read_image_info(_image_path(root, image_id, layout))
+    shape = image.shape[:2]
+    mask_dir = root / image_id / "masks"
+    if layout == "dsb" and mask_dir.is_dir():
+        labels, n_overlap = _masks_to_labels(mask_dir, shape)
+        return Sample(image_id, image, labels, n_overlap, info)
+    if solution is not None and image_id in solution:
+        labels = solution[image_id]
+        if labels.shape != shape:
+            raise ValueError(f"{root / SOLUTION}: ImageId {image_id!r} has size {labels.shape} but its image is {shape}")
+        return Sample(image_id, image, labels, 0, info)
+    return Sample(image_id, image, None, 0, info)

@@ -89,14 +89,43 @@ def decode_image(data: bytes, source: str) -> np.ndarray:
         raise ValueError(f"{source}: not a readable image ({exc})") from exc
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file into an ``(H, W, 3) uint8`` array (see :func:`to_rgb_uint8`)."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def describe_pixels(array: np.ndarray) -> dict:
+    """What a decoded image holds: ``bit_depth`` (1, 8, 16, 32 ...) and ``channels`` (1-4)."""
+    a = np.asarray(array)
+    bit_depth = 1 if a.dtype == bool else a.dtype.itemsize * 8
+    channels = 1 if a.ndim == 2 else int(a.shape[2])
+    return dict(bit_depth=bit_depth, channels=channels)
+
+
+def _display_name(path: Path) -> str:
+    """The path, and the file it points to when it is a link (datasets link to users' files)."""
+    return f"{path} (-> {path.resolve()})" if path.is_symlink() else str(path)
+
+
+def read_image_info(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """Read an image file: ``(H, W, 3) uint8`` pixels and :func:`describe_pixels` of the file's own.
+
+    Raises
+    ------
+    ValueError
+        The file cannot be read or is not an image; the message names it.
+    """
     path = Path(path)
+    name = _display_name(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read image file ({exc.strerror})") from exc
-    return to_rgb_uint8(decode_image(data, str(path)), str(path))
+        raise ValueError(f"{name}: cannot read image file ({exc.strerror})") from exc
+    raw = decode_image(data, name)
+    return to_rgb_uint8(raw, name), describe_pixels(raw)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file into an ``(H, W, 3) uint8`` array (see :func:`to_rgb_uint8`)."""
+    return read_image_info(path)[0]
 
 
 def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:

@@ -32,7 +32,7 @@ import zarr
 from scipy import ndimage as ndi
 from skimage.transform import resize
 
-from nucseg.datasets import list_images, read_sample
+from nucseg.datasets import list_images, load_solution, read_sample
 from nucseg.files import atomic_dir, write_csv
 from nucseg.imageio import guess_modality
 
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FULLSIZE_CHUNK = 1024
 BORDER_RADIUS = 2
+TARGETS = ("body", "border")
 MODES = ("crop", "resize")
 
 
@@ -173,93 +174,103 @@ def split_by_modality(modalities: pd.Series, val_fraction: float, seed: int) -> 
     return split
 
 
-def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike, settings: PreprocessSettings) -> pd.DataFrame:
+def _index_row(sample, modality: str) -> dict:
+    """The index columns every store shares."""
+    h, w = sample.image.shape[:2]
+    return dict(
+        image_id=sample.image_id,
+        height=h,
+        width=w,
+        bit_depth=sample.info.get("bit_depth"),
+        channels=sample.info.get("channels"),
+        modality=modality,
+        dark_nuclei=modality != "fluorescence",
+        n_nuclei=int(sample.labels.max(initial=0)) if sample.labels is not None else 0,
+        n_overlap_px=sample.n_overlap,
+    )
+
+
+def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike, settings: PreprocessSettings, layout: str = "dsb") -> pd.DataFrame:
     """Preprocess stage, training store: crops (or resized images) and labels into zarr.
 
     Parameters
     ----------
     dataset_dir : path-like
-        Unpacked dataset (see :mod:`nucseg.datasets`); every image must have masks.
+        Unpacked dataset (see :mod:`nucseg.datasets`); every image needs ground truth.
     out_zarr : path-like
         Store to create; built under a temporary name and renamed when complete.
+        Arrays ``images (N, S, S, 3) uint8``, ``labels (N, S, S) uint32`` and
+        the training targets ``body``, ``border`` ``(N, S, S) uint8`` (0/1), one
+        chunk per example.
     index_csv : path-like
-        Index table: ``image_id, height, width, modality, n_nuclei, n_overlap_px, split, first_crop, n_crops``.
+        Index table: ``image_id, height, width, bit_depth, channels, modality,
+        dark_nuclei, n_nuclei, n_overlap_px, split, first_crop, n_crops``.
     settings : PreprocessSettings
+    layout : str
+        Dataset layout (:data:`nucseg.datasets.LAYOUTS`).
 
     Returns
     -------
     pandas.DataFrame
         The index table.
     """
-    ids = list_images(dataset_dir)
+    ids = list_images(dataset_dir, layout)
     if not ids:
         raise ValueError(f"{dataset_dir}: no images found")
+    solution = load_solution(dataset_dir, ids)
     s = settings.size
     rows = []
     with atomic_dir(out_zarr, overwrite=True) as tmp:
         root = zarr.open_group(tmp, mode="w")
         images = root.create_array("images", shape=(0, s, s, 3), dtype="uint8", chunks=(1, s, s, 3))
         labels = root.create_array("labels", shape=(0, s, s), dtype="uint32", chunks=(1, s, s))
+        targets = {name: root.create_array(name, shape=(0, s, s), dtype="uint8", chunks=(1, s, s)) for name in TARGETS}
         n = 0
         for image_id in ids:
-            sample = read_sample(dataset_dir, image_id)
+            sample = read_sample(dataset_dir, image_id, layout, solution)
             if sample.labels is None:
-                raise ValueError(f"{Path(dataset_dir) / image_id}: no masks folder; a training image needs masks")
+                raise ValueError(f"{Path(dataset_dir) / image_id}: no ground truth (no masks folder, not in a solution CSV); a training image needs it")
             imgs, labs = make_crops(sample.image, sample.labels, settings)
-            images.resize((n + len(imgs), s, s, 3))
-            labels.resize((n + len(imgs), s, s))
+            for array in [images, labels, *targets.values()]:
+                array.resize((n + len(imgs),) + array.shape[1:])
             images[n:] = imgs
             labels[n:] = labs
-            rows.append(
-                dict(
-                    image_id=image_id,
-                    height=sample.image.shape[0],
-                    width=sample.image.shape[1],
-                    modality=guess_modality(sample.image),
-                    n_nuclei=int(sample.labels.max()),
-                    n_overlap_px=sample.n_overlap,
-                    first_crop=n,
-                    n_crops=len(imgs),
-                )
-            )
+            for name, array in targets.items():
+                array[n:] = np.stack([make_targets(lab, (name,))[0] for lab in labs]).astype(np.uint8)
+            rows.append(dict(_index_row(sample, guess_modality(sample.image)), first_crop=n, n_crops=len(imgs)))
             n += len(imgs)
         index = pd.DataFrame(rows)
-        index.insert(6, "split", split_by_modality(index["modality"], settings.val_fraction, settings.seed))
-        root.attrs.update(dict(kind="training", size=s, mode=settings.mode, n_images=len(ids)))
+        index.insert(index.columns.get_loc("first_crop"), "split", split_by_modality(index["modality"], settings.val_fraction, settings.seed))
+        root.attrs.update(dict(kind="training", size=s, mode=settings.mode, n_images=len(ids), border_radius=BORDER_RADIUS))
     write_csv(index, index_csv)
     log.info("%s: %d images -> %d examples of %dx%d (%s)", dataset_dir, len(ids), n, s, s, settings.mode)
     return index
 
 
-def preprocess_fullsize(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike) -> pd.DataFrame:
+def preprocess_fullsize(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike, layout: str = "dsb") -> pd.DataFrame:
     """Preprocess stage, full-size store: test images at full resolution, with labels where known.
 
-    The index table has ``image_id, height, width, modality, n_nuclei, has_labels``.
+    Arrays ``images/<id> (H, W, 3) uint8`` and, where there is ground truth,
+    ``labels/<id> (H, W) uint32``, in chunks of up to 1024 x 1024. The index
+    table has the columns of the training index up to ``n_overlap_px``, then
+    ``has_labels``.
     """
-    ids = list_images(dataset_dir)
+    ids = list_images(dataset_dir, layout)
     if not ids:
         raise ValueError(f"{dataset_dir}: no images found")
+    solution = load_solution(dataset_dir, ids)
     rows = []
     with atomic_dir(out_zarr, overwrite=True) as tmp:
         root = zarr.open_group(tmp, mode="w")
         img_group, lab_group = root.create_group("images"), root.create_group("labels")
         for image_id in ids:
-            sample = read_sample(dataset_dir, image_id)
+            sample = read_sample(dataset_dir, image_id, layout, solution)
             h, w = sample.image.shape[:2]
             chunk = (min(h, FULLSIZE_CHUNK), min(w, FULLSIZE_CHUNK))
             img_group.create_array(image_id, data=sample.image, chunks=chunk + (3,))
             if sample.labels is not None:
                 lab_group.create_array(image_id, data=sample.labels, chunks=chunk)
-            rows.append(
-                dict(
-                    image_id=image_id,
-                    height=h,
-                    width=w,
-                    modality=guess_modality(sample.image),
-                    n_nuclei=int(sample.labels.max()) if sample.labels is not None else 0,
-                    has_labels=sample.labels is not None,
-                )
-            )
+            rows.append(dict(_index_row(sample, guess_modality(sample.image)), has_labels=sample.labels is not None))
         root.attrs.update(dict(kind="fullsize", n_images=len(ids)))
     index = pd.DataFrame(rows)
     write_csv(index, index_csv)

@@ -1,5 +1,6 @@
 # Workflow-level Python: config validation, dataset tables, paths, input functions.
 
+import glob
 import os
 import re
 
@@ -38,6 +39,9 @@ validate(config, schema="../config/config.schema.yaml", set_default=False)
 DATASETS = config["datasets"]
 TRAIN_SETS = sorted(name for name, d in DATASETS.items() if d["role"] == "train")
 TEST_SETS = sorted(name for name, d in DATASETS.items() if d["role"] == "test")
+# test sets with ground truth (masks in the dsb layout, or a solution CSV) are evaluated;
+# a folder of the user's own images is predicted, segmented and measured only
+EVAL_SETS = [name for name in TEST_SETS if DATASETS[name].get("layout", "dsb") == "dsb"]
 if not TRAIN_SETS:
     raise ValueError("config: 'datasets' needs at least one dataset with role: train")
 if not TEST_SETS:
@@ -67,12 +71,23 @@ def settings(section):
     return merged
 
 
-def dataset_source(name):
-    """A local archive path is taken relative to the working directory, else to the workflow."""
-    source = DATASETS[name]["source"]
-    if re.match(r"https?://", source) or os.path.isabs(source) or os.path.exists(source):
+def local_or_url(source):
+    """A local path is taken relative to the working directory, else to the workflow folder."""
+    if source is None or re.match(r"https?://", source) or os.path.isabs(source) or glob.glob(source):
         return source
     return os.path.join(workflow.basedir, source)
+
+
+def dataset_source(name):
+    return local_or_url(DATASETS[name]["source"])
+
+
+def dataset_solution(name):
+    return local_or_url(DATASETS[name].get("solution"))
+
+
+def dataset_layout(name):
+    return DATASETS[name].get("layout", "dsb")
 
 
 def training_stores():
@@ -84,7 +99,7 @@ def training_indexes():
 
 
 def all_outputs():
-    return [SUMMARY] + expand(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/objects.csv", model=MODELS, dataset=TEST_SETS)
+    return ([SUMMARY] if EVAL_SETS else []) + expand(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/objects.csv", model=MODELS, dataset=TEST_SETS)
 
 
 def print_summary(path):

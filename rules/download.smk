@@ -1,12 +1,17 @@
 rule download:
-    # Fetch (or copy) the dataset archive, verify its sha256, unpack it safely.
+    # Fetch (or copy, or link) the dataset, verify its sha256, unpack it safely.
     output:
         directory(f"{RESULTS}/datasets/{{dataset}}"),
     params:
         source=lambda wc: dataset_source(wc.dataset),
         sha256=lambda wc: DATASETS[wc.dataset].get("sha256"),
+        layout=lambda wc: dataset_layout(wc.dataset),
+        solution=lambda wc: dataset_solution(wc.dataset),
+        solution_sha256=lambda wc: DATASETS[wc.dataset].get("solution_sha256"),
+        subdir=lambda wc: DATASETS[wc.dataset].get("subdir"),
+        download=config.get("download", {}),
         cache_dir=f"{RESULTS}/downloads",
-        code=nucseg.code_hash("datasets", "files", "imageio"),
+        code=nucseg.code_hash("datasets", "download", "files", "imageio"),
     log:
         f"{LOGS}/download/{{dataset}}.log",
     conda:

@@ -19,7 +19,7 @@ rule evaluate:
 rule aggregate:
     # Mean of every metric over images, per dataset and overall.
     input:
-        expand(f"{RESULTS}/metrics/{{model}}/{{dataset}}/per_image.csv", model=MODELS, dataset=TEST_SETS),
+        expand(f"{RESULTS}/metrics/{{model}}/{{dataset}}/per_image.csv", model=MODELS, dataset=EVAL_SETS),
     output:
         SUMMARY,
     params:

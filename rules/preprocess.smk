@@ -7,6 +7,7 @@ rule preprocess_train:
         index=f"{RESULTS}/preprocessed/{{dataset}}/train_index.csv",
     params:
         settings=config["preprocess"],
+        layout=lambda wc: dataset_layout(wc.dataset),
         code=nucseg.code_hash("preprocess", "datasets", "imageio", "files"),
     log:
         f"{LOGS}/preprocess_train/{{dataset}}.log",
@@ -26,6 +27,7 @@ rule preprocess_test:
         zarr=directory(f"{RESULTS}/preprocessed/{{dataset}}/full.zarr"),
         index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",
     params:
+        layout=lambda wc: dataset_layout(wc.dataset),
         code=nucseg.code_hash("preprocess", "datasets", "imageio", "files"),
     log:
         f"{LOGS}/preprocess_test/{{dataset}}.log",

@@ -388,7 +388,7 @@ def test_read_sample_without_masks_has_no_labels(tmp_path):
 
 def test_read_sample_without_image_names_folder(tmp_path):
     (tmp_path / "i" / "images").mkdir(parents=True)
-    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "i")) + ": no image file"):
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path)) + ": no image file for image id 'i'"):
         read_sample(tmp_path, "i")
 
 

@@ -13,6 +13,7 @@ import zarr
 from nucseg import preprocess
 from nucseg.datasets import read_sample
 from nucseg.preprocess import (
+    touching_borders,
     PreprocessSettings,
     crop_starts,
     make_crops,
@@ -22,8 +23,9 @@ from nucseg.preprocess import (
     split_by_modality,
 )
 
-TRAINING_COLUMNS = ["image_id", "height", "width", "modality", "n_nuclei", "n_overlap_px", "split", "first_crop", "n_crops"]
-FULLSIZE_COLUMNS = ["image_id", "height", "width", "modality", "n_nuclei", "has_labels"]
+INDEX_COLUMNS = ["image_id", "height", "width", "bit_depth", "channels", "modality", "dark_nuclei", "n_nuclei", "n_overlap_px"]
+TRAINING_COLUMNS = INDEX_COLUMNS + ["split", "first_crop", "n_crops"]
+FULLSIZE_COLUMNS = INDEX_COLUMNS + ["has_labels"]
 
 
 def test_docstring_examples():
@@ -212,7 +214,12 @@ def test_preprocess_training_store_and_index(small_dataset, tmp_path):
     assert root["images"].shape == (11, 32, 32, 3) and root["images"].dtype == np.uint8
     assert root["labels"].shape == (11, 32, 32) and root["labels"].dtype == np.uint32
     assert root["images"].chunks == (1, 32, 32, 3) and root["labels"].chunks == (1, 32, 32)
-    assert dict(root.attrs) == dict(kind="training", size=32, mode="crop", n_images=3)
+    assert dict(root.attrs) == dict(kind="training", size=32, mode="crop", n_images=3, border_radius=2)
+    # the training targets, one chunk per example, computed from the stored labels
+    for name in ("body", "border"):
+        assert root[name].shape == (11, 32, 32) and root[name].dtype == np.uint8 and root[name].chunks == (1, 32, 32)
+    np.testing.assert_array_equal(root["body"][:], root["labels"][:] > 0)
+    np.testing.assert_array_equal(root["border"][:], np.stack([touching_borders(lab) for lab in root["labels"][:]]))
     for row in index.itertuples():
         sample = read_sample(small_dataset, row.image_id)
         imgs, labs = make_crops(sample.image, sample.labels, PreprocessSettings(size=32))
@@ -237,7 +244,7 @@ def test_preprocess_training_same_seed_same_split(small_dataset, tmp_path):
 def test_preprocess_training_without_masks_leaves_no_store(small_dataset, tmp_path, make_dataset):
     make_dataset(small_dataset, {"img_d": (np.zeros((32, 32), np.uint8), None)})
     out, index_csv = tmp_path / "train.zarr", tmp_path / "index.csv"
-    with pytest.raises(ValueError, match=re.escape(str(small_dataset / "img_d")) + ": no masks folder"):
+    with pytest.raises(ValueError, match=re.escape(str(small_dataset / "img_d")) + ": no ground truth"):
         preprocess_training(small_dataset, out, index_csv, PreprocessSettings(size=32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no store, no .part folder, no index
 
@@ -246,7 +253,7 @@ def test_preprocess_training_failure_keeps_previous_store(small_dataset, tmp_pat
     out, index_csv = tmp_path / "train.zarr", tmp_path / "index.csv"
     preprocess_training(small_dataset, out, index_csv, PreprocessSettings(size=32))
     make_dataset(small_dataset, {"img_d": (np.zeros((32, 32), np.uint8), None)})
-    with pytest.raises(ValueError, match="no masks folder"):
+    with pytest.raises(ValueError, match="no ground truth"):
         preprocess_training(small_dataset, out, index_csv, PreprocessSettings(size=32))
     assert zarr.open_group(out, mode="r")["images"].shape == (11, 32, 32, 3)
 

@@ -8,4 +8,5 @@ preprocess_fullsize(
     dataset_dir=snakemake.input[0],  # noqa: F821
     out_zarr=snakemake.output.zarr,  # noqa: F821
     index_csv=snakemake.output.index,  # noqa: F821
+    layout=snakemake.params.layout,  # noqa: F821
 )

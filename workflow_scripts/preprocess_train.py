@@ -8,5 +8,6 @@ preprocess_training(
     dataset_dir=snakemake.input[0],  # noqa: F821
     out_zarr=snakemake.output.zarr,  # noqa: F821
     index_csv=snakemake.output.index,  # noqa: F821
+    layout=snakemake.params.layout,  # noqa: F821
     settings=PreprocessSettings(**snakemake.params.settings),  # noqa: F821
 )
