@@ -11,7 +11,7 @@ rule download:
         subdir=lambda wc: DATASETS[wc.dataset].get("subdir"),
         download=config.get("download", {}),
         cache_dir=f"{RESULTS}/downloads",
-        code=nucseg.code_hash("datasets", "download", "files", "imageio"),
+        code=nucseg.code_hash("datasets", "download", "rle", "files", "imageio"),
     log:
         f"{LOGS}/download/{{dataset}}.log",
     conda:

@@ -8,7 +8,7 @@ rule preprocess_train:
     params:
         settings=config["preprocess"],
         layout=lambda wc: dataset_layout(wc.dataset),
-        code=nucseg.code_hash("preprocess", "datasets", "imageio", "files"),
+        code=nucseg.code_hash("preprocess", "datasets", "rle", "imageio", "files"),
     log:
         f"{LOGS}/preprocess_train/{{dataset}}.log",
     benchmark:
@@ -28,7 +28,7 @@ rule preprocess_test:
         index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",
     params:
         layout=lambda wc: dataset_layout(wc.dataset),
-        code=nucseg.code_hash("preprocess", "datasets", "imageio", "files"),
+        code=nucseg.code_hash("preprocess", "datasets", "rle", "imageio", "files"),
     log:
         f"{LOGS}/preprocess_test/{{dataset}}.log",
     conda:
