@@ -64,8 +64,26 @@ class ModelConfig:
         return d
 
 
-#: Named architectures. ``resunet-paper`` is the published model (width 64);
-#: ``resunet-small`` trains on a CPU in minutes and is the sample run's default.
+#: Named architectures (``train.model`` in the config).
+#:
+#: ``resunet-paper``
+#:     The published model (Rautaray et al. 2020, Tables 1-2): 7x7 stride-2
+#:     stem convolution with 64 channels and 3x3 max-pool; four encoder stages
+#:     of two residual blocks with 64, 128, 256 and 512 channels, stages 3-5
+#:     downsampling with stride-2 convolutions; a decoder of transposed
+#:     convolutions, concatenated skip connections and residual blocks back to
+#:     the stem's resolution; batch norm throughout. About 14.6 million
+#:     parameters; train it on a GPU. **One difference**: the paper's output
+#:     is at half the input resolution (128 x 128 for a 256 x 256 input, upscaled
+#:     afterwards); ours adds one more up-sampling step (transposed convolution
+#:     and residual block) and predicts at the input's full resolution, with
+#:     one sigmoid logit per head instead of the paper's two-class output.
+#: ``resunet-small``
+#:     The same architecture at width 16 (1/16 of the parameters): the default,
+#:     trains on a CPU in minutes for the sample run.
+#:
+#: The width and the heads (``body``, or ``body`` + ``border``) can be changed
+#: on top of either (:class:`nucseg.train.TrainSettings`).
 PRESETS = {
     "resunet-paper": ModelConfig(width=64, blocks=2),
     "resunet-small": ModelConfig(width=16, blocks=2),

@@ -1,10 +1,28 @@
 """Train stage: fit a :class:`~nucseg.model.ResUNet` on training stores from :mod:`nucseg.preprocess`.
 
-Adam; the learning rate is cut x0.1 after ``lr_patience`` epochs without a
-better validation IoU, training stops after ``stop_patience`` such epochs;
-the weights of the best validation epoch are kept (Rautaray et al. 2020,
-Algorithm 1). A checkpoint is written after every epoch; a rerun with the same
-checkpoint path resumes from it.
+Adam; the learning rate is cut x0.1 after ``lr_patience`` epochs in a row
+without a better validation IoU, training stops after ``stop_patience`` such
+epochs; the weights of the best validation epoch are kept (Rautaray et al.
+2020, Algorithm 1; the counts are Keras's, which the paper used: with
+``lr_patience=5`` the fifth epoch without improvement is the last at the old
+rate). Training examples are augmented by :mod:`nucseg.augment`.
+
+Device: CUDA when PyTorch sees a GPU (``device: auto``), else the CPU; the
+choice is logged. On CUDA the forward pass runs in mixed precision (float16
+autocast with a gradient scaler), batches come from pinned memory and cuDNN
+picks its fastest kernels; ``num_workers`` processes load and augment
+examples on either device.
+
+Reproducible and resumable: every random draw comes from the seed (weights,
+example order, and one generator per (seed, epoch, example) for the
+augmentation), so on the CPU the same seed and data give the same weights and
+history. A checkpoint (weights, optimiser, scheduler, gradient scaler, epoch,
+history, best weights, every random state and the settings) is written after
+every epoch; a rerun with the same checkpoint path, settings and data resumes
+from it and ends where an uninterrupted run would have (CPU).
+
+Progress: a progress bar per epoch when stderr is a terminal, and one log
+line per epoch in any case.
 
 The result is a self-describing model folder:
 
@@ -24,6 +42,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,8 +52,10 @@ import pandas as pd
 import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 import nucseg
+from nucseg.augment import Augmenter, AugmentSettings
 from nucseg.files import atomic_dir
 from nucseg.imageio import normalize_image
 from nucseg.losses import Loss
@@ -62,6 +83,9 @@ class TrainSettings:
     lr_patience: int = 5
     stop_patience: int = 10
     augment: bool = True
+    augment_affine: float = 0.5
+    augment_distort: float = 0.25
+    augment_intensity: float = 0.5
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
@@ -79,27 +103,34 @@ class TrainSettings:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        self.augment_settings()  # checks the probabilities
 
     def model_config(self) -> ModelConfig:
         preset = PRESETS[self.model]
         return ModelConfig(width=self.width or preset.width, blocks=preset.blocks, heads=self.heads)
 
-
-def augment(image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random flip and 90-degree rotation, applied identically to ``(H, W, C)`` image and ``(K, H, W)`` target."""
-    k = int(rng.integers(4))
-    image, target = np.rot90(image, k, axes=(0, 1)), np.rot90(target, k, axes=(1, 2))
-    if rng.random() < 0.5:
-        image, target = image[:, ::-1], target[:, :, ::-1]
-    return np.ascontiguousarray(image), np.ascontiguousarray(target)
+    def augment_settings(self) -> AugmentSettings | None:
+        """The augmentation settings, or ``None`` when ``augment`` is off."""
+        settings = AugmentSettings(affine=self.augment_affine, distort=self.augment_distort, intensity=self.augment_intensity)
+        return settings if self.augment else None
 
 
 class CropDataset(Dataset):
-    """Examples of one or more training stores, read one chunk at a time from zarr."""
+    """Examples of one or more training stores, read one chunk at a time from zarr.
 
-    def __init__(self, stores: list[str], items: list[tuple[int, int]], heads: tuple[str, ...], augment: bool, seed: int) -> None:
+    Item ``i`` is ``(image (3, S, S) float32, target (K, S, S) float32)``:
+    the normalised image and one {0, 1} map per head. With ``augment``
+    settings, image and labels are transformed together first (generator
+    seeded by ``(seed, epoch, i)``; set :attr:`epoch` before each epoch) and
+    the targets computed from the transformed labels.
+    """
+
+    def __init__(self, stores: list[str], items: list[tuple[int, int]], heads: tuple[str, ...], augment: AugmentSettings | None, seed: int) -> None:
         self.stores, self.items, self.heads = stores, items, heads
-        self.augment, self.seed, self.epoch = augment, seed, 0
+        self.augmenter = Augmenter(augment) if augment is not None else None
+        self.seed, self.epoch = seed, 0
         self._open: dict[int, zarr.Group] = {}
 
     def __len__(self) -> int:
@@ -110,12 +141,16 @@ class CropDataset(Dataset):
         if store not in self._open:
             self._open[store] = zarr.open_group(self.stores[store], mode="r")
         group = self._open[store]
-        image = normalize_image(group["images"][index])
-        target = make_targets(group["labels"][index], self.heads)
-        if self.augment:
+        image, labels = group["images"][index], group["labels"][index]
+        if self.augmenter is None:
+            image = normalize_image(image)
+        else:
             # one generator per (seed, epoch, example): identical whatever the worker layout
-            image, target = augment(image, target, np.random.default_rng((self.seed, self.epoch, i)))
-        return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(target)
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            image, labels = self.augmenter.spatial(image, labels, rng)
+            image = self.augmenter.intensity(normalize_image(image), rng)
+        target = make_targets(labels, self.heads)
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(target)
 
 
 def split_items(stores: list[str], indexes: list[str]) -> dict[str, list[tuple[int, int]]]:
@@ -142,6 +177,17 @@ def choose_device(name: str = "auto") -> torch.device:
     return device
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, lr_patience: int) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """Learning rate x0.1 once ``lr_patience`` epochs in a row brought no higher validation IoU.
+
+    PyTorch cuts after ``patience + 1`` bad epochs and counts an epoch as good
+    only above a relative threshold; Keras (the paper) cuts after ``patience``
+    and needs any improvement. This follows Keras, and the same rule as the
+    early stop and the best-epoch choice (strictly greater IoU).
+    """
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=lr_patience - 1, threshold=0.0)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -163,13 +209,17 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def run_epoch(model: ResUNet, loader: DataLoader, loss_fn: Loss, device: torch.device, optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler | None) -> tuple[float, float]:
-    """One pass over ``loader``; trains when ``optimizer`` is given. Returns (mean loss, body IoU)."""
+def run_epoch(model: ResUNet, loader: DataLoader, loss_fn: Loss, device: torch.device, optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler | None, desc: str = "") -> tuple[float, float]:
+    """One pass over ``loader``; trains when ``optimizer`` is given. Returns (mean loss, body pixel IoU).
+
+    Mixed precision on CUDA. A progress bar (``desc``) is shown when stderr is a terminal.
+    """
     model.train(optimizer is not None)
     total, n, inter, union = 0.0, 0, 0.0, 0.0
     amp = device.type == "cuda"
+    batches = tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True, disable=not sys.stderr.isatty())
     with torch.set_grad_enabled(optimizer is not None):
-        for x, y in loader:
+        for x, y in batches:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, enabled=amp):
                 logits = model(x)
@@ -188,24 +238,42 @@ def run_epoch(model: ResUNet, loader: DataLoader, loss_fn: Loss, device: torch.d
             pred, truth = logits[:, 0] > 0, y[:, 0] > 0.5
             inter += float((pred & truth).sum())
             union += float((pred | truth).sum())
+            batches.set_postfix(loss=f"{total / n:.4f}", refresh=False)
+    batches.close()
     return total / max(n, 1), (inter / union if union else 1.0)
 
 
-def save_curves(history: pd.DataFrame, path: Path) -> None:
-    """Loss and IoU against epoch, training and validation (like the paper's Fig. 7)."""
+LOSS_NAMES = {"bce_dice": "BCE + soft Dice", "jaccard": "soft Jaccard", "dice": "soft Dice"}
+
+
+def save_curves(history: pd.DataFrame, path: Path, loss: str = "bce_dice") -> None:
+    """Pixel IoU and loss against epoch, training and validation (the paper's Fig. 7).
+
+    The best validation epoch is marked with a dashed line, learning-rate cuts with dotted ones.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, metric in zip(axes, ("loss", "iou")):
-        ax.plot(history["epoch"], history[f"train_{metric}"], label="training")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = history["epoch"]
+    best = epochs[history["val_iou"].idxmax()] if history["val_iou"].notna().any() else None
+    cuts = epochs[history["lr"] < history["lr"].shift()]
+    for ax, metric, ylabel in zip(axes, ("iou", "loss"), ("pixel IoU (nucleus)", f"loss ({LOSS_NAMES.get(loss, loss)})")):
+        ax.plot(epochs, history[f"train_{metric}"], "o-", ms=3, label="training")
         if history[f"val_{metric}"].notna().any():
-            ax.plot(history["epoch"], history[f"val_{metric}"], label="validation")
+            ax.plot(epochs, history[f"val_{metric}"], "o-", ms=3, label="validation")
+        if best is not None:
+            ax.axvline(best, color="grey", ls="--", lw=1, label=f"best (epoch {best})")
+        for k, epoch in enumerate(cuts):
+            ax.axvline(epoch, color="grey", ls=":", lw=1, label="learning rate x0.1" if k == 0 else None)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss (BCE + Dice)" if metric == "loss" else "pixel IoU")
-        ax.legend()
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0].set_title("accuracy metric")
+    axes[1].set_title("loss function")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -240,10 +308,12 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
         torch.set_num_threads(threads)
     seed_everything(settings.seed)
     device = choose_device(settings.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fastest kernels for the fixed crop size (not bit-reproducible)
     items = split_items(list(map(str, stores)), list(map(str, indexes)))
     heads = settings.heads
-    train_set = CropDataset(list(map(str, stores)), items["train"], heads, settings.augment, settings.seed)
-    val_set = CropDataset(list(map(str, stores)), items["val"], heads, False, settings.seed)
+    train_set = CropDataset(list(map(str, stores)), items["train"], heads, settings.augment_settings(), settings.seed)
+    val_set = CropDataset(list(map(str, stores)), items["val"], heads, None, settings.seed)
     log.info("%d training and %d validation examples", len(train_set), len(val_set))
     generator = torch.Generator().manual_seed(settings.seed)
     loader_args = dict(batch_size=settings.batch_size, num_workers=settings.num_workers, pin_memory=device.type == "cuda")
@@ -256,16 +326,22 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
     model = ResUNet(model_config).to(device)
     loss_fn = Loss(settings.loss)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.1, patience=settings.lr_patience)
+    scheduler = make_scheduler(optimizer, settings.lr_patience)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
 
     # what a checkpoint must match to be resumed (JSON-normalised: tuples become lists)
     identity = json.loads(json.dumps(dict(settings=asdict(settings), stores=[str(s) for s in stores], model=model_config.to_dict())))
     start, history, best, best_state, bad_epochs = 1, [], -1.0, None, 0
     ckpt_path = Path(checkpoint) if checkpoint else None
+    ckpt = None
     if ckpt_path and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt["identity"] == identity:
+        try:
+            # on the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest to the device
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 (any unreadable file: train afresh, do not fail)
+            log.warning("%s is not a readable checkpoint (%s); starting afresh", ckpt_path, exc)
+    if ckpt is not None:
+        if ckpt.get("identity") == identity:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -283,9 +359,9 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
             break
         t0 = time.perf_counter()
         train_set.epoch = epoch
-        train_loss, train_iou = run_epoch(model, train_loader, loss_fn, device, optimizer, scaler)
+        train_loss, train_iou = run_epoch(model, train_loader, loss_fn, device, optimizer, scaler, f"epoch {epoch}/{settings.epochs} train")
         if len(val_set):
-            val_loss, val_iou = run_epoch(model, val_loader, loss_fn, device, None, None)
+            val_loss, val_iou = run_epoch(model, val_loader, loss_fn, device, None, None, f"epoch {epoch}/{settings.epochs} val")
         else:
             val_loss, val_iou = float("nan"), train_iou
         lr = optimizer.param_groups[0]["lr"]
@@ -327,7 +403,7 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
         torch.save(best_state, tmp / "weights.pt")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         table.to_csv(tmp / "history.csv", index=False)
-        save_curves(table, tmp / "curves.png")
+        save_curves(table, tmp / "curves.png", settings.loss)
     log.info("best validation IoU %.4f at epoch %d; model in %s", config["best_val_iou"], config["best_epoch"], out_dir)
     return config
 

@@ -9,7 +9,7 @@ rule train:
         settings=settings("train"),
         # not an output: it survives a failed job, so a rerun resumes from it
         checkpoint=f"{RESULTS}/checkpoints/{{model}}.pt",
-        code=nucseg.code_hash("train", "model", "losses", "imageio", "files"),
+        code=nucseg.code_hash("train", "model", "losses", "augment", "preprocess", "imageio", "files"),
     threads: 4
     resources:
         gpu=1,

@@ -51,3 +51,28 @@ def test_losses_are_differentiable_and_shape_checked():
         soft_dice_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 4))
     with pytest.raises(ValueError, match="unknown loss 'focal'"):
         Loss("focal")
+
+
+def test_channels_are_scored_separately_then_averaged():
+    # channel 0 perfect (Dice loss 0), channel 1 the hand-worked case above (Dice loss 2/5)
+    truth = torch.tensor([[[1.0, 1.0, 0.0, 0.0]], [[1.0, 1.0, 0.0, 0.0]]])[None]
+    logits = torch.cat([logits_of([[1, 1, 0, 0]]), logits_of([[1, 0, 1, 0]])], dim=1)
+    assert soft_dice_loss(logits, truth).item() == pytest.approx((0 + 2 / 5) / 2)
+    # Jaccard: (0 + 1/2) / 2
+    assert soft_jaccard_loss(logits, truth).item() == pytest.approx((0 + 1 / 2) / 2)
+
+
+def test_dice_pools_the_batch_per_channel():
+    # two images of one pixel each: |P.T| = 1, |P| = 1, |T| = 2 over the batch -> dice = 3/4
+    truth = torch.tensor([1.0, 1.0]).reshape(2, 1, 1, 1)
+    logits = torch.tensor([BIG, -BIG]).reshape(2, 1, 1, 1)
+    assert soft_dice_loss(logits, truth).item() == pytest.approx(1 - 3 / 4)
+
+
+def test_bce_with_confident_logits_by_hand():
+    # logit ln 3 -> p = 3/4: BCE is -ln(3/4) on a nucleus pixel and -ln(1/4) on background
+    logits = torch.full((1, 1, 1, 2), math.log(3))
+    truth = torch.tensor([1.0, 0.0]).reshape(1, 1, 1, 2)
+    bce = (-math.log(3 / 4) - math.log(1 / 4)) / 2
+    dice = 1 - (2 * 0.75 + 1) / (1.5 + 1 + 1)
+    assert bce_dice_loss(logits, truth).item() == pytest.approx(bce + dice, rel=1e-6)

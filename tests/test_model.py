@@ -43,3 +43,36 @@ def test_paper_preset_matches_table_1_widths():
 def test_config_round_trips_through_dict():
     config = ModelConfig(width=8, heads=["body", "border"])
     assert ModelConfig(**config.to_dict()) == config
+
+
+def test_paper_preset_decoder_matches_table_2_plus_one_upsampling():
+    """Rautaray et al. Table 2: transposed convolutions to 256, 128, 64, 64 channels, each
+    concatenated with the encoder's map of the same size and followed by a residual block,
+    ending at half the input's resolution; we add one more step to the full resolution."""
+    model = ResUNet(PRESETS["resunet-paper"]).eval()
+    ups = [model.up4, model.up3, model.up2, model.up1]
+    assert [up.up.out_channels for up in ups] == [256, 128, 64, 64]
+    # concatenation: the residual block takes the up-sampled map plus the skip
+    assert [up.block.body[0][0].in_channels for up in ups] == [256 + 256, 128 + 128, 64 + 64, 64 + 64]
+    assert model.up0.up.out_channels == 64 and model.up0.block.body[0][0].in_channels == 64
+    shapes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            shapes[name] = tuple(output.shape)
+
+        return hook
+
+    for name in ("stem", "up1", "up0"):
+        getattr(model, name).register_forward_hook(record(name))
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 64))
+    assert shapes["stem"] == shapes["up1"] == (1, 64, 32, 32), "the paper's output resolution: half the input"
+    assert shapes["up0"] == (1, 64, 64, 64) and out.shape == (1, 1, 64, 64)
+
+
+def test_batch_norm_after_every_convolution_but_the_output():
+    model = ResUNet(PRESETS["resunet-small"])
+    convs = [m for m in model.modules() if type(m) is torch.nn.Conv2d]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == len(convs) - 1 and convs[-1] is model.head

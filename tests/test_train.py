@@ -1,4 +1,11 @@
+import io
 import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -6,10 +13,14 @@ import pytest
 import torch
 import zarr
 from skimage.draw import disk
+from skimage.filters import threshold_otsu
+from torch.utils.data import DataLoader
 
+from nucseg.augment import Augmenter, AugmentSettings
+from nucseg.imageio import normalize_image
 from nucseg.model import ResUNet
 from nucseg.preprocess import make_targets, touching_borders
-from nucseg.train import TrainSettings, augment, load_model, train_model
+from nucseg.train import CropDataset, TrainSettings, load_model, make_scheduler, split_items, train_model
 
 SIZE = 64
 
@@ -96,18 +107,6 @@ def test_touching_borders_by_hand():
     assert not touching_borders(np.pad(np.ones((3, 3), np.uint8), 2)).any()
 
 
-def test_targets_and_augmentation_stay_aligned():
-    rng = np.random.default_rng(0)
-    labels = np.zeros((16, 16), np.uint32)
-    labels[2:6, 3:9] = 1
-    image = np.repeat((labels > 0)[..., None], 3, axis=2).astype(np.float32)
-    target = make_targets(labels, ("body", "border"))
-    assert target.shape == (2, 16, 16) and target.dtype == np.float32
-    for _ in range(20):
-        img, tgt = augment(image, target, rng)
-        np.testing.assert_array_equal(img[..., 0], tgt[0])
-
-
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="unknown model 'unet'"):
         TrainSettings(model="unet")
@@ -118,3 +117,146 @@ def test_bad_settings_are_named():
 def test_unreadable_model_folder_is_named(tmp_path):
     with pytest.raises(ValueError, match=str(tmp_path)):
         load_model(tmp_path)
+
+
+def without_seconds(folder):
+    return pd.read_csv(folder / "history.csv").drop(columns="seconds")
+
+
+def assert_same_weights(a, b):
+    first, second = torch.load(a / "weights.pt"), torch.load(b / "weights.pt")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+CHILD = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+from nucseg.train import TrainSettings, train_model
+store, index, out, ckpt, settings = json.loads(sys.argv[1])
+train_model([store], [index], out, TrainSettings(**settings), checkpoint=ckpt, threads=1)
+"""
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_does(tmp_path):
+    """Regression guard for resuming: after ``kill -9`` a rerun continues from the last checkpoint
+    (weights, optimiser, scheduler, sampler and RNG states, history, best weights) and writes the
+    model an uninterrupted run writes, bit for bit (CPU)."""
+    store, index = synthetic_store(tmp_path, n_images=12)
+    settings = dict(SETTINGS, epochs=6, lr_patience=2)
+    ckpt, resumed = tmp_path / "ckpt.pt", tmp_path / "resumed"
+    command = [sys.executable, "-c", CHILD, json.dumps([store, index, str(resumed), str(ckpt), settings])]
+
+    with open(tmp_path / "first.log", "w") as log:
+        child = subprocess.Popen(command, stderr=log)
+        deadline = time.monotonic() + 300
+        while child.poll() is None and time.monotonic() < deadline:
+            if ckpt.is_file() and torch.load(ckpt, weights_only=False)["epoch"] >= 2:
+                os.kill(child.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+    killed_after = torch.load(ckpt, weights_only=False)["epoch"]
+    assert 2 <= killed_after < 6 and not resumed.exists()
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from {ckpt} after epoch {killed_after}" in again.stderr
+    assert f"epoch {killed_after}/6" not in again.stderr and f"epoch {killed_after + 1}/6" in again.stderr
+
+    train_model([store], [index], tmp_path / "straight", TrainSettings(**settings), threads=1)
+    assert_same_weights(resumed, tmp_path / "straight")
+    pd.testing.assert_frame_equal(without_seconds(resumed), without_seconds(tmp_path / "straight"))
+
+
+def test_unreadable_or_foreign_checkpoint_starts_afresh(trained, tmp_path, caplog):
+    root, store, index, _ = trained
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with caplog.at_level(logging.WARNING, logger="nucseg.train"):
+        train_model([store], [index], tmp_path / "a", TrainSettings(**dict(SETTINGS, epochs=1)), checkpoint=broken, threads=1)
+        # the module's checkpoint holds 3 epochs of other settings: not resumed
+        train_model([store], [index], tmp_path / "b", TrainSettings(**dict(SETTINGS, epochs=1, seed=5)), checkpoint=root / "ckpt.pt", threads=1)
+    assert "not a readable checkpoint" in caplog.text and "other settings or data; starting afresh" in caplog.text
+    assert len(pd.read_csv(tmp_path / "b" / "history.csv")) == 1
+
+
+def test_learning_rate_cut_after_lr_patience_epochs_without_improvement():
+    """Regression: PyTorch's patience=5 cuts after the sixth bad epoch, and ignores gains below
+    0.01 %; the paper (Keras) cuts after the fifth, and any gain counts."""
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = make_scheduler(optimizer, lr_patience=3)
+    lrs = []
+    for val_iou in [0.5, 0.6, 0.6, 0.6, 0.6, 0.600001, 0.6, 0.6, 0.59]:
+        scheduler.step(val_iou)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    # bad epochs: 3rd, 4th, 5th -> cut after the 5th; 0.600001 is better; then 3 bad -> second cut
+    assert lrs == pytest.approx([1, 1, 1, 1, 0.1, 0.1, 0.1, 0.1, 0.01])
+
+
+def test_augmented_targets_come_from_the_augmented_labels(tmp_path):
+    """Borders are computed after the spatial transforms, from the labels the network sees."""
+    store, index = synthetic_store(tmp_path)
+    items = split_items([store], [index])["train"]
+    settings = AugmentSettings(affine=1.0, distort=1.0, intensity=1.0)
+    data = CropDataset([store], items, ("body", "border"), settings, seed=7)
+    data.epoch = 3
+    group = zarr.open_group(store, mode="r")
+    augmenter = Augmenter(settings)
+    for i in range(len(items)):
+        x, y = data[i]
+        rng = np.random.default_rng((7, 3, i))
+        image, labels = augmenter.spatial(group["images"][i], group["labels"][i], rng)
+        np.testing.assert_array_equal(y.numpy(), make_targets(labels, ("body", "border")))
+        np.testing.assert_array_equal(x.numpy(), augmenter.intensity(normalize_image(image), rng).transpose(2, 0, 1))
+        # the bright discs are where the body target is
+        grey = x.numpy().mean(axis=0)
+        bright = grey > threshold_otsu(grey)
+        assert (bright & (y[0].numpy() > 0)).sum() / (bright | (y[0].numpy() > 0)).sum() > 0.8
+
+
+def test_examples_do_not_depend_on_worker_processes(tmp_path):
+    store, index = synthetic_store(tmp_path)
+    items = split_items([store], [index])["train"]
+    data = CropDataset([store], items, ("body", "border"), AugmentSettings(), seed=1)
+    data.epoch = 2
+    batches = {n: list(DataLoader(data, batch_size=2, num_workers=n)) for n in (0, 2)}
+    for (x0, y0), (x2, y2) in zip(batches[0], batches[2], strict=True):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bar_on_a_terminal_log_line_per_epoch_always(trained, tmp_path, monkeypatch, caplog, terminal):
+    _, store, index, _ = trained
+    stderr = FakeTerminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with caplog.at_level(logging.INFO, logger="nucseg.train"):
+        train_model([store], [index], tmp_path / "model", TrainSettings(**dict(SETTINGS, epochs=2)), threads=1)
+    assert [r.getMessage().split()[:2] for r in caplog.records if r.getMessage().startswith("epoch ")] == [["epoch", "1/2"], ["epoch", "2/2"]]
+    assert ("epoch 2/2 train" in stderr.getvalue()) is terminal
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_mixed_precision_workers_and_resume(tmp_path):
+    store, index = synthetic_store(tmp_path, n_images=12)
+    settings = TrainSettings(**dict(SETTINGS, device="auto", epochs=2, num_workers=2))
+    config = train_model([store], [index], tmp_path / "model", settings, checkpoint=tmp_path / "ckpt.pt")
+    assert config["device"] == "cuda"
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    assert ckpt["scaler"] is not None and ckpt["scaler"]["scale"] > 0, "mixed precision: a gradient scaler was used"
+    history = pd.read_csv(tmp_path / "model" / "history.csv")
+    assert np.isfinite(history[["train_loss", "val_loss", "train_iou", "val_iou"]].to_numpy()).all()
+    model, _ = load_model(tmp_path / "model", "cuda")
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64, device="cuda")).shape == (1, 1, 64, 64)
+    # a finished checkpoint resumes on the GPU too
+    train_model([store], [index], tmp_path / "again", settings, checkpoint=tmp_path / "ckpt.pt")
+    pd.testing.assert_frame_equal(without_seconds(tmp_path / "model"), without_seconds(tmp_path / "again"))

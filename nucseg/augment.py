@@ -1,0 +1,150 @@
+"""Training augmentation: the published spatial and intensity transforms, via albumentations.
+
+Rautaray et al. (2020) list flips, shift-scale-rotate, elastic, grid and
+optical distortion, brightness, contrast and gamma. They are taken from
+`albumentations <https://albumentations.ai>`_ (OpenCV kernels, a few
+milliseconds per 128 x 128 example on one CPU core, so augmentation runs in
+the data-loading workers and never needs the GPU) rather than written here.
+
+An example is augmented in two steps (:class:`Augmenter`):
+
+1. **spatial**, on the ``uint8`` image and its *label image* together: the
+   eight flips/90-degree rotations (always), then with probability
+   ``affine`` a shift-scale-rotate, then with probability ``distort`` one of
+   elastic, grid or optical distortion. The image is interpolated bilinearly,
+   the labels by nearest neighbour (no new label values appear), borders are
+   filled by reflection for both. The training targets (body, touching
+   borders) are computed *afterwards* from the transformed labels, so a
+   border is always a border between the nuclei the network sees.
+2. **intensity**, on the percentile-normalised float image (after
+   :func:`nucseg.imageio.normalize_image`; applied before it, brightness and
+   contrast changes would be normalised away): brightness/contrast and gamma,
+   each with probability ``intensity``. albumentations clips float images to
+   [0, 1], so the normalised range [-0.5, 1.5] is mapped onto [0, 1] and back
+   around these transforms: nothing is clipped.
+
+Randomness comes only from the generator passed in, so one generator per
+(seed, epoch, example) gives the same augmentation whatever the number of
+data-loading workers, and a resumed training run sees what an uninterrupted
+one would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+
+#: Border filling of the spatial transforms (image and labels alike): mirror without repeating the edge.
+BORDER = cv2.BORDER_REFLECT_101
+#: The normalised image's range (:func:`nucseg.imageio.normalize_image` clips to it).
+NORM_LOW, NORM_HIGH = -0.5, 1.5
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Probabilities of the augmentation groups (flips and 90-degree rotations are always on).
+
+    Attributes
+    ----------
+    affine : float
+        Shift (up to 6.25 % of the side), scale (0.8-1.25) and rotation (up to 45 degrees).
+    distort : float
+        One of elastic (alpha 120, sigma 6 pixels), grid (5 x 5 cells, up to
+        30 %) or optical (up to 20 %) distortion.
+    intensity : float
+        Brightness (+-0.1 of the [0, 1]-mapped range, i.e. +-0.2 in normalised
+        units) and contrast (x0.8-1.2) change, and, drawn separately, gamma
+        (0.8-1.2).
+    """
+
+    affine: float = 0.5
+    distort: float = 0.25
+    intensity: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("affine", "distort", "intensity"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"augmentation probability {name} must be in [0, 1], got {value}")
+
+
+def spatial_transforms(settings: AugmentSettings) -> list[A.BasicTransform]:
+    """The spatial transforms, in the order they are applied (image and labels alike)."""
+    return [
+        A.SquareSymmetry(p=1.0),
+        A.Affine(scale=(0.8, 1.25), translate_percent=(-0.0625, 0.0625), rotate=(-45, 45), border_mode=BORDER, p=settings.affine),
+        A.OneOf(
+            [
+                A.ElasticTransform(alpha=120, sigma=6, border_mode=BORDER, p=1.0),
+                A.GridDistortion(num_steps=5, distort_limit=0.3, border_mode=BORDER, p=1.0),
+                A.OpticalDistortion(distort_limit=0.2, border_mode=BORDER, p=1.0),
+            ],
+            p=settings.distort,
+        ),
+    ]
+
+
+def intensity_transforms(settings: AugmentSettings) -> list[A.BasicTransform]:
+    """The intensity transforms (image only), for a float image in [0, 1]."""
+    return [
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.2, p=settings.intensity),
+        A.RandomGamma(gamma_limit=(80, 120), p=settings.intensity),
+    ]
+
+
+def _seed_compose(compose: A.Compose, rng: np.random.Generator) -> None:
+    # one shared stream for all transforms of the pipeline (set_random_seed would give every
+    # transform the same seed, hence the same draws: correlated decisions)
+    compose.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+
+
+class Augmenter:
+    """Applies :func:`spatial_transforms` and :func:`intensity_transforms` to training examples.
+
+    Parameters
+    ----------
+    settings : AugmentSettings
+    """
+
+    def __init__(self, settings: AugmentSettings | None = None) -> None:
+        self.settings = settings or AugmentSettings()
+        self._spatial = A.Compose(spatial_transforms(self.settings), mask_interpolation=cv2.INTER_NEAREST)
+        self._intensity = A.Compose(intensity_transforms(self.settings))
+
+    def spatial(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Transform an image and its label image identically.
+
+        Parameters
+        ----------
+        image : (H, W, C) ndarray of uint8
+        labels : (H, W) ndarray of integers
+            Label image; its values are kept (nearest-neighbour interpolation).
+        rng : numpy.random.Generator
+            The only source of randomness.
+
+        Returns
+        -------
+        image : (H, W, C) ndarray of uint8
+        labels : (H, W) ndarray, dtype of ``labels``
+        """
+        if image.ndim != 3 or labels.shape != image.shape[:2]:
+            raise ValueError(f"expected an (H, W, C) image and an (H, W) label image, got {image.shape} and {labels.shape}")
+        # OpenCV cannot remap uint32: transform the labels' ranks (uint16), then map back
+        values, ranks = np.unique(labels, return_inverse=True)
+        if len(values) > np.iinfo(np.uint16).max:
+            raise ValueError(f"label image with {len(values)} distinct labels: at most 65,535 per training example")
+        _seed_compose(self._spatial, rng)
+        out = self._spatial(image=np.ascontiguousarray(image), mask=ranks.reshape(labels.shape).astype(np.uint16))
+        return out["image"], values[out["mask"]]
+
+    def intensity(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Brightness, contrast and gamma of a normalised ``(H, W, C) float32`` image (values in [-0.5, 1.5])."""
+        span = NORM_HIGH - NORM_LOW
+        unit = np.clip((np.asarray(image, np.float32) - NORM_LOW) / span, 0.0, 1.0)
+        _seed_compose(self._intensity, rng)
+        out = self._intensity(image=unit)["image"]
+        return (out * span + NORM_LOW).astype(np.float32)
