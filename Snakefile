@@ -3,7 +3,8 @@
 #   snakemake --cores all                      # the embedded sample, CPU or GPU
 #   snakemake --cores all --resources gpu=1    # at most one GPU job at a time
 #
-# Stages: download -> preprocess -> train -> predict -> segment -> evaluate -> aggregate.
+# Stages: download -> preprocess -> train -> predict -> segment -> evaluate -> aggregate
+# (tables, plots, QC pictures).
 # Settings: config/config.yaml (validated against config/config.schema.yaml).
 
 from snakemake.utils import min_version
@@ -12,6 +13,10 @@ min_version("9.0")
 
 
 configfile: os.path.join(workflow.basedir, "config/config.yaml")
+
+
+# snakemake --report report.html: tables, plots, training curves and QC pictures, captioned
+report: "report/workflow.rst"
 
 
 include: "rules/common.smk"

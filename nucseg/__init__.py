@@ -2,18 +2,21 @@
 
 Each stage of the Snakemake workflow calls one function of this package:
 
-============  ==========================  ========================================
-stage         module                      function
-============  ==========================  ========================================
-download      :mod:`nucseg.datasets`      :func:`~nucseg.datasets.download_dataset`
-preprocess    :mod:`nucseg.preprocess`    :func:`~nucseg.preprocess.preprocess_training`,
-                                          :func:`~nucseg.preprocess.preprocess_fullsize`
-train         :mod:`nucseg.train`         :func:`~nucseg.train.train_model`
-predict       :mod:`nucseg.infer`         :func:`~nucseg.infer.predict_dataset`
-segment       :mod:`nucseg.postprocess`   :func:`~nucseg.postprocess.segment_dataset`
-evaluate      :mod:`nucseg.evaluate`      :func:`~nucseg.evaluate.evaluate_dataset`
-aggregate     :mod:`nucseg.report`        :func:`~nucseg.report.aggregate`
-============  ==========================  ========================================
+================  ==========================  ========================================
+stage             module                      function
+================  ==========================  ========================================
+download          :mod:`nucseg.datasets`      :func:`~nucseg.datasets.download_dataset`
+preprocess        :mod:`nucseg.preprocess`    :func:`~nucseg.preprocess.preprocess_training`,
+                                              :func:`~nucseg.preprocess.preprocess_fullsize`
+train             :mod:`nucseg.train`         :func:`~nucseg.train.train_model`
+predict           :mod:`nucseg.infer`         :func:`~nucseg.infer.predict_dataset`
+segment           :mod:`nucseg.postprocess`   :func:`~nucseg.postprocess.segment_dataset`
+evaluate          :mod:`nucseg.evaluate`      :func:`~nucseg.evaluate.evaluate_dataset`
+aggregate         :mod:`nucseg.report`        :func:`~nucseg.report.aggregate`
+plots             :mod:`nucseg.plots`         :func:`~nucseg.plots.plot_results`
+training_curves   :mod:`nucseg.plots`         :func:`~nucseg.plots.copy_training_curves`
+qc                :mod:`nucseg.qc`            :func:`~nucseg.qc.qc_pictures`
+================  ==========================  ========================================
 """
 
 from __future__ import annotations

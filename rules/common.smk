@@ -55,6 +55,12 @@ LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 MODEL = f"{RESULTS}/models/{{model}}"
 SUMMARY = f"{RESULTS}/summary.csv"
+SUMMARY_STATS = f"{RESULTS}/summary_stats.csv"
+SUMMARY_HTML = f"{RESULTS}/summary.html"
+COMPARISON = f"{RESULTS}/comparison.csv"  # written when there are several models
+PLOTS = f"{RESULTS}/plots/{{model}}"
+QC = f"{RESULTS}/qc/{{model}}/{{dataset}}"
+QC_PICKS = ["best", "median", "worst"]  # nucseg.qc.PICKS
 
 
 wildcard_constraints:
@@ -98,8 +104,22 @@ def training_indexes():
     return [f"{RESULTS}/preprocessed/{name}/train_index.csv" for name in TRAIN_SETS]
 
 
+def evaluation_outputs():
+    """Tables, plots and QC pictures of the evaluated test sets (none without ground truth)."""
+    if not EVAL_SETS:
+        return []
+    tables = [SUMMARY, SUMMARY_STATS, SUMMARY_HTML] + ([COMPARISON] if len(MODELS) > 1 else [])
+    plots = expand(f"{PLOTS}/{{plot}}.png", model=MODELS, plot=["challenge_score", "score_vs_threshold", "counts"])
+    qc = expand(f"{QC}/{{pick}}.png", model=MODELS, dataset=EVAL_SETS, pick=QC_PICKS)
+    return tables + plots + qc
+
+
 def all_outputs():
-    return ([SUMMARY] if EVAL_SETS else []) + expand(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/objects.csv", model=MODELS, dataset=TEST_SETS)
+    return (
+        evaluation_outputs()
+        + expand(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/objects.csv", model=MODELS, dataset=TEST_SETS)
+        + expand(f"{PLOTS}/training_curves.png", model=MODELS)
+    )
 
 
 def print_summary(path):

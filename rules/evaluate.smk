@@ -17,11 +17,15 @@ rule evaluate:
 
 
 rule aggregate:
-    # Mean of every metric over images, per dataset and overall.
+    # Summary tables over images: means (summary.csv), mean/median/std/count overall and per
+    # modality (summary_stats.csv), models side by side (comparison.csv, with several models).
     input:
         expand(f"{RESULTS}/metrics/{{model}}/{{dataset}}/per_image.csv", model=MODELS, dataset=EVAL_SETS),
     output:
-        SUMMARY,
+        summary=report(SUMMARY, caption="../report/summary.rst", category="Summary", labels={"table": "means per model and dataset"}),
+        stats=report(SUMMARY_STATS, caption="../report/summary_stats.rst", category="Summary", labels={"table": "statistics overall and per modality"}),
+        html=report(SUMMARY_HTML, caption="../report/summary_html.rst", category="Summary", labels={"table": "summary tables (view)"}),
+        **({"comparison": report(COMPARISON, caption="../report/comparison.rst", category="Summary", labels={"table": "models side by side"})} if len(MODELS) > 1 else {}),
     params:
         code=nucseg.code_hash("report", "evaluate", "files"),
     log:
@@ -30,3 +34,57 @@ rule aggregate:
         "../envs/nucseg.yaml"
     script:
         "../workflow_scripts/aggregate.py"
+
+
+rule plots:
+    # Per model: distribution of the per-image challenge score, score against IoU threshold,
+    # predicted against true nucleus counts.
+    input:
+        expand(f"{RESULTS}/metrics/{{model}}/{{dataset}}/per_image.csv", dataset=EVAL_SETS, allow_missing=True),
+    output:
+        score=report(f"{PLOTS}/challenge_score.png", caption="../report/challenge_score.rst", category="Plots", subcategory="{model}", labels={"model": "{model}", "plot": "challenge score per image"}),
+        curve=report(f"{PLOTS}/score_vs_threshold.png", caption="../report/score_vs_threshold.rst", category="Plots", subcategory="{model}", labels={"model": "{model}", "plot": "score against IoU threshold"}),
+        counts=report(f"{PLOTS}/counts.png", caption="../report/counts.rst", category="Plots", subcategory="{model}", labels={"model": "{model}", "plot": "predicted against true counts"}),
+    params:
+        code=nucseg.code_hash("plots", "report", "evaluate", "files"),
+    log:
+        f"{LOGS}/plots/{{model}}.log",
+    conda:
+        "../envs/nucseg.yaml"
+    script:
+        "../workflow_scripts/plots.py"
+
+
+rule training_curves:
+    # The model folder's training curves, beside the other plots (and in the report).
+    input:
+        MODEL,
+    output:
+        report(f"{PLOTS}/training_curves.png", caption="../report/training_curves.rst", category="Training", labels={"model": "{model}"}),
+    params:
+        code=nucseg.code_hash("plots"),
+    log:
+        f"{LOGS}/training_curves/{{model}}.log",
+    conda:
+        "../envs/nucseg.yaml"
+    script:
+        "../workflow_scripts/training_curves.py"
+
+
+rule qc:
+    # Quality-control pictures: the best, median and worst test image by challenge score, with
+    # the true and the predicted outlines.
+    input:
+        metrics=f"{RESULTS}/metrics/{{model}}/{{dataset}}/per_image.csv",
+        labels=f"{RESULTS}/segmentation/{{model}}/{{dataset}}/labels",
+        zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
+    output:
+        **{pick: report(f"{QC}/{pick}.png", caption="../report/qc.rst", category="QC", subcategory="{model} / {dataset}", labels={"model": "{model}", "dataset": "{dataset}", "image": pick}) for pick in QC_PICKS},
+    params:
+        code=nucseg.code_hash("qc", "plots", "report", "imageio", "evaluate", "files"),
+    log:
+        f"{LOGS}/qc/{{model}}/{{dataset}}.log",
+    conda:
+        "../envs/nucseg.yaml"
+    script:
+        "../workflow_scripts/qc.py"

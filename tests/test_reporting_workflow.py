@@ -1,0 +1,104 @@
+"""Summary tables, plots, QC pictures and the HTML report of the workflow on the embedded sample."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from nucseg.evaluate import ID_COLUMNS
+from nucseg.report import STATS_COLUMNS
+
+from .conftest import snakemake
+
+PLOTS = ["challenge_score.png", "score_vs_threshold.png", "counts.png", "training_curves.png"]
+QC = ["best.png", "median.png", "worst.png"]
+CAPTIONS = [
+    "The table to open first",  # summary.csv
+    "Every statistic of every metric",  # summary_stats.csv
+    "Distribution of the per-image challenge score of model",
+    "against the IoU threshold a match must exceed",
+    "Predicted against true number of nuclei per test image",
+    "Training of model",
+    "Quality control, model",
+]
+
+
+def snapshot(folder):
+    """Size and modification time of every file below ``folder``."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_summary_stats_have_the_documented_layout(sample_run):
+    results = sample_run[0] / "results"
+    per_image = pd.read_csv(results / "metrics/resunet/sample_test/per_image.csv", dtype={"image_id": str})
+    metrics = [c for c in per_image.columns if c not in ID_COLUMNS]
+    stats = pd.read_csv(results / "summary_stats.csv")
+    assert list(stats.columns) == STATS_COLUMNS
+    modalities = ["all", "brightfield", "fluorescence", "histology"]
+    assert len(stats) == len(modalities) * len(metrics)
+    assert stats["modality"].unique().tolist() == modalities
+    assert stats["metric"].tolist() == metrics * len(modalities)
+    assert set(stats["model"]) == {"resunet"} and set(stats["dataset"]) == {"sample_test"}
+    overall = stats[stats["modality"] == "all"].set_index("metric")
+    for metric in ["challenge_score", "pixel_iou", "n_true"]:
+        values = per_image[metric]
+        assert np.isclose(overall.loc[metric, "mean"], values.mean())
+        assert np.isclose(overall.loc[metric, "median"], values.median())
+        assert np.isclose(overall.loc[metric, "std"], values.std(ddof=1))
+        assert overall.loc[metric, "count"] == 12
+    by_modality = stats[(stats["metric"] == "challenge_score") & (stats["modality"] != "all")]
+    assert by_modality["count"].sum() == 12
+    summary = pd.read_csv(results / "summary.csv")
+    assert np.isclose(summary["challenge_score"].iloc[0], overall.loc["challenge_score", "mean"])
+    assert not (results / "comparison.csv").exists()  # one model: nothing to compare
+    page = (results / "summary.html").read_text()
+    assert page.count("<table") == 2 and "resunet" in page
+
+
+def test_plots_and_qc_pictures_exist(sample_run):
+    results = sample_run[0] / "results"
+    for name in PLOTS:
+        with Image.open(results / "plots/resunet" / name) as image:
+            assert image.format == "PNG" and min(image.size) >= 300, name
+    qc = results / "qc/resunet/sample_test"
+    assert sorted(p.name for p in qc.iterdir()) == sorted(QC)
+    for name in QC:
+        with Image.open(qc / name) as image:
+            assert image.format == "PNG" and image.size[0] >= 640
+    # the pictures show the images the per-image table ranks best, median and worst
+    per_image = pd.read_csv(results / "metrics/resunet/sample_test/per_image.csv", dtype={"image_id": str})
+    ranked = per_image.sort_values(["challenge_score", "image_id"])["image_id"].tolist()
+    log = (results / "logs/qc/resunet/sample_test.log").read_text()
+    assert re.search(rf"best image {ranked[-1]} ", log)
+    assert re.search(rf"median image {ranked[(len(ranked) - 1) // 2]} ", log)
+    assert re.search(rf"worst image {ranked[0]} ", log)
+
+
+def test_report_builds_with_captions_and_leaves_the_run_alone(sample_run, tmp_path):
+    workdir = sample_run[0]
+    before = snapshot(workdir / "results")
+    report = tmp_path / "report.html"
+    result = snakemake(workdir, "--report", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report.is_file() and report.stat().st_size > 500_000  # the PNGs are embedded
+    text = report.read_text()
+    for caption in CAPTIONS:
+        assert caption in text, caption
+    for category in ["Summary", "Plots", "Training", "QC"]:
+        assert category in text
+    assert "resunet" in text and "sample_test" in text
+    assert snapshot(workdir / "results") == before  # nothing rerun, nothing rewritten
+
+
+def test_several_models_ask_for_the_comparison_table(tmp_path):
+    """With two models, the aggregate job also writes comparison.csv (dry run: nothing is computed)."""
+    result = snakemake(tmp_path, "--cores", "1", "--dry-run", "--config", "models={a: {}, b: {segment: {min_size: 20}}}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert re.search(r"rule aggregate:\n\s+input: [^\n]*\n\s+output: [^\n]*results/comparison\.csv", out)
+    for model in ["a", "b"]:
+        assert f"results/plots/{model}/challenge_score.png" in out
+        assert f"results/qc/{model}/sample_test/worst.png" in out

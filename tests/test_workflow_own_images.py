@@ -1,0 +1,48 @@
+"""A user's own images through the finished sample workflow: segmented and measured, not evaluated."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import tifffile
+from PIL import Image
+
+from .conftest import SHARED, snakemake
+
+
+def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(sample_run[0], workdir, symlinks=True)  # keeps times: nothing of the sample reruns
+    mine = tmp_path / "my images"
+    mine.mkdir()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 30, (90, 120), dtype=np.uint16) * 50
+    image[20:40, 30:50] = 60000  # two bright square "nuclei", 16-bit
+    image[55:75, 70:95] = 60000
+    tifffile.imwrite(mine / "field 1.tif", image)
+    Image.fromarray((image // 256).astype(np.uint8)).save(mine / "field2.png")
+    fixture = SHARED / "data" / "fixtures" / "dsb2018_fluo_512_uint16.tif"
+    if fixture.is_file():
+        shutil.copy(fixture, mine / "real.tif")
+
+    override = f"datasets={{mine: {{source: '{mine}', layout: images, role: test}}}}"
+    dry = snakemake(workdir, "--cores", "2", "-n", "--config", override)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    scheduled = {line.split()[1].rstrip(":") for line in dry.stdout.splitlines() if line.startswith(("rule ", "localrule "))}
+    assert scheduled <= {"download", "preprocess_test", "predict", "segment", "all"}
+    assert "evaluate" not in scheduled and "train" not in scheduled
+
+    result = snakemake(workdir, "--cores", "2", "--config", override)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = workdir / "results/segmentation/resunet/mine"
+    names = {"field 1", "field2"} | ({"real"} if fixture.is_file() else set())
+    assert {p.stem for p in (out / "labels").glob("*.tif")} == names
+    labels = tifffile.imread(out / "labels" / "field 1.tif")
+    assert labels.shape == (90, 120) and labels.dtype == np.uint16
+    objects = pd.read_csv(out / "objects.csv", dtype={"image_id": str})
+    assert set(objects["image_id"]) <= names
+    index = pd.read_csv(workdir / "results/preprocessed/mine/full_index.csv")
+    assert index.set_index("image_id").loc["field 1", "bit_depth"] == 16
+    assert not (workdir / "results/metrics/resunet/mine").exists()
