@@ -68,11 +68,17 @@ wildcard_constraints:
     model="|".join(re.escape(name) for name in MODELS),
 
 
+def sorted_settings(values):
+    """Settings with sorted keys: Snakemake compares params by their text, so the order in which
+    keys arrive (config file, --config) must not look like a change."""
+    return dict(sorted((values or {}).items()))
+
+
 def settings(section):
     """Input function: the settings of a section for the job's model (section + model's overrides)."""
 
     def merged(wildcards):
-        return {**config[section], **MODELS[wildcards.model].get(section, {})}
+        return sorted_settings({**config[section], **MODELS[wildcards.model].get(section, {})})
 
     return merged
 

@@ -9,7 +9,7 @@ rule download:
         solution=lambda wc: dataset_solution(wc.dataset),
         solution_sha256=lambda wc: DATASETS[wc.dataset].get("solution_sha256"),
         subdir=lambda wc: DATASETS[wc.dataset].get("subdir"),
-        download=config.get("download", {}),
+        download=sorted_settings(config.get("download")),
         cache_dir=f"{RESULTS}/downloads",
         code=nucseg.code_hash("datasets", "download", "rle", "files", "imageio"),
     log:

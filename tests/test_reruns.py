@@ -9,7 +9,6 @@ session's sample run: its results are never changed.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 import yaml
@@ -112,34 +111,19 @@ def test_a_changed_setting_schedules_its_stage_and_what_follows_only(sample_run,
         assert reason.startswith("Params have changed since last execution") == (rule == changed), (rule, reason)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="settings reach the rules as dicts in config order, and Snakemake compares params by "
-    "repr: `--config segment='{min_size: 10}'` puts min_size first, so the unchanged section "
-    "reads as changed. Fix: sort the keys of each settings section in rules/common.smk",
-)
 def test_restating_a_setting_at_its_current_value_schedules_nothing(sample_run):
     min_size = yaml.safe_load((REPO / "config/config.yaml").read_text())["segment"]["min_size"]
     scheduled, output = dry_run(sample_run[0], f"segment={{min_size: {min_size}}}")
     assert scheduled == {}, output[-3000:]
 
 
-def test_a_noop_rerun_takes_under_10_seconds(sample_run):
-    """Guards the per-run cost of the workflow itself (parsing, input functions, the DAG of a
-    finished run), which every rerun and every cluster job pays. BENCHMARKS.md has the figure."""
+def test_a_noop_rerun_does_nothing(sample_run):
+    """A real rerun of the finished workflow runs no job (its time is a benchmark figure:
+    benchmarks/bench_noop_rerun.py, BENCHMARKS.md; never timed in a test)."""
     workdir = sample_run[0]
-    scheduled, _ = dry_run(workdir)
-    assert scheduled == {}  # so the real runs below change nothing
-    times = []
-    for _ in range(3):  # the best of up to 3: a shared machine's noise is not a regression
-        start = time.perf_counter()
-        result = snakemake(workdir, "--cores", "2")
-        times.append(time.perf_counter() - start)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "Nothing to be done" in result.stdout + result.stderr
-        if times[-1] < 10:
-            break
-    assert min(times) < 10, f"no-op reruns took {', '.join(f'{t:.1f}' for t in times)} s"
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
 
 
 def test_lint_reports_nothing(tmp_path):
