@@ -226,7 +226,7 @@ def read_solution(path: str | os.PathLike) -> dict[str, NDArray[np.uint32]]:
 
 
 def _paint(entries: list[tuple[NDArray[np.int64], NDArray[np.int64]]], shape: tuple[int, int], path: Path, image_id: str) -> NDArray[np.uint32]:
-    """Label image of one image's runs: row ``k`` of the file (1-based) paints label ``k``."""
+    """Label image of one image's runs: its ``k``-th non-empty row (in file order) paints label ``k``."""
     h, w = shape
     flat = np.zeros(h * w, dtype=np.uint32)  # column-major pixel order
     claimed = 0
