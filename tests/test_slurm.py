@@ -106,10 +106,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def job_ids(workdir: Path) -> dict[str, str]:
-    """{SLURM job id: group or rule} from .snakemake/slurm_logs/<group_or_rule>/<wildcards>/<id>.log."""
-    logs = workdir / ".snakemake" / "slurm_logs"
-    return {log.stem: log.relative_to(logs).parts[0] for log in logs.rglob("*.log")}
+def job_ids(output: str) -> dict[str, str]:
+    """{SLURM job id: group or rule} from the plugin's submission messages in ``output``:
+    ``Job 3 has been submitted with SLURM jobid 7 (log: .../slurm_logs/<group_or_rule>/.../7.log).``
+
+    Read from Snakemake's output, not from the log files: the plugin deletes the log of a
+    successful job unless `slurm-keep-successful-logs` is set (tests/slurm/profile sets it, but
+    the job ids do not depend on it)."""
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (.+?\.log)\)", output)
+    return {job_id: Path(log).parts[Path(log).parts.index("slurm_logs") + 1] for job_id, log in submitted}
 
 
 def test_sample_workflow_on_slurm_equals_the_local_run(slurm_cluster, sample_run, tmp_path):
@@ -120,17 +125,19 @@ def test_sample_workflow_on_slurm_equals_the_local_run(slurm_cluster, sample_run
     command = SNAKEMAKE + ["--directory", str(workdir), "--workflow-profile", "none", "--profile", str(REPO / "profiles" / "slurm"), "--profile", str(SLURM_DIR / "profile"), "--verbose"]
     result = subprocess.run(command, cwd=workdir, env=env, check=False, capture_output=True, text=True, timeout=3600)
     output = result.stdout + result.stderr
+    (tmp_path / "snakemake_output.txt").write_text(output)  # kept with pytest's temporary folders
     if result.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in sorted((workdir / ".snakemake").glob("slurm_logs/**/*.log")))
         pytest.fail(f"workflow on Slurm failed:\n{output[-6000:]}\n{logs}")
 
+    # Both profiles were read (Snakemake names them), in this order.
+    tail = output[-8000:]
+    assert f"Using profiles {REPO / 'profiles' / 'slurm'} and {SLURM_DIR / 'profile'}" in output, tail
     # Every job went through Slurm: one submission per job group or ungrouped job, each with
-    # its job id and its log kept in .snakemake/slurm_logs/, and the controller saw each one
-    # finish with exit code 0.
-    ids = job_ids(workdir)
+    # its job id, and the controller saw each one finish with exit code 0.
+    ids = job_ids(output)
     # (groups of profiles/slurm: download + preprocess per dataset; everything after predict)
-    assert sorted(ids.values()) == ["group_prepare_download_preprocess_test", "group_prepare_download_preprocess_train", "group_score_aggregate_evaluate_plots_qc_segment", "rule_predict", "rule_train", "rule_training_curves"], ids
-    assert sorted(re.findall(r"has been submitted with SLURM jobid (\d+)", output)) == sorted(ids)
+    assert sorted(ids.values()) == ["group_prepare_download_preprocess_test", "group_prepare_download_preprocess_train", "group_score_aggregate_evaluate_plots_qc_segment", "rule_predict", "rule_train", "rule_training_curves"], f"{ids}\n{tail}"
     controller_log = (state / "log" / "slurmctld.log").read_text()
     for job_id, name in ids.items():
         assert f"_job_complete: JobId={job_id} WEXITSTATUS 0" in controller_log, f"{name}: job {job_id} did not complete in slurmctld.log"
