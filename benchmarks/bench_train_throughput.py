@@ -21,7 +21,7 @@ import torch
 
 from nucseg.losses import Loss
 from nucseg.model import PRESETS, ResUNet
-from nucseg.train import choose_device
+from nucseg.train import choose_device, optimizer_step
 
 
 def steps_per_second(name: str, device: torch.device, size: int, batch: int, steps: int, warmup: int) -> list[float]:
@@ -40,14 +40,7 @@ def steps_per_second(name: str, device: torch.device, size: int, batch: int, ste
         t0 = time.perf_counter()
         with torch.autocast(device.type, enabled=amp):
             loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        optimizer_step(loss, optimizer, scaler)
         if amp:
             torch.cuda.synchronize()
         if step >= warmup:

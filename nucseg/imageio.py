@@ -128,11 +128,34 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return read_image_info(path)[0]
 
 
-def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+#: Default percentiles of :func:`normalize_image`: model configs record them, and the
+#: training store records each image's values at them (:func:`intensity_range`).
+NORMALIZE_LOW, NORMALIZE_HIGH = 1.0, 99.8
+
+
+def intensity_range(image: np.ndarray, low: float = NORMALIZE_LOW, high: float = NORMALIZE_HIGH) -> tuple[float, float]:
+    """The values at the ``low`` and ``high`` percentiles of a whole image (all channels).
+
+    The training store keeps them for every example (one pair per source image), so that a
+    crop is normalised exactly as inference normalises the whole image it came from.
+    """
+    lo, hi = np.percentile(np.asarray(image, dtype=np.float32), [low, high])
+    return float(lo), float(hi)
+
+
+def rescale_intensity(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map ``lo`` to 0 and ``hi`` to 1 (float32), clipped to [-0.5, 1.5]; ``hi <= lo`` maps
+    ``lo`` to 0 with unit scale (a constant image becomes zeros)."""
+    scale = float(hi - lo) if hi > lo else 1.0
+    return np.clip((np.asarray(image, dtype=np.float32) - lo) / scale, -0.5, 1.5).astype(np.float32)
+
+
+def normalize_image(image: np.ndarray, low: float = NORMALIZE_LOW, high: float = NORMALIZE_HIGH) -> np.ndarray:
     """Percentile-normalise a whole image to float32, about 0..1.
 
     The percentiles are taken over the whole image (all channels), never per
-    tile, so that tiled inference leaves no seams.
+    tile, so that tiled inference leaves no seams; training crops use their
+    source image's percentiles too (:func:`intensity_range`).
 
     Parameters
     ----------
@@ -151,10 +174,7 @@ def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> 
     >>> normalize_image(np.array([[[0], [100], [200]]], np.uint8), 0, 100).ravel()
     array([0. , 0.5, 1. ], dtype=float32)
     """
-    a = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(a, [low, high])
-    scale = float(hi - lo) if hi > lo else 1.0
-    return np.clip((a - lo) / scale, -0.5, 1.5).astype(np.float32)
+    return rescale_intensity(image, *intensity_range(image, low, high))
 
 
 def guess_modality(image: np.ndarray) -> str:

@@ -9,7 +9,9 @@ Two kinds of store:
   network sees nuclei at the scale it will meet at inference; ``mode="resize"``
   resizes the whole image, as the published method did (128 x 128).
   Arrays: ``images (N, S, S, 3) uint8``, ``labels (N, S, S) uint32``, one chunk
-  per crop. The index table has one row per source image, with its split
+  per crop, and ``intensity_range (N, 2) float32``: the values at the normalisation
+  percentiles of the whole source image, so that training normalises a crop as
+  inference normalises the whole image. The index table has one row per source image, with its split
   (``train``/``val``, seeded, stratified by modality) and its crops.
 * **full-size** (:func:`preprocess_fullsize`): test images at full resolution,
   ``images/<id> (H, W, 3) uint8`` and, where ground truth exists,
@@ -34,7 +36,7 @@ from skimage.transform import resize
 
 from nucseg.datasets import list_images, load_solution, read_sample
 from nucseg.files import atomic_dir, write_csv
-from nucseg.imageio import guess_modality
+from nucseg.imageio import guess_modality, intensity_range
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +203,9 @@ def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathL
         Store to create; built under a temporary name and renamed when complete.
         Arrays ``images (N, S, S, 3) uint8``, ``labels (N, S, S) uint32`` and
         the training targets ``body``, ``border`` ``(N, S, S) uint8`` (0/1), one
-        chunk per example.
+        chunk per example; ``intensity_range (N, 2) float32``, the values at the
+        percentiles of :func:`nucseg.imageio.normalize_image` over the whole
+        source image of each example.
     index_csv : path-like
         Index table: ``image_id, height, width, bit_depth, channels, modality,
         dark_nuclei, n_nuclei, n_overlap_px, split, first_crop, n_crops``.
@@ -225,6 +229,7 @@ def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathL
         images = root.create_array("images", shape=(0, s, s, 3), dtype="uint8", chunks=(1, s, s, 3))
         labels = root.create_array("labels", shape=(0, s, s), dtype="uint32", chunks=(1, s, s))
         targets = {name: root.create_array(name, shape=(0, s, s), dtype="uint8", chunks=(1, s, s)) for name in TARGETS}
+        ranges = []
         n = 0
         for image_id in ids:
             sample = read_sample(dataset_dir, image_id, layout, solution)
@@ -237,8 +242,10 @@ def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathL
             labels[n:] = labs
             for name, array in targets.items():
                 array[n:] = np.stack([make_targets(lab, (name,))[0] for lab in labs]).astype(np.uint8)
+            ranges += [intensity_range(sample.image)] * len(imgs)
             rows.append(dict(_index_row(sample, guess_modality(sample.image)), first_crop=n, n_crops=len(imgs)))
             n += len(imgs)
+        root.create_array("intensity_range", data=np.asarray(ranges, dtype=np.float32).reshape(n, 2), chunks=(max(n, 1), 2))
         index = pd.DataFrame(rows)
         index.insert(index.columns.get_loc("first_crop"), "split", split_by_modality(index["modality"], settings.val_fraction, settings.seed))
         root.attrs.update(dict(kind="training", size=s, mode=settings.mode, n_images=len(ids), border_radius=BORDER_RADIUS))

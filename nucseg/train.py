@@ -57,7 +57,7 @@ from tqdm import tqdm
 import nucseg
 from nucseg.augment import Augmenter, AugmentSettings
 from nucseg.files import atomic_dir
-from nucseg.imageio import normalize_image
+from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, rescale_intensity
 from nucseg.losses import Loss
 from nucseg.model import PRESETS, ModelConfig, ResUNet
 from nucseg.preprocess import make_targets
@@ -121,7 +121,9 @@ class CropDataset(Dataset):
     """Examples of one or more training stores, read one chunk at a time from zarr.
 
     Item ``i`` is ``(image (3, S, S) float32, target (K, S, S) float32)``:
-    the normalised image and one {0, 1} map per head. With ``augment``
+    the normalised image and one {0, 1} map per head. Normalisation uses the
+    percentiles of the whole source image (the store's ``intensity_range``), as
+    inference does, not those of the crop. With ``augment``
     settings, image and labels are transformed together first (generator
     seeded by ``(seed, epoch, i)``; set :attr:`epoch` before each epoch) and
     the targets computed from the transformed labels.
@@ -131,7 +133,7 @@ class CropDataset(Dataset):
         self.stores, self.items, self.heads = stores, items, heads
         self.augmenter = Augmenter(augment) if augment is not None else None
         self.seed, self.epoch = seed, 0
-        self._open: dict[int, zarr.Group] = {}
+        self._open: dict[int, tuple[zarr.Group, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -139,16 +141,20 @@ class CropDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         store, index = self.items[i]
         if store not in self._open:
-            self._open[store] = zarr.open_group(self.stores[store], mode="r")
-        group = self._open[store]
+            group = zarr.open_group(self.stores[store], mode="r")
+            if "intensity_range" not in group:
+                raise ValueError(f"{self.stores[store]}: no intensity_range array (written by an older nucseg): rerun the preprocess stage")
+            self._open[store] = group, group["intensity_range"][:]
+        group, ranges = self._open[store]
         image, labels = group["images"][index], group["labels"][index]
+        lo, hi = ranges[index]
         if self.augmenter is None:
-            image = normalize_image(image)
+            image = rescale_intensity(image, lo, hi)
         else:
             # one generator per (seed, epoch, example): identical whatever the worker layout
             rng = np.random.default_rng((self.seed, self.epoch, i))
             image, labels = self.augmenter.spatial(image, labels, rng)
-            image = self.augmenter.intensity(normalize_image(image), rng)
+            image = self.augmenter.intensity(rescale_intensity(image, lo, hi), rng)
         target = make_targets(labels, self.heads)
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(target)
 
@@ -209,6 +215,19 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """One step of ``optimizer`` on ``loss``: through the gradient ``scaler`` under mixed
+    precision (CUDA), plainly otherwise."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def run_epoch(model: ResUNet, loader: DataLoader, loss_fn: Loss, device: torch.device, optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler | None, desc: str = "") -> tuple[float, float]:
     """One pass over ``loader``; trains when ``optimizer`` is given. Returns (mean loss, body pixel IoU).
 
@@ -225,14 +244,7 @@ def run_epoch(model: ResUNet, loader: DataLoader, loss_fn: Loss, device: torch.d
                 logits = model(x)
                 loss = loss_fn(logits, y)
             if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
+                optimizer_step(loss, optimizer, scaler)
             total += float(loss.detach()) * len(x)
             n += len(x)
             pred, truth = logits[:, 0] > 0, y[:, 0] > 0.5
@@ -392,7 +404,7 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
         nucseg_version=nucseg.__version__,
         architecture="ResUNet",
         model=model_config.to_dict(),
-        normalize=dict(low=1.0, high=99.8),
+        normalize=dict(low=NORMALIZE_LOW, high=NORMALIZE_HIGH),
         train=asdict(settings),
         device=device.type,
         best_epoch=int(best_row["epoch"]),

@@ -12,6 +12,7 @@ import zarr
 
 from nucseg import preprocess
 from nucseg.datasets import read_sample
+from nucseg.imageio import intensity_range, normalize_image
 from nucseg.preprocess import (
     touching_borders,
     PreprocessSettings,
@@ -22,6 +23,7 @@ from nucseg.preprocess import (
     preprocess_training,
     split_by_modality,
 )
+from nucseg.train import CropDataset, split_items
 
 INDEX_COLUMNS = ["image_id", "height", "width", "bit_depth", "channels", "modality", "dark_nuclei", "n_nuclei", "n_overlap_px"]
 TRAINING_COLUMNS = INDEX_COLUMNS + ["split", "first_crop", "n_crops"]
@@ -225,7 +227,32 @@ def test_preprocess_training_store_and_index(small_dataset, tmp_path):
         imgs, labs = make_crops(sample.image, sample.labels, PreprocessSettings(size=32))
         np.testing.assert_array_equal(root["images"][row.first_crop : row.first_crop + row.n_crops], imgs)
         np.testing.assert_array_equal(root["labels"][row.first_crop : row.first_crop + row.n_crops], labs)
+        # every crop carries the percentiles of its whole source image
+        np.testing.assert_array_equal(root["intensity_range"][row.first_crop : row.first_crop + row.n_crops], np.float32([intensity_range(sample.image)] * row.n_crops))
+    assert root["intensity_range"].dtype == np.float32
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "index.csv", "train.zarr"]
+
+
+def test_training_crops_are_normalised_as_inference_normalises_their_image(tmp_path, make_dataset):
+    """A training crop equals the same window of the whole image normalised for inference
+    (percentiles of the whole image, not of the crop)."""
+    # 40 x 48: a dim ramp, one bright nucleus on the right; crops at rows 0, 8 and columns 0, 16
+    image = np.tile(np.linspace(0, 120, 48), (40, 1)).astype(np.uint8)
+    labels = np.zeros((40, 48), np.uint32)
+    labels[15:25, 36:46] = 1
+    image[labels > 0] = 230
+    dataset = make_dataset(tmp_path / "ds", {"ramp": (image, labels)})
+    out, index_csv = tmp_path / "train.zarr", tmp_path / "index.csv"
+    preprocess_training(dataset, out, index_csv, PreprocessSettings(size=32, val_fraction=0))
+    data = CropDataset([str(out)], split_items([str(out)], [str(index_csv)])["train"], ("body",), None, seed=0)
+    whole = normalize_image(read_sample(dataset, "ramp").image)
+    windows = [whole[y : y + 32, x : x + 32] for y in crop_starts(40, 32) for x in crop_starts(48, 32)]
+    assert len(data) == len(windows) == 4
+    for k, window in enumerate(windows):
+        np.testing.assert_allclose(data[k][0].numpy().transpose(1, 2, 0), window, rtol=1e-6, atol=1e-6)
+    # the crop's own percentiles would give another image (the left crops miss the nucleus)
+    left = read_sample(dataset, "ramp").image[:32, :32]
+    assert not np.allclose(normalize_image(left), whole[:32, :32], atol=0.05)
 
 
 def test_preprocess_training_resize_mode(small_dataset, tmp_path):

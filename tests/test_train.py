@@ -17,7 +17,7 @@ from skimage.filters import threshold_otsu
 from torch.utils.data import DataLoader
 
 from nucseg.augment import Augmenter, AugmentSettings
-from nucseg.imageio import normalize_image
+from nucseg.imageio import intensity_range, rescale_intensity
 from nucseg.model import ResUNet
 from nucseg.preprocess import make_targets, touching_borders
 from nucseg.train import CropDataset, TrainSettings, load_model, make_scheduler, split_items, train_model
@@ -39,6 +39,7 @@ def synthetic_store(root, n_images=6, seed=0):
     group = zarr.open_group(store, mode="w")
     group.create_array("images", data=images, chunks=(1, SIZE, SIZE, 3))
     group.create_array("labels", data=labels, chunks=(1, SIZE, SIZE))
+    group.create_array("intensity_range", data=np.array([intensity_range(image) for image in images], np.float32))
     index = pd.DataFrame(dict(image_id=[f"img{i}" for i in range(n_images)], split=["train"] * (n_images - 2) + ["val"] * 2, first_crop=range(n_images), n_crops=1))
     index_csv = root / "index.csv"
     index.to_csv(index_csv, index=False)
@@ -210,7 +211,8 @@ def test_augmented_targets_come_from_the_augmented_labels(tmp_path):
         rng = np.random.default_rng((7, 3, i))
         image, labels = augmenter.spatial(group["images"][i], group["labels"][i], rng)
         np.testing.assert_array_equal(y.numpy(), make_targets(labels, ("body", "border")))
-        np.testing.assert_array_equal(x.numpy(), augmenter.intensity(normalize_image(image), rng).transpose(2, 0, 1))
+        # normalised with the percentiles of the source image, before the spatial transforms
+        np.testing.assert_array_equal(x.numpy(), augmenter.intensity(rescale_intensity(image, *intensity_range(group["images"][i])), rng).transpose(2, 0, 1))
         # the bright discs are where the body target is
         grey = x.numpy().mean(axis=0)
         bright = grey > threshold_otsu(grey)
@@ -260,3 +262,11 @@ def test_cuda_training_mixed_precision_workers_and_resume(tmp_path):
     # a finished checkpoint resumes on the GPU too
     train_model([store], [index], tmp_path / "again", settings, checkpoint=tmp_path / "ckpt.pt")
     pd.testing.assert_frame_equal(without_seconds(tmp_path / "model"), without_seconds(tmp_path / "again"))
+
+
+def test_a_store_without_intensity_ranges_is_named(tmp_path):
+    store, index = synthetic_store(tmp_path)
+    zarr.open_group(store, mode="r+").__delitem__("intensity_range")
+    data = CropDataset([store], split_items([store], [index])["train"], ("body",), None, seed=0)
+    with pytest.raises(ValueError, match=f"{store}: no intensity_range array.*rerun the preprocess stage"):
+        data[0]
