@@ -39,14 +39,28 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             shutil.rmtree(tmp)
 
 
-def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a table as CSV under a temporary name, then rename it to ``path``."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a file under the temporary sibling name ``.<name>.part``; rename it to ``path``
+    on success. On any exception the temporary file is removed and ``path`` is left as it was.
+
+    Examples
+    --------
+    >>> with atomic_file(tmp_path / "table.csv") as tmp:  # doctest: +SKIP
+    ...     table.to_csv(tmp)
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
     try:
-        table.to_csv(tmp, index=False)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def write_csv(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table as CSV under a temporary name, then rename it to ``path``."""
+    with atomic_file(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return Path(path)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nucseg.files import atomic_file
 from nucseg.report import read_per_image
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,12 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
     """Save a figure as PNG under a temporary name, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
-        tmp.unlink(missing_ok=True)
         _pyplot().close(fig)
-    return path
+    return Path(path)
 
 
 def _models(per_image: pd.DataFrame) -> str:
@@ -193,12 +190,6 @@ def copy_training_curves(model_dir: str | os.PathLike, out_png: str | os.PathLik
     source = Path(model_dir) / "curves.png"
     if not source.is_file():
         raise FileNotFoundError(f"{model_dir}: no curves.png in the model folder")
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part")
-    try:
+    with atomic_file(out_png) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return Path(out_png)

@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from nucseg.evaluate import ID_COLUMNS
-from nucseg.files import write_csv
+from nucseg.files import atomic_file, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -229,15 +229,9 @@ def aggregate(
 
 
 def _write_text(text: str, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
+    with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def tables_html(summary: pd.DataFrame, stats: pd.DataFrame | None = None, comparison: pd.DataFrame | None = None) -> str:

@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from nucseg.files import atomic_file
+
 log = logging.getLogger(__name__)
 
 __all__ = ["rle_encode", "rle_decode", "read_solution", "write_solution", "SOLUTION_COLUMNS"]
@@ -281,14 +283,8 @@ def write_solution(labels_by_id: Mapping[str, ArrayLike], path: str | os.PathLik
             written = True
         if not written:
             rows.append((image_id, "", h, w))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(SOLUTION_COLUMNS)
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(SOLUTION_COLUMNS)
+        writer.writerows(rows)
     return path
