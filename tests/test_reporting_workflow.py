@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -102,3 +104,46 @@ def test_several_models_ask_for_the_comparison_table(tmp_path):
     for model in ["a", "b"]:
         assert f"results/plots/{model}/challenge_score.png" in out
         assert f"results/qc/{model}/sample_test/worst.png" in out
+
+
+def jobs_run(output: str) -> list[tuple[str, str]]:
+    """(rule, wildcards) of each job block Snakemake printed (``rule x:`` up to a blank line)."""
+    jobs = []
+    for block in re.split(r"\n\s*\n", output):
+        head = re.search(r"^(?:local)?rule (\w+):$", block, flags=re.MULTILINE)
+        if head:
+            wildcards = re.search(r"^\s+wildcards: (.*)$", block, flags=re.MULTILINE)
+            jobs.append((head.group(1), wildcards.group(1) if wildcards else ""))
+    return jobs
+
+
+def test_a_second_model_runs_beside_the_first_and_the_tables_compare_them(sample_run, tmp_path):
+    """A copy of the finished sample run with a second model (a short training, its own
+    segmentation setting): only the new model's jobs and the tables over all models run, the
+    first model's results stay as they were, and comparison.csv holds both side by side."""
+    source = sample_run[0]
+    workdir = tmp_path / "work"
+    shutil.copytree(source, workdir, symlinks=True)  # copy2: modification times kept
+    models = "models={resunet: {}, quick: {train: {epochs: 2, samples_per_epoch: 32}, segment: {min_size: 20}}}"
+    result = snakemake(workdir, "--cores", "2", "--config", models)
+    assert result.returncode == 0, result.stderr[-5000:]
+    ran = jobs_run(result.stderr + result.stdout)
+    assert {rule for rule, _ in ran} == {"train", "training_curves", "predict", "segment", "evaluate", "plots", "qc", "aggregate", "all"}, ran
+    assert all("model=quick" in wildcards for rule, wildcards in ran if rule not in ("aggregate", "all")), ran
+
+    # the first model's results were not recomputed
+    for table in ["metrics/resunet/sample_test/per_image.csv", "segmentation/resunet/sample_test/objects.csv"]:
+        assert (workdir / "results" / table).stat().st_mtime_ns == (source / "results" / table).stat().st_mtime_ns, table
+    summary = pd.read_csv(workdir / "results/summary.csv")
+    assert summary["model"].tolist() == ["quick", "resunet"]
+    before = pd.read_csv(source / "results/summary.csv")
+    pd.testing.assert_frame_equal(summary[summary["model"] == "resunet"].reset_index(drop=True), before)
+    comparison = pd.read_csv(workdir / "results/comparison.csv")
+    assert list(comparison.columns) == ["dataset", "metric", "quick", "resunet"]
+    score = comparison[comparison["metric"] == "challenge_score"].iloc[0]
+    assert score["resunet"] == before["challenge_score"].iloc[0]
+    assert score["quick"] == summary.loc[summary["model"] == "quick", "challenge_score"].iloc[0]
+    # the quick model's own settings reached its jobs
+    config = json.loads((workdir / "results/models/quick/config.json").read_text())
+    assert config["train"]["epochs"] == 2 and config["epochs_run"] == 2
+    assert set(pd.read_csv(workdir / "results/summary_stats.csv")["model"]) == {"quick", "resunet"}
