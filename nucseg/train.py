@@ -16,7 +16,9 @@ examples on either device.
 Reproducible and resumable: every random draw comes from the seed (weights,
 example order, and one generator per (seed, epoch, example) for the
 augmentation), so on the CPU the same seed and data give the same weights and
-history. A checkpoint (weights, optimiser, scheduler, gradient scaler, epoch,
+history, given the same number of torch threads (``config.json`` records it: the
+threads split the sums of convolutions differently, which changes the weights in
+the last bits and, over many steps, the trained model). A checkpoint (weights, optimiser, scheduler, gradient scaler, epoch,
 history, best weights, every random state and the settings) is written after
 every epoch; a rerun with the same checkpoint path, settings and data resumes
 from it and ends where an uninterrupted run would have (CPU).
@@ -407,6 +409,9 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
         normalize=dict(low=NORMALIZE_LOW, high=NORMALIZE_HIGH),
         train=asdict(settings),
         device=device.type,
+        # reproducing the weights on a CPU needs the same torch build and thread count
+        torch_version=torch.__version__,
+        cpu_threads=torch.get_num_threads(),
         best_epoch=int(best_row["epoch"]),
         best_val_iou=float(best_row["val_iou"]),
         epochs_run=len(table),

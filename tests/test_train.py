@@ -66,6 +66,7 @@ def test_model_folder_is_self_describing(trained):
     assert list(history.columns) == ["epoch", "lr", "train_loss", "train_iou", "val_loss", "val_iou", "seconds"]
     assert history["epoch"].tolist() == [1, 2, 3]
     assert config["best_val_iou"] == pytest.approx(history["val_iou"].max())
+    assert (config["device"], config["cpu_threads"], config["torch_version"]) == ("cpu", 1, torch.__version__)
     model, _ = load_model(folder)
     assert isinstance(model, ResUNet) and not model.training
     assert model.config.width == 4
