@@ -18,10 +18,12 @@ example order, and one generator per (seed, epoch, example) for the
 augmentation), so on the CPU the same seed and data give the same weights and
 history, given the same number of torch threads (``config.json`` records it: the
 threads split the sums of convolutions differently, which changes the weights in
-the last bits and, over many steps, the trained model). A checkpoint (weights, optimiser, scheduler, gradient scaler, epoch,
-history, best weights, every random state and the settings) is written after
-every epoch; a rerun with the same checkpoint path, settings and data resumes
-from it and ends where an uninterrupted run would have (CPU).
+the last bits and, over many steps, the trained model). A checkpoint (weights,
+optimiser, scheduler, gradient scaler, epoch, history, best weights, every random
+state and the settings) is written after every epoch; a rerun with the same
+checkpoint path, settings, training files (:func:`data_fingerprint`) and training
+code resumes from it and ends where an uninterrupted run would have (CPU); any
+other rerun starts afresh.
 
 Progress: a progress bar per epoch when stderr is a terminal, and one log
 line per epoch in any case.
@@ -40,6 +42,7 @@ The result is a self-describing model folder:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -209,6 +212,26 @@ def _rng_state() -> dict:
     return state
 
 
+#: Modules whose code shapes the training run: a checkpoint written by other code is not resumed.
+TRAINING_CODE = ("train", "model", "losses", "augment", "imageio")
+
+
+def data_fingerprint(store: str | os.PathLike, index: str | os.PathLike) -> str:
+    """Short hash that changes whenever a training store or its index table is rewritten.
+
+    It covers every file of the store by relative path, size and modification time, and the
+    index table's bytes: a preprocess run that rebuilds the store at the same path (other data,
+    other settings, other code) gives another fingerprint, so a checkpoint of training on the
+    old store is not resumed on the new one.
+    """
+    digest = hashlib.sha256(Path(index).read_bytes())
+    root = Path(store)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -343,8 +366,19 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
     scheduler = make_scheduler(optimizer, settings.lr_patience)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
 
-    # what a checkpoint must match to be resumed (JSON-normalised: tuples become lists)
-    identity = json.loads(json.dumps(dict(settings=asdict(settings), stores=[str(s) for s in stores], model=model_config.to_dict())))
+    # what a checkpoint must match to be resumed (JSON-normalised: tuples become lists): the
+    # settings, the very files of the training data, and the training code
+    identity = json.loads(
+        json.dumps(
+            dict(
+                settings=asdict(settings),
+                stores=[str(s) for s in stores],
+                data=[data_fingerprint(s, i) for s, i in zip(stores, indexes)],
+                code=nucseg.code_hash(*TRAINING_CODE),
+                model=model_config.to_dict(),
+            )
+        )
+    )
     start, history, best, best_state, bad_epochs = 1, [], -1.0, None, 0
     ckpt_path = Path(checkpoint) if checkpoint else None
     ckpt = None
@@ -366,7 +400,7 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
             start, history, best, best_state, bad_epochs = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"], ckpt["best_state"], ckpt["bad_epochs"]
             log.info("resuming from %s after epoch %d", ckpt_path, ckpt["epoch"])
         else:
-            log.warning("%s was written with other settings or data; starting afresh", ckpt_path)
+            log.warning("%s was written with other settings, data or code; starting afresh", ckpt_path)
 
     for epoch in range(start, settings.epochs + 1):
         if bad_epochs >= settings.stop_patience:

@@ -181,8 +181,25 @@ def test_unreadable_or_foreign_checkpoint_starts_afresh(trained, tmp_path, caplo
         train_model([store], [index], tmp_path / "a", TrainSettings(**dict(SETTINGS, epochs=1)), checkpoint=broken, threads=1)
         # the module's checkpoint holds 3 epochs of other settings: not resumed
         train_model([store], [index], tmp_path / "b", TrainSettings(**dict(SETTINGS, epochs=1, seed=5)), checkpoint=root / "ckpt.pt", threads=1)
-    assert "not a readable checkpoint" in caplog.text and "other settings or data; starting afresh" in caplog.text
+    assert "not a readable checkpoint" in caplog.text and "other settings, data or code; starting afresh" in caplog.text
     assert len(pd.read_csv(tmp_path / "b" / "history.csv")) == 1
+
+
+def test_checkpoint_of_a_rebuilt_store_is_not_resumed(tmp_path, caplog):
+    """A preprocess rerun rebuilds the store at the same path: training must start afresh on the
+    new data, not resume the old run's finished checkpoint and return its weights."""
+    settings = TrainSettings(**dict(SETTINGS, epochs=2))
+    store, index = synthetic_store(tmp_path, seed=0)
+    ckpt = tmp_path / "ckpt.pt"
+    train_model([store], [index], tmp_path / "old", settings, checkpoint=ckpt, threads=1)
+    store, index = synthetic_store(tmp_path, seed=1)  # same paths, other images
+    with caplog.at_level(logging.INFO, logger="nucseg.train"):
+        train_model([store], [index], tmp_path / "new", settings, checkpoint=ckpt, threads=1)
+    assert "other settings, data or code; starting afresh" in caplog.text and "resuming" not in caplog.text
+    train_model([store], [index], tmp_path / "fresh", settings, threads=1)
+    assert_same_weights(tmp_path / "new", tmp_path / "fresh")
+    with pytest.raises(AssertionError):
+        assert_same_weights(tmp_path / "new", tmp_path / "old")
 
 
 def test_learning_rate_cut_after_lr_patience_epochs_without_improvement():
