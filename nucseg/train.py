@@ -81,8 +81,8 @@ class TrainSettings:
     width: int | None = None
     heads: tuple[str, ...] = field(default=("body",))
     loss: str = "bce_dice"
-    epochs: int = 30
-    samples_per_epoch: int = 0
+    epochs: int = 15
+    samples_per_epoch: int = 128
     batch_size: int = 8
     learning_rate: float = 1e-3
     lr_patience: int = 5

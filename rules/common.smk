@@ -23,18 +23,45 @@ def typed_cli_values(section):
                 section[key] = parsed
 
 
-SECTIONS = ("preprocess", "train", "predict", "segment")
+SECTIONS = ("download", "preprocess", "train", "predict", "segment")  # the settings sections
+MODEL_SECTIONS = ("train", "predict", "segment")  # those a model may override
 for _section in SECTIONS:
     if isinstance(config.get(_section), dict):
         typed_cli_values(config[_section])
 for _model in (config.get("models") or {}).values():
-    for _section in SECTIONS:
+    for _section in MODEL_SECTIONS:
         if isinstance((_model or {}).get(_section), dict):
             typed_cli_values(_model[_section])
 
-# Defaults in the schema document config.yaml; they are not filled in, since they would also
-# fill the per-model overrides (which must hold only what they change).
-validate(config, schema="../config/config.schema.yaml", set_default=False)
+# The schema's defaults are not filled in by validate(), since they would also fill the
+# per-model overrides (which must hold only what they change); section_settings() fills them.
+SCHEMA = "../config/config.schema.yaml"
+validate(config, schema=SCHEMA, set_default=False)
+
+
+def schema_defaults(path):
+    """The defaults the schema gives the keys of each settings section (they equal
+    config/config.yaml's values and nucseg's own defaults: tests/test_config.py)."""
+    import yaml
+
+    with open(path) as f:
+        schema = yaml.safe_load(f)
+    defaults = {}
+    for section in SECTIONS:
+        node = schema["properties"][section]
+        if "$ref" in node:
+            node = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+        defaults[section] = {key: spec["default"] for key, spec in node["properties"].items() if "default" in spec}
+    return defaults
+
+
+DEFAULTS = schema_defaults(os.path.join(workflow.basedir, "config", "config.schema.yaml"))
+
+
+def section_settings(section):
+    """A settings section as given, its missing keys at the schema's defaults, keys sorted:
+    leaving a key out and writing it at its default are the same params to Snakemake."""
+    return sorted_settings({**DEFAULTS[section], **(config.get(section) or {})})
 
 DATASETS = config["datasets"]
 TRAIN_SETS = sorted(name for name, d in DATASETS.items() if d["role"] == "train")
@@ -78,7 +105,7 @@ def settings(section):
     """Input function: the settings of a section for the job's model (section + model's overrides)."""
 
     def merged(wildcards):
-        return sorted_settings({**config[section], **MODELS[wildcards.model].get(section, {})})
+        return sorted_settings({**section_settings(section), **MODELS[wildcards.model].get(section, {})})
 
     return merged
 

@@ -1,5 +1,7 @@
 rule download:
-    # Fetch (or copy, or link) the dataset, verify its sha256, unpack it safely.
+    # Fetch (or copy, or link) the dataset, verify its sha256, unpack it safely. The download
+    # section (retries, back-off, timeout) is read from the config by the script, not passed as
+    # params: it cannot change the files, so changing it must not rerun the data's stages.
     output:
         directory(f"{RESULTS}/datasets/{{dataset}}"),
     params:
@@ -9,7 +11,6 @@ rule download:
         solution=lambda wc: dataset_solution(wc.dataset),
         solution_sha256=lambda wc: DATASETS[wc.dataset].get("solution_sha256"),
         subdir=lambda wc: DATASETS[wc.dataset].get("subdir"),
-        download=sorted_settings(config.get("download")),
         cache_dir=f"{RESULTS}/downloads",
         code=nucseg.code_hash("datasets", "download", "rle", "files", "imageio"),
     log:

@@ -6,7 +6,7 @@ rule preprocess_train:
         zarr=directory(f"{RESULTS}/preprocessed/{{dataset}}/train.zarr"),
         index=f"{RESULTS}/preprocessed/{{dataset}}/train_index.csv",
     params:
-        settings=sorted_settings(config["preprocess"]),
+        settings=section_settings("preprocess"),
         layout=lambda wc: dataset_layout(wc.dataset),
         code=nucseg.code_hash("preprocess", "datasets", "rle", "imageio", "files"),
     log:

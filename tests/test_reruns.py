@@ -117,6 +117,28 @@ def test_restating_a_setting_at_its_current_value_schedules_nothing(sample_run):
     assert scheduled == {}, output[-3000:]
 
 
+@pytest.mark.parametrize("override", ["download={retries: 1}", "download={timeout: 5, backoff: 0.5}"])
+def test_a_download_setting_schedules_nothing(sample_run, override):
+    """Retries, back-off and timeout cannot change the files: no stage reruns for them."""
+    scheduled, output = dry_run(sample_run[0], override)
+    assert scheduled == {}, output[-3000:]
+
+
+def test_leaving_out_keys_at_their_defaults_schedules_nothing(sample_run, tmp_path):
+    """A config of its own (--replace-workflow-config) that leaves out keys, or whole settings
+    sections, means their documented defaults: the same params as the shipped config."""
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    for section in ("download", "predict"):
+        del config[section]
+    del config["segment"]["min_size"], config["train"]["epochs"]
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(sample_run[0], "--cores", "2", "--dry-run", "--configfile", str(path), "--replace-workflow-config")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert scheduled_rules(output) == {}, output[-3000:]
+
+
 def test_a_noop_rerun_does_nothing(sample_run):
     """A real rerun of the finished workflow runs no job (its time is a benchmark figure:
     benchmarks/bench_noop_rerun.py, BENCHMARKS.md; never timed in a test)."""

@@ -15,5 +15,6 @@ download_dataset(
     solution_sha256=params.solution_sha256,
     subdir=params.subdir,
     cache_dir=params.cache_dir,
-    settings=DownloadSettings(**params.download),
+    # how hard to try cannot change the files: read from the config, not a rerun trigger
+    settings=DownloadSettings(**(snakemake.config.get("download") or {})),  # noqa: F821
 )
