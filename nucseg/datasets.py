@@ -38,7 +38,7 @@ from nucseg.imageio import IMAGE_SUFFIXES, decode_image, read_image_info
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fetch", "sha256sum", "verify_checksum", "is_url", "unpack_zip", "download_dataset", "list_images", "read_sample", "load_solution", "Sample", "LAYOUTS"]
+__all__ = ["fetch", "sha256sum", "verify_checksum", "is_url", "unpack_zip", "download_dataset", "source_files", "local_image_files", "list_images", "read_sample", "load_solution", "Sample", "LAYOUTS"]
 
 CHUNK = 1 << 20
 LAYOUTS = ("dsb", "images")
@@ -108,16 +108,35 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
+def local_image_files(source: str) -> list[Path]:
+    """The PNG, JPEG and TIFF files of a local folder (searched recursively) or glob pattern,
+    sorted, as absolute paths; hidden files are left out."""
+    if Path(source).is_dir():
+        return _image_files(Path(source).resolve())
+    return sorted(Path(p).resolve() for p in glob.glob(source, recursive=True) if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES and not Path(p).name.startswith("."))
+
+
+def source_files(source: str | None, layout: str = "dsb") -> list[Path]:
+    """The local files a dataset is made from: the workflow makes them the download job's input,
+    so that a replaced archive, or an image added to, removed from or changed in a folder of
+    one's own images, reruns the dataset's stages.
+
+    A URL gives none (its checksum or lock file guards it), and so does a local path that does
+    not exist: the download job then stops with a message naming it.
+    """
+    if not source or is_url(source):
+        return []
+    if Path(source).is_file():
+        return [Path(source)]
+    return local_image_files(source) if layout == "images" else []
+
+
 def _link_images(source: str, dest: Path) -> None:
     """Make ``dest`` a folder of links to the images of a local folder or glob pattern."""
-    if Path(source).is_dir():
-        root = Path(source).resolve()
-        files = _image_files(root)
-    else:
-        files = sorted(Path(p).resolve() for p in glob.glob(source, recursive=True) if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES)
-        root = Path(os.path.commonpath([str(f.parent) for f in files])) if files else None
+    files = local_image_files(source)
     if not files:
         raise FileNotFoundError(f"no PNG, JPEG or TIFF image found at {source}")
+    root = Path(source).resolve() if Path(source).is_dir() else Path(os.path.commonpath([str(f.parent) for f in files]))
     with atomic_dir(dest) as tmp:
         for f in files:
             link = tmp / f.relative_to(root)

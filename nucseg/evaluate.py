@@ -54,7 +54,10 @@ def evaluate_dataset(labels_dir: str | os.PathLike, truth_zarr: str | os.PathLik
         rows.append(dict(model=model, dataset=dataset, image_id=row.image_id, modality=row.modality, height=row.height, width=row.width, **scores))
         log.info("%s: challenge score %.3f (%d true, %d predicted)", row.image_id, scores["challenge_score"], scores["n_true"], scores["n_pred"])
     if not rows:
-        raise ValueError(f"{index_csv}: no image of dataset {dataset!r} has ground truth to evaluate against")
+        raise ValueError(
+            f"{index_csv}: no image of dataset {dataset!r} has ground truth to evaluate against: give the"
+            f" dataset its solution CSV (solution:), or set evaluate: false on it to predict and segment it only"
+        )
     table = pd.DataFrame(rows)
     write_csv(table, out_csv)
     return table

@@ -8,13 +8,14 @@ import nucseg
 from snakemake.utils import validate
 
 
-def typed_cli_values(section):
+def typed_cli_values(section, keys=None):
     """`--config train='{epochs: 5}'` gives the string '5' (Snakemake parses nested values as
-    text): read such strings of the settings sections as YAML scalars or lists again."""
+    text): read such strings of the settings sections (or of the given keys) as YAML scalars or
+    lists again."""
     import yaml
 
     for key, value in section.items():
-        if isinstance(value, str):
+        if isinstance(value, str) and (keys is None or key in keys):
             try:
                 parsed = yaml.safe_load(value)
             except yaml.YAMLError:
@@ -28,6 +29,9 @@ MODEL_SECTIONS = ("train", "predict", "segment")  # those a model may override
 for _section in SECTIONS:
     if isinstance(config.get(_section), dict):
         typed_cli_values(config[_section])
+for _dataset in (config.get("datasets") or {}).values():
+    if isinstance(_dataset, dict):
+        typed_cli_values(_dataset, keys=("evaluate",))  # the others are text (a sha256 may be digits)
 for _model in (config.get("models") or {}).values():
     for _section in MODEL_SECTIONS:
         if isinstance((_model or {}).get(_section), dict):
@@ -67,8 +71,12 @@ DATASETS = config["datasets"]
 TRAIN_SETS = sorted(name for name, d in DATASETS.items() if d["role"] == "train")
 TEST_SETS = sorted(name for name, d in DATASETS.items() if d["role"] == "test")
 # test sets with ground truth (masks in the dsb layout, or a solution CSV) are evaluated;
-# a folder of the user's own images is predicted, segmented and measured only
-EVAL_SETS = [name for name in TEST_SETS if DATASETS[name].get("layout", "dsb") == "dsb"]
+# a folder of the user's own images, or a dsb set marked evaluate: false, is predicted,
+# segmented and measured only
+for _name, _dataset in DATASETS.items():
+    if _dataset.get("evaluate") and _dataset.get("layout", "dsb") == "images":
+        raise ValueError(f"config: dataset {_name!r} has layout: images (no ground truth) and evaluate: true")
+EVAL_SETS = [name for name in TEST_SETS if DATASETS[name].get("evaluate", DATASETS[name].get("layout", "dsb") == "dsb")]
 if not TRAIN_SETS:
     raise ValueError("config: 'datasets' needs at least one dataset with role: train")
 if not TEST_SETS:
@@ -127,6 +135,14 @@ def dataset_solution(name):
 
 def dataset_layout(name):
     return DATASETS[name].get("layout", "dsb")
+
+
+def dataset_files(name):
+    """Input of the download job: the dataset's local files (none for a URL)."""
+    from nucseg.datasets import source_files
+
+    files = source_files(dataset_source(name), dataset_layout(name)) + source_files(dataset_solution(name))
+    return [str(path) for path in files]
 
 
 def training_stores():

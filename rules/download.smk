@@ -2,6 +2,9 @@ rule download:
     # Fetch (or copy, or link) the dataset, verify its sha256, unpack it safely. The download
     # section (retries, back-off, timeout) is read from the config by the script, not passed as
     # params: it cannot change the files, so changing it must not rerun the data's stages.
+    input:
+        # the local archive, solution or image files: replacing or adding one reruns the data's stages
+        lambda wc: dataset_files(wc.dataset),
     output:
         directory(f"{RESULTS}/datasets/{{dataset}}"),
     params:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from nucseg.datasets import download_dataset, fetch, is_url, list_images, read_sample, sha256sum, unpack_zip, verify_checksum
+from nucseg.datasets import download_dataset, fetch, is_url, list_images, read_sample, sha256sum, source_files, unpack_zip, verify_checksum
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_TEST = REPO / "resources" / "sample" / "sample_test.zip"
@@ -410,3 +410,18 @@ def test_read_sample_on_embedded_sample(tmp_path):
     assert sample.image.dtype == np.uint8 and sample.image.shape[2] == 3
     assert sample.labels.shape == sample.image.shape[:2]
     np.testing.assert_array_equal(np.unique(sample.labels), np.arange(n_masks + 1))
+
+
+def test_source_files_are_what_the_download_job_watches(tmp_path):
+    archive = tmp_path / "data.zip"
+    archive.write_bytes(b"PK")
+    folder = tmp_path / "plate"
+    (folder / "well A").mkdir(parents=True)
+    for name in ("well A/f1.tif", "f2.PNG", "notes.txt", ".hidden.png"):
+        (folder / name).write_bytes(b"x")
+    assert source_files(str(archive)) == [archive]
+    assert source_files(str(archive), "images") == [archive]  # a zip of one's own images
+    assert source_files(str(folder), "images") == [(folder / "f2.PNG").resolve(), (folder / "well A/f1.tif").resolve()]
+    assert source_files(str(folder / "*" / "*.tif"), "images") == [(folder / "well A/f1.tif").resolve()]
+    # a URL is guarded by its checksum or lock file; a missing path is named by the download job
+    assert source_files("https://example.org/data.zip") == source_files(str(tmp_path / "nowhere.zip")) == source_files(None) == []

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import zipfile
 
 import numpy as np
 import pandas as pd
 import tifffile
 from PIL import Image
 
-from .conftest import SHARED, snakemake
+from .conftest import REPO, SHARED, snakemake
 
 
 def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path):
@@ -46,3 +47,41 @@ def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path):
     index = pd.read_csv(workdir / "results/preprocessed/mine/full_index.csv")
     assert index.set_index("image_id").loc["field 1", "bit_depth"] == 16
     assert not (workdir / "results/metrics/resunet/mine").exists()
+
+    # an image added to the folder reruns this dataset's stages, nothing of the sample
+    Image.fromarray((image // 256).astype(np.uint8)).save(mine / "field3.png")
+    dry = snakemake(workdir, "--cores", "2", "-n", "--config", override)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    scheduled = {line.split()[1].rstrip(":") for line in dry.stdout.splitlines() if line.startswith(("rule ", "localrule "))}
+    assert {"download", "preprocess_test", "predict", "segment"} <= scheduled <= {"download", "preprocess_test", "predict", "segment", "all"}, dry.stdout[-3000:]
+
+
+def test_a_dsb_test_set_without_ground_truth(sample_run, tmp_path):
+    """The challenge's test archive alone (images, no masks, no solution): evaluate stops with a
+    message saying what to do; with evaluate: false it is predicted and segmented only."""
+    workdir = tmp_path / "run"
+    shutil.copytree(sample_run[0], workdir, symlinks=True)
+    archive = tmp_path / "test_images_only.zip"
+    with zipfile.ZipFile(REPO / "resources/sample/sample_test.zip") as src, zipfile.ZipFile(archive, "w") as dst:
+        images = sorted(n for n in src.namelist() if "/images/" in n and n.endswith(".png"))[:2]
+        for name in images:
+            dst.writestr(name, src.read(name))
+    ids = {name.split("/images/")[1][: -len(".png")] for name in images}
+
+    dataset = f"nomasks: {{source: '{archive}', role: test}}"
+    failed = snakemake(workdir, "--cores", "2", "--config", f"datasets={{{dataset}}}")
+    assert failed.returncode != 0
+    log = (workdir / "results/logs/evaluate/resunet/nomasks.log").read_text()
+    assert "no image of dataset 'nomasks' has ground truth" in log and "evaluate: false" in log, log[-2000:]
+    assert not (workdir / "results/metrics/resunet/nomasks").exists()
+
+    unevaluated = f"datasets={{nomasks: {{source: '{archive}', role: test, evaluate: false}}}}"
+    result = snakemake(workdir, "--cores", "2", "--config", unevaluated)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = workdir / "results/segmentation/resunet/nomasks"
+    assert {p.stem for p in (out / "labels").glob("*.tif")} == ids
+    assert not (workdir / "results/metrics/resunet/nomasks").exists()
+
+    contradiction = f"datasets={{mine: {{source: '{archive}', layout: images, role: test, evaluate: true}}}}"
+    refused = snakemake(workdir, "--cores", "2", "-n", "--config", contradiction)
+    assert refused.returncode != 0 and "dataset 'mine' has layout: images (no ground truth) and evaluate: true" in refused.stdout + refused.stderr
