@@ -104,8 +104,12 @@ def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike, subdir: str 
     return Path(dest)
 
 
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
 def _image_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(p for p in root.rglob("*") if _is_image_file(p))
 
 
 def local_image_files(source: str) -> list[Path]:
@@ -113,7 +117,7 @@ def local_image_files(source: str) -> list[Path]:
     sorted, as absolute paths; hidden files are left out."""
     if Path(source).is_dir():
         return _image_files(Path(source).resolve())
-    return sorted(Path(p).resolve() for p in glob.glob(source, recursive=True) if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES and not Path(p).name.startswith("."))
+    return sorted(Path(p).resolve() for p in glob.glob(source, recursive=True) if _is_image_file(Path(p)))
 
 
 def source_files(source: str | None, layout: str = "dsb") -> list[Path]:

@@ -232,6 +232,19 @@ def data_fingerprint(store: str | os.PathLike, index: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
+def checkpoint_identity(settings: TrainSettings, stores: list[str], indexes: list[str]) -> dict:
+    """What a checkpoint must match to be resumed: the settings, the very files of the training
+    data (:func:`data_fingerprint`) and the training code (JSON-normalised: tuples become lists)."""
+    identity = dict(
+        settings=asdict(settings),
+        stores=[str(s) for s in stores],
+        data=[data_fingerprint(s, i) for s, i in zip(stores, indexes)],
+        code=nucseg.code_hash(*TRAINING_CODE),
+        model=settings.model_config().to_dict(),
+    )
+    return json.loads(json.dumps(identity))
+
+
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -366,21 +379,9 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
     scheduler = make_scheduler(optimizer, settings.lr_patience)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
 
-    # what a checkpoint must match to be resumed (JSON-normalised: tuples become lists): the
-    # settings, the very files of the training data, and the training code
-    identity = json.loads(
-        json.dumps(
-            dict(
-                settings=asdict(settings),
-                stores=[str(s) for s in stores],
-                data=[data_fingerprint(s, i) for s, i in zip(stores, indexes)],
-                code=nucseg.code_hash(*TRAINING_CODE),
-                model=model_config.to_dict(),
-            )
-        )
-    )
     start, history, best, best_state, bad_epochs = 1, [], -1.0, None, 0
     ckpt_path = Path(checkpoint) if checkpoint else None
+    identity = checkpoint_identity(settings, stores, indexes) if ckpt_path else None
     ckpt = None
     if ckpt_path and ckpt_path.is_file():
         try:

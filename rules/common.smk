@@ -39,7 +39,7 @@ for _model in (config.get("models") or {}).values():
 
 # The schema's defaults are not filled in by validate(), since they would also fill the
 # per-model overrides (which must hold only what they change); section_settings() fills them.
-SCHEMA = "../config/config.schema.yaml"
+SCHEMA = os.path.join(workflow.basedir, "config", "config.schema.yaml")
 validate(config, schema=SCHEMA, set_default=False)
 
 
@@ -59,7 +59,7 @@ def schema_defaults(path):
     return defaults
 
 
-DEFAULTS = schema_defaults(os.path.join(workflow.basedir, "config", "config.schema.yaml"))
+DEFAULTS = schema_defaults(SCHEMA)
 
 
 def section_settings(section):
@@ -67,16 +67,23 @@ def section_settings(section):
     leaving a key out and writing it at its default are the same params to Snakemake."""
     return sorted_settings({**DEFAULTS[section], **(config.get(section) or {})})
 
+
 DATASETS = config["datasets"]
 TRAIN_SETS = sorted(name for name, d in DATASETS.items() if d["role"] == "train")
 TEST_SETS = sorted(name for name, d in DATASETS.items() if d["role"] == "test")
+
+
+def dataset_layout(name):
+    return DATASETS[name].get("layout", "dsb")
+
+
 # test sets with ground truth (masks in the dsb layout, or a solution CSV) are evaluated;
 # a folder of the user's own images, or a dsb set marked evaluate: false, is predicted,
 # segmented and measured only
-for _name, _dataset in DATASETS.items():
-    if _dataset.get("evaluate") and _dataset.get("layout", "dsb") == "images":
+for _name in DATASETS:
+    if DATASETS[_name].get("evaluate") and dataset_layout(_name) == "images":
         raise ValueError(f"config: dataset {_name!r} has layout: images (no ground truth) and evaluate: true")
-EVAL_SETS = [name for name in TEST_SETS if DATASETS[name].get("evaluate", DATASETS[name].get("layout", "dsb") == "dsb")]
+EVAL_SETS = [name for name in TEST_SETS if DATASETS[name].get("evaluate", dataset_layout(name) == "dsb")]
 if not TRAIN_SETS:
     raise ValueError("config: 'datasets' needs at least one dataset with role: train")
 if not TEST_SETS:
@@ -131,10 +138,6 @@ def dataset_source(name):
 
 def dataset_solution(name):
     return local_or_url(DATASETS[name].get("solution"))
-
-
-def dataset_layout(name):
-    return DATASETS[name].get("layout", "dsb")
 
 
 def dataset_files(name):
