@@ -444,9 +444,11 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
         normalize=dict(low=NORMALIZE_LOW, high=NORMALIZE_HIGH),
         train=asdict(settings),
         device=device.type,
-        # reproducing the weights on a CPU needs the same torch build and thread count
+        # reproducing the weights on a CPU needs the same torch build, thread count and
+        # instruction set (the kernels PyTorch picks for AVX2 and AVX-512 sum differently)
         torch_version=torch.__version__,
         cpu_threads=torch.get_num_threads(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
         best_epoch=int(best_row["epoch"]),
         best_val_iou=float(best_row["val_iou"]),
         epochs_run=len(table),

@@ -67,6 +67,7 @@ def test_model_folder_is_self_describing(trained):
     assert history["epoch"].tolist() == [1, 2, 3]
     assert config["best_val_iou"] == pytest.approx(history["val_iou"].max())
     assert (config["device"], config["cpu_threads"], config["torch_version"]) == ("cpu", 1, torch.__version__)
+    assert config["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     model, _ = load_model(folder)
     assert isinstance(model, ResUNet) and not model.training
     assert model.config.width == 4
