@@ -5,7 +5,8 @@ import os
 import re
 
 import nucseg
-from snakemake.utils import validate
+from nucseg.config import config_problems
+from snakemake.exceptions import WorkflowError
 
 
 def typed_cli_values(section, keys=None):
@@ -37,10 +38,15 @@ for _model in (config.get("models") or {}).values():
         if isinstance((_model or {}).get(_section), dict):
             typed_cli_values(_model[_section])
 
-# The schema's defaults are not filled in by validate(), since they would also fill the
-# per-model overrides (which must hold only what they change); section_settings() fills them.
+# The schema's defaults are not filled in here, since they would also fill the per-model
+# overrides (which must hold only what they change); section_settings() fills them.
 SCHEMA = os.path.join(workflow.basedir, "config", "config.schema.yaml")
-validate(config, schema=SCHEMA, set_default=False)
+_problems = config_problems(config, SCHEMA)
+if _problems:
+    raise WorkflowError(
+        "invalid config (checked against config/config.schema.yaml; config/config.yaml explains "
+        "every key):\n" + "\n".join(f"  {line}" for line in _problems)
+    )
 
 
 def schema_defaults(path):
@@ -175,7 +181,9 @@ def all_outputs():
 
 
 def print_summary(path):
-    if os.path.exists(path):
+    """At the end of a run, the summary table, if this config evaluates anything (else a
+    summary.csv left by an earlier config would read as this run's scores)."""
+    if EVAL_SETS and os.path.exists(path):
         import pandas as pd
         from nucseg.report import format_summary
 

@@ -161,10 +161,10 @@ def test_lint_reports_nothing(tmp_path):
 @pytest.mark.parametrize(
     "override, named",
     [
-        ("segment={min_sise: 20}", "min_sise"),
-        ("predict={tta: true, tiles: 512}", "tiles"),
-        ("download={retry: 1}", "retry"),
-        ("models={resunet: {segment: {min_sise: 20}}}", "min_sise"),
+        ("segment={min_sise: 20}", "segment.min_sise"),
+        ("predict={tta: true, tiles: 512}", "predict.tiles"),
+        ("download={retry: 1}", "download.retry"),
+        ("models={resunet: {segment: {min_sise: 20}}}", "models.resunet.segment.min_sise"),
         ("reports=1", "reports"),
     ],
 )
@@ -172,4 +172,4 @@ def test_the_schema_rejects_unknown_keys(tmp_path, override, named):
     result = snakemake(tmp_path, "--cores", "1", "--dry-run", "--config", override)
     output = result.stdout + result.stderr  # a dry run reports the error on stdout
     assert result.returncode != 0
-    assert f"Additional properties are not allowed ('{named}' was unexpected)" in output, output[-3000:]
+    assert f"  {named}: unknown key (" in output, output[-3000:]

@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 import tifffile
+import yaml
 from PIL import Image
 
 from .conftest import REPO, SHARED, snakemake
@@ -28,15 +29,25 @@ def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path):
     if fixture.is_file():
         shutil.copy(fixture, mine / "real.tif")
 
-    override = f"datasets={{mine: {{source: '{mine}', layout: images, role: test}}}}"
-    dry = snakemake(workdir, "--cores", "2", "-n", "--config", override)
+    # a config of one's own, as the README shows it: the sample's training set as in
+    # config/config.yaml (so its trained model is reused) and the folder of images
+    shipped = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    mine_config = tmp_path / "my_config.yaml"
+    mine_config.write_text(yaml.safe_dump({
+        "datasets": {"sample_train": shipped["datasets"]["sample_train"], "mine": {"source": str(mine), "layout": "images", "role": "test"}},
+        "models": {"resunet": {}},
+    }))
+    override = ("--configfile", str(mine_config), "--replace-workflow-config")
+    dry = snakemake(workdir, "--cores", "2", "-n", *override)
     assert dry.returncode == 0, dry.stderr[-3000:]
     scheduled = {line.split()[1].rstrip(":") for line in dry.stdout.splitlines() if line.startswith(("rule ", "localrule "))}
     assert scheduled <= {"download", "preprocess_test", "predict", "segment", "all"}
     assert "evaluate" not in scheduled and "train" not in scheduled
 
-    result = snakemake(workdir, "--cores", "2", "--config", override)
+    result = snakemake(workdir, "--cores", "2", *override)
     assert result.returncode == 0, result.stderr[-3000:]
+    # nothing is evaluated, so the sample's summary.csv, still there, is not printed as this run's
+    assert (workdir / "results/summary.csv").exists() and "Summary (" not in result.stdout + result.stderr
     out = workdir / "results/segmentation/resunet/mine"
     names = {"field 1", "field2"} | ({"real"} if fixture.is_file() else set())
     assert {p.stem for p in (out / "labels").glob("*.tif")} == names
@@ -50,7 +61,7 @@ def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path):
 
     # an image added to the folder reruns this dataset's stages, nothing of the sample
     Image.fromarray((image // 256).astype(np.uint8)).save(mine / "field3.png")
-    dry = snakemake(workdir, "--cores", "2", "-n", "--config", override)
+    dry = snakemake(workdir, "--cores", "2", "-n", *override)
     assert dry.returncode == 0, dry.stderr[-3000:]
     scheduled = {line.split()[1].rstrip(":") for line in dry.stdout.splitlines() if line.startswith(("rule ", "localrule "))}
     assert {"download", "preprocess_test", "predict", "segment"} <= scheduled <= {"download", "preprocess_test", "predict", "segment", "all"}, dry.stdout[-3000:]
