@@ -7,25 +7,22 @@ says what is wrong and, for an unknown key, which keys that place takes.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jsonschema
-import yaml
 
 
 def _location(path) -> str:
     return ".".join(str(part) for part in path) or "the config's top level"
 
 
-def config_problems(config: dict, schema_path: str | Path) -> list[str]:
-    """Every way ``config`` breaks the schema at ``schema_path``, one line each, sorted by key.
+def config_problems(config: dict, schema: dict) -> list[str]:
+    """Every way ``config`` breaks ``schema``, one line each, sorted by key.
 
     Parameters
     ----------
     config : dict
         The configuration as Snakemake read it (config files and ``--config`` merged).
-    schema_path : str or Path
-        A JSON schema written as YAML (``config/config.schema.yaml``).
+    schema : dict
+        A JSON schema (``config/config.schema.yaml``, read once by the workflow).
 
     Returns
     -------
@@ -34,7 +31,6 @@ def config_problems(config: dict, schema_path: str | Path) -> list[str]:
         ``"segment.min_sise: unknown key (segment takes: threshold, ...)"``; any other
         problem gives the key's path, the validator's message and the key's description.
     """
-    schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
     for error in validator.iter_errors(config):

@@ -5,6 +5,7 @@ import os
 import re
 
 import nucseg
+import yaml
 from nucseg.config import config_problems
 from snakemake.exceptions import WorkflowError
 
@@ -13,8 +14,6 @@ def typed_cli_values(section, keys=None):
     """`--config train='{epochs: 5}'` gives the string '5' (Snakemake parses nested values as
     text): read such strings of the settings sections (or of the given keys) as YAML scalars or
     lists again."""
-    import yaml
-
     for key, value in section.items():
         if isinstance(value, str) and (keys is None or key in keys):
             try:
@@ -40,7 +39,8 @@ for _model in (config.get("models") or {}).values():
 
 # The schema's defaults are not filled in here, since they would also fill the per-model
 # overrides (which must hold only what they change); section_settings() fills them.
-SCHEMA = os.path.join(workflow.basedir, "config", "config.schema.yaml")
+with open(os.path.join(workflow.basedir, "config", "config.schema.yaml")) as _file:
+    SCHEMA = yaml.safe_load(_file)
 _problems = config_problems(config, SCHEMA)
 if _problems:
     raise WorkflowError(
@@ -49,13 +49,9 @@ if _problems:
     )
 
 
-def schema_defaults(path):
+def schema_defaults(schema):
     """The defaults the schema gives the keys of each settings section (they equal
     config/config.yaml's values and nucseg's own defaults: tests/test_config.py)."""
-    import yaml
-
-    with open(path) as f:
-        schema = yaml.safe_load(f)
     defaults = {}
     for section in SECTIONS:
         node = schema["properties"][section]

@@ -53,12 +53,9 @@ def test_config_schema_and_code_give_the_same_defaults(section):
 
 # Checking a config: one line per problem, naming the key by its dotted path.
 
-SCHEMA_PATH = REPO / "config/config.schema.yaml"
-
-
 @pytest.mark.parametrize("name", ["config.yaml", "full_challenge.yaml"])
 def test_the_shipped_configs_are_valid(name):
-    assert config_problems(yaml.safe_load((REPO / "config" / name).read_text()), SCHEMA_PATH) == []
+    assert config_problems(yaml.safe_load((REPO / "config" / name).read_text()), SCHEMA) == []
 
 
 def test_config_problems_name_each_key():
@@ -67,7 +64,7 @@ def test_config_problems_name_each_key():
     config["train"]["epochs"] = "ten"  # a wrong type
     config["datasets"]["sample_train"]["role"] = "trian"  # not one of the choices
     config["models"]["paper"] = {"predict": {"tiles": 512}}  # a typo in a model's override
-    assert config_problems(config, SCHEMA_PATH) == [
+    assert config_problems(config, SCHEMA) == [
         "datasets.sample_train.role: 'trian' is not one of ['train', 'test'] (train (model fitting) or test (predicted and evaluated))",
         "models.paper.predict.tiles: unknown key (models.paper.predict takes: tta, tile, margin, device)",
         "segment.min_sise: unknown key (segment takes: threshold, otsu_bounds, min_size, marker_spacing, border_weight)",
@@ -76,7 +73,7 @@ def test_config_problems_name_each_key():
 
 
 def test_config_problems_at_the_top_level():
-    assert config_problems({"datasets": {}, "sample": 1}, SCHEMA_PATH) == [
+    assert config_problems({"datasets": {}, "sample": 1}, SCHEMA) == [
         "the config's top level: 'models' is a required property",
         "datasets: {} does not have enough properties (datasets by name)",
         "sample: unknown key (the top level takes: datasets, models, download, preprocess, train, predict, segment)",
