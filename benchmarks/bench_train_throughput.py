@@ -21,7 +21,8 @@ import torch
 
 from nucseg.losses import Loss
 from nucseg.model import PRESETS, ResUNet
-from nucseg.train import choose_device, optimizer_step
+from nucseg.model import choose_device
+from nucseg.train import optimizer_step
 
 
 def steps_per_second(name: str, device: torch.device, size: int, batch: int, steps: int, warmup: int) -> list[float]:

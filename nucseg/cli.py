@@ -32,7 +32,7 @@ def _segment(args: argparse.Namespace) -> None:
     from nucseg.infer import PredictSettings, predict_image
     from nucseg.measure import measure_objects
     from nucseg.postprocess import SegmentSettings, segment_probability
-    from nucseg.train import choose_device, load_model
+    from nucseg.model import choose_device, load_model
 
     device = choose_device(args.device)
     model, config = load_model(args.model, device)

@@ -150,7 +150,7 @@ def rescale_intensity(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((np.asarray(image, dtype=np.float32) - lo) / scale, -0.5, 1.5).astype(np.float32)
 
 
-def normalize_image(image: np.ndarray, low: float = NORMALIZE_LOW, high: float = NORMALIZE_HIGH) -> np.ndarray:
+def normalize_image(image: np.ndarray, low: float = NORMALIZE_LOW, high: float = NORMALIZE_HIGH, invert_dark: bool = False) -> np.ndarray:
     """Percentile-normalise a whole image to float32, about 0..1.
 
     The percentiles are taken over the whole image (all channels), never per
@@ -162,6 +162,11 @@ def normalize_image(image: np.ndarray, low: float = NORMALIZE_LOW, high: float =
     image : (H, W, C) ndarray
     low, high : float
         Percentiles mapped to 0 and 1.
+    invert_dark : bool
+        Invert the normalised image (``1 - x``) when its nuclei are dark on a light
+        background (:func:`has_dark_nuclei`: bright-field, stained histology), so that the
+        network sees bright nuclei on a dark background for every modality. A model records
+        whether it was trained so (``config.json``: ``normalize.invert_dark``).
 
     Returns
     -------
@@ -174,7 +179,19 @@ def normalize_image(image: np.ndarray, low: float = NORMALIZE_LOW, high: float =
     >>> normalize_image(np.array([[[0], [100], [200]]], np.uint8), 0, 100).ravel()
     array([0. , 0.5, 1. ], dtype=float32)
     """
-    return rescale_intensity(image, *intensity_range(image, low, high))
+    x = rescale_intensity(image, *intensity_range(image, low, high))
+    return invert(x) if invert_dark and has_dark_nuclei(image) else x
+
+
+def invert(x: np.ndarray) -> np.ndarray:
+    """``1 - x`` of a normalised image: [-0.5, 1.5] onto itself, 0 and 1 swapped."""
+    return (1.0 - x).astype(np.float32)
+
+
+def has_dark_nuclei(image: np.ndarray) -> bool:
+    """Whether an image's nuclei are dark on a light background: any modality
+    :func:`guess_modality` does not call fluorescence."""
+    return guess_modality(image) != "fluorescence"
 
 
 def guess_modality(image: np.ndarray) -> str:

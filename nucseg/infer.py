@@ -20,7 +20,7 @@ import zarr
 from nucseg.files import atomic_dir
 from nucseg.imageio import normalize_image
 from nucseg.tiling import process_tiled
-from nucseg.train import choose_device, load_model
+from nucseg.model import choose_device, load_model
 
 log = logging.getLogger(__name__)
 

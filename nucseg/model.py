@@ -1,4 +1,4 @@
-"""The residual U-Net: forward pass only (training lives in :mod:`nucseg.train`).
+"""The residual U-Net, and loading a trained one (training lives in :mod:`nucseg.train`).
 
 Architecture (Rautaray et al. 2020, Tables 1-2), with the width as a setting:
 
@@ -19,10 +19,16 @@ The input's height and width must be multiples of 32 (see
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 MULTIPLE = 32
 HEADS = ("body", "border")
@@ -167,3 +173,27 @@ class ResUNet(nn.Module):
         d = self.up1(d, s1)
         d = self.up0(d, None)
         return self.head(d)
+
+
+def choose_device(name: str = "auto") -> torch.device:
+    """CUDA when asked for or available (``"auto"``), else CPU; logs the choice."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    device = torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        log.info("using CUDA device %s", torch.cuda.get_device_name(device))
+    else:
+        log.info("using CPU (%d threads)", torch.get_num_threads())
+    return device
+
+
+def load_model(model_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[ResUNet, dict]:
+    """Rebuild a trained model from its folder; returns ``(model in eval mode, config dict)``."""
+    model_dir = Path(model_dir)
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+        model = ResUNet(ModelConfig(**config["model"]))
+        model.load_state_dict(torch.load(model_dir / "weights.pt", map_location=device, weights_only=True))
+    except (OSError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
+        raise ValueError(f"{model_dir}: not a readable nucseg model folder ({exc})") from exc
+    return model.to(device).eval(), config

@@ -192,7 +192,16 @@ def _index_row(sample, modality: str) -> dict:
     )
 
 
-def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike, settings: PreprocessSettings, layout: str = "dsb") -> pd.DataFrame:
+def read_id_list(path: str | os.PathLike) -> list[str]:
+    """Image ids of a text file, one per line (blank lines and ``#`` comments ignored)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the list of image ids to exclude ({exc.strerror or exc})") from exc
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike, settings: PreprocessSettings, layout: str = "dsb", exclude: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
     """Preprocess stage, training store: crops (or resized images) and labels into zarr.
 
     Parameters
@@ -212,6 +221,8 @@ def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathL
     settings : PreprocessSettings
     layout : str
         Dataset layout (:data:`nucseg.datasets.LAYOUTS`).
+    exclude : list of str
+        Image ids left out (for example the images of a test set drawn from the same data).
 
     Returns
     -------
@@ -219,6 +230,10 @@ def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathL
         The index table.
     """
     ids = list_images(dataset_dir, layout)
+    if exclude:
+        left_out = set(exclude)
+        ids = [i for i in ids if i not in left_out]
+        log.info("%s: %d images left out (exclude list)", dataset_dir, len(left_out))
     if not ids:
         raise ValueError(f"{dataset_dir}: no images found")
     solution = load_solution(dataset_dir, ids)

@@ -62,12 +62,21 @@ from tqdm import tqdm
 import nucseg
 from nucseg.augment import Augmenter, AugmentSettings
 from nucseg.files import atomic_dir
-from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, rescale_intensity
+from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
 from nucseg.losses import Loss
-from nucseg.model import PRESETS, ModelConfig, ResUNet
+from nucseg.model import PRESETS, ModelConfig, ResUNet, choose_device
 from nucseg.preprocess import make_targets
 
 log = logging.getLogger(__name__)
+
+#: How training examples are drawn (``train.sampling``): ``uniform``, every example alike (the
+#: paper); ``balanced``, each modality's share of the draws proportional to the square root of
+#: its number of examples (rare modalities, bright-field and histology, are seen far more often
+#: than their share, without repeating their few images as often as the many fluorescence
+#: ones), and examples without a nucleus drawn ``empty_weight`` times as often as the others
+#: (the MIDL paper's class-balanced patch sampling).
+SAMPLING = ("uniform", "balanced")
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -91,6 +100,9 @@ class TrainSettings:
     augment_affine: float = 0.5
     augment_distort: float = 0.25
     augment_intensity: float = 0.5
+    invert_dark: bool = True
+    sampling: str = "balanced"
+    empty_weight: float = 0.25
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
@@ -108,6 +120,10 @@ class TrainSettings:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.sampling not in SAMPLING:
+            raise ValueError(f"train sampling must be one of {list(SAMPLING)}, got {self.sampling!r}")
+        if not 0 <= self.empty_weight <= 1:
+            raise ValueError(f"train empty_weight must be in [0, 1], got {self.empty_weight}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         self.augment_settings()  # checks the probabilities
@@ -134,8 +150,9 @@ class CropDataset(Dataset):
     the targets computed from the transformed labels.
     """
 
-    def __init__(self, stores: list[str], items: list[tuple[int, int]], heads: tuple[str, ...], augment: AugmentSettings | None, seed: int) -> None:
+    def __init__(self, stores: list[str], items: list[tuple[int, int]], heads: tuple[str, ...], augment: AugmentSettings | None, seed: int, invert: list[bool] | None = None) -> None:
         self.stores, self.items, self.heads = stores, items, heads
+        self.invert = invert if invert is not None else [False] * len(items)
         self.augmenter = Augmenter(augment) if augment is not None else None
         self.seed, self.epoch = seed, 0
         self._open: dict[int, tuple[zarr.Group, np.ndarray]] = {}
@@ -154,38 +171,80 @@ class CropDataset(Dataset):
         image, labels = group["images"][index], group["labels"][index]
         lo, hi = ranges[index]
         if self.augmenter is None:
-            image = rescale_intensity(image, lo, hi)
+            image = self._normalise(image, lo, hi, i)
         else:
             # one generator per (seed, epoch, example): identical whatever the worker layout
             rng = np.random.default_rng((self.seed, self.epoch, i))
             image, labels = self.augmenter.spatial(image, labels, rng)
-            image = self.augmenter.intensity(rescale_intensity(image, lo, hi), rng)
+            image = self.augmenter.intensity(self._normalise(image, lo, hi, i), rng)
         target = make_targets(labels, self.heads)
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(target)
+
+    def _normalise(self, image: np.ndarray, lo: float, hi: float, i: int) -> np.ndarray:
+        x = rescale_intensity(image, lo, hi)
+        return invert(x) if self.invert[i] else x
+
+    def has_nuclei(self) -> np.ndarray:
+        """Whether each example's labels hold any nucleus (read store by store, in blocks)."""
+        out = np.zeros(len(self.items), dtype=bool)
+        by_store: dict[int, list[int]] = {}
+        for k, (store, _) in enumerate(self.items):
+            by_store.setdefault(store, []).append(k)
+        for store, ks in by_store.items():
+            labels = zarr.open_group(self.stores[store], mode="r")["labels"]
+            for start in range(0, labels.shape[0], 256):
+                block = labels[start : start + 256].reshape(min(256, labels.shape[0] - start), -1).max(axis=1) > 0
+                for k in ks:
+                    j = self.items[k][1] - start
+                    if 0 <= j < len(block):
+                        out[k] = block[j]
+        return out
+
+
+def sample_weights(modalities: list[str], has_nuclei: np.ndarray, empty_weight: float) -> np.ndarray:
+    """Draw weights of the ``balanced`` sampling (:data:`SAMPLING`), summing to 1.
+
+    Each modality gets a share of the draws proportional to the square root of its number of
+    examples, spread over its examples; within it an example without a nucleus weighs
+    ``empty_weight`` times one with nuclei.
+
+    Examples
+    --------
+    >>> w = sample_weights(["f"] * 4 + ["b"], np.ones(5, bool), 1.0)
+    >>> round(float(w[:4].sum()), 3), round(float(w[4]), 3)     # shares 2 : 1 (sqrt 4 : sqrt 1)
+    (0.667, 0.333)
+    """
+    modalities_arr = np.asarray(modalities)
+    per_example = np.where(has_nuclei, 1.0, empty_weight)
+    weights = np.zeros(len(modalities_arr))
+    for modality in np.unique(modalities_arr):
+        mask = modalities_arr == modality
+        if per_example[mask].sum() > 0:
+            weights[mask] = np.sqrt(mask.sum()) * per_example[mask] / per_example[mask].sum()
+    if weights.sum() <= 0:
+        return np.full(len(modalities_arr), 1.0 / max(len(modalities_arr), 1))
+    return weights / weights.sum()
 
 
 def split_items(stores: list[str], indexes: list[str]) -> dict[str, list[tuple[int, int]]]:
     """(store, example) pairs of the ``train`` and ``val`` splits of the index tables."""
-    items: dict[str, list[tuple[int, int]]] = {"train": [], "val": []}
+    return {split: [(s, k) for s, k, _, _ in rows] for split, rows in split_examples(indexes).items()}
+
+
+def split_examples(indexes: list[str]) -> dict[str, list[tuple[int, int, str, bool]]]:
+    """``(store, example, modality, dark_nuclei)`` of the ``train`` and ``val`` splits of the
+    index tables (one per store, in order)."""
+    items: dict[str, list[tuple[int, int, str, bool]]] = {"train": [], "val": []}
     for s, index_csv in enumerate(indexes):
         table = pd.read_csv(index_csv)
-        for row in table.itertuples():
-            items[row.split] += [(s, row.first_crop + k) for k in range(row.n_crops)]
+        # index tables without modality / dark_nuclei columns (hand-made ones): one modality, not inverted
+        modality = table["modality"].astype(str) if "modality" in table else pd.Series("unknown", index=table.index)
+        dark = table["dark_nuclei"].astype(bool) if "dark_nuclei" in table else pd.Series(False, index=table.index)
+        for row, m, d in zip(table.itertuples(), modality, dark):
+            items[row.split] += [(s, row.first_crop + k, m, bool(d)) for k in range(row.n_crops)]
     if not items["train"]:
         raise ValueError(f"no training examples in {indexes}")
     return items
-
-
-def choose_device(name: str = "auto") -> torch.device:
-    """CUDA when asked for or available (``"auto"``), else CPU; logs the choice."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
-    device = torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        log.info("using CUDA device %s", torch.cuda.get_device_name(device))
-    else:
-        log.info("using CPU (%d threads)", torch.get_num_threads())
-    return device
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, lr_patience: int) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
@@ -360,15 +419,26 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
     device = choose_device(settings.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fastest kernels for the fixed crop size (not bit-reproducible)
-    items = split_items(list(map(str, stores)), list(map(str, indexes)))
+    examples = split_examples(list(map(str, indexes)))
     heads = settings.heads
-    train_set = CropDataset(list(map(str, stores)), items["train"], heads, settings.augment_settings(), settings.seed)
-    val_set = CropDataset(list(map(str, stores)), items["val"], heads, None, settings.seed)
+
+    def dataset(split: str, augment: AugmentSettings | None) -> CropDataset:
+        rows = examples[split]
+        invert_flags = [settings.invert_dark and dark for _, _, _, dark in rows]
+        return CropDataset(list(map(str, stores)), [(s, k) for s, k, _, _ in rows], heads, augment, settings.seed, invert_flags)
+
+    train_set, val_set = dataset("train", settings.augment_settings()), dataset("val", None)
     log.info("%d training and %d validation examples", len(train_set), len(val_set))
     generator = torch.Generator().manual_seed(settings.seed)
     loader_args = dict(batch_size=settings.batch_size, num_workers=settings.num_workers, pin_memory=device.type == "cuda")
     per_epoch = min(settings.samples_per_epoch or len(train_set), len(train_set))
-    sampler = torch.utils.data.RandomSampler(train_set, num_samples=per_epoch, generator=generator)
+    if settings.sampling == "balanced":
+        weights = sample_weights([m for _, _, m, _ in examples["train"]], train_set.has_nuclei(), settings.empty_weight)
+        shares = pd.Series(weights).groupby([m for _, _, m, _ in examples["train"]]).sum()
+        log.info("balanced sampling, share of draws per modality: %s", ", ".join(f"{m} {v:.2f}" for m, v in shares.items()))
+        sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), per_epoch, replacement=True, generator=generator)
+    else:
+        sampler = torch.utils.data.RandomSampler(train_set, num_samples=per_epoch, generator=generator)
     train_loader = DataLoader(train_set, sampler=sampler, drop_last=per_epoch > settings.batch_size, **loader_args)
     val_loader = DataLoader(val_set, shuffle=False, **loader_args)
 
@@ -441,7 +511,7 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
         nucseg_version=nucseg.__version__,
         architecture="ResUNet",
         model=model_config.to_dict(),
-        normalize=dict(low=NORMALIZE_LOW, high=NORMALIZE_HIGH),
+        normalize=dict(low=NORMALIZE_LOW, high=NORMALIZE_HIGH, invert_dark=settings.invert_dark),
         train=asdict(settings),
         device=device.type,
         # reproducing the weights on a CPU needs the same torch build, thread count and
@@ -460,15 +530,3 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
         save_curves(table, tmp / "curves.png", settings.loss)
     log.info("best validation IoU %.4f at epoch %d; model in %s", config["best_val_iou"], config["best_epoch"], out_dir)
     return config
-
-
-def load_model(model_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[ResUNet, dict]:
-    """Rebuild a trained model from its folder; returns ``(model in eval mode, config dict)``."""
-    model_dir = Path(model_dir)
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-        model = ResUNet(ModelConfig(**config["model"]))
-        model.load_state_dict(torch.load(model_dir / "weights.pt", map_location=device, weights_only=True))
-    except (OSError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
-        raise ValueError(f"{model_dir}: not a readable nucseg model folder ({exc})") from exc
-    return model.to(device).eval(), config

@@ -142,6 +142,14 @@ def dataset_solution(name):
     return local_or_url(DATASETS[name].get("solution"))
 
 
+def dataset_exclude(name):
+    """Image ids the dataset's `exclude` file lists (left out of training), sorted."""
+    from nucseg.preprocess import read_id_list
+
+    path = local_or_url(DATASETS[name].get("exclude"))
+    return sorted(read_id_list(path)) if path else []
+
+
 def dataset_files(name):
     """Input of the download job: the dataset's local files (none for a URL)."""
     from nucseg.datasets import source_files

@@ -8,6 +8,7 @@ rule preprocess_train:
     params:
         settings=section_settings("preprocess"),
         layout=lambda wc: dataset_layout(wc.dataset),
+        exclude=lambda wc: dataset_exclude(wc.dataset),
         code=nucseg.code_hash("preprocess", "datasets", "rle", "imageio", "files"),
     log:
         f"{LOGS}/preprocess_train/{{dataset}}.log",

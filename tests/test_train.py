@@ -20,7 +20,8 @@ from nucseg.augment import Augmenter, AugmentSettings
 from nucseg.imageio import intensity_range, rescale_intensity
 from nucseg.model import ResUNet
 from nucseg.preprocess import make_targets, touching_borders
-from nucseg.train import CropDataset, TrainSettings, load_model, make_scheduler, split_items, train_model
+from nucseg.model import load_model
+from nucseg.train import CropDataset, TrainSettings, make_scheduler, split_items, train_model
 
 SIZE = 64
 

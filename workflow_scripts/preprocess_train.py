@@ -9,5 +9,6 @@ preprocess_training(
     out_zarr=snakemake.output.zarr,  # noqa: F821
     index_csv=snakemake.output.index,  # noqa: F821
     layout=snakemake.params.layout,  # noqa: F821
+    exclude=snakemake.params.exclude,  # noqa: F821
     settings=PreprocessSettings(**snakemake.params.settings),  # noqa: F821
 )
