@@ -26,6 +26,12 @@ from importlib import resources
 
 __version__ = "0.1.0"
 
+#: The pretrained model folder shipped inside the package (weights.pt, config.json and
+#: MODEL_CARD.md: what it was trained on, how, and how well it scores per modality).
+#: ``nucseg segment`` uses it when no ``--model`` is given; a workflow model entry
+#: ``{folder: pretrained}`` uses it instead of training one.
+PRETRAINED_MODEL = str(resources.files(__name__) / "pretrained")
+
 
 def code_hash(*modules: str) -> str:
     """Short hash of the source of the named ``nucseg`` modules.

@@ -86,13 +86,36 @@ for _name in DATASETS:
     if DATASETS[_name].get("evaluate") and dataset_layout(_name) == "images":
         raise ValueError(f"config: dataset {_name!r} has layout: images (no ground truth) and evaluate: true")
 EVAL_SETS = [name for name in TEST_SETS if DATASETS[name].get("evaluate", dataset_layout(name) == "dsb")]
-if not TRAIN_SETS:
-    raise ValueError("config: 'datasets' needs at least one dataset with role: train")
 if not TEST_SETS:
     raise ValueError("config: 'datasets' needs at least one dataset with role: test")
 
 # Models by name; each may override keys of the train, predict and segment sections.
 MODELS = {name: (overrides or {}) for name, overrides in config["models"].items()}
+if not TRAIN_SETS and any("folder" not in overrides for overrides in MODELS.values()):
+    raise ValueError(
+        "config: 'datasets' needs at least one dataset with role: train to train the models "
+        f"{sorted(name for name, o in MODELS.items() if 'folder' not in o)} (or give each model a ready "
+        "folder, e.g. models: {pretrained: {folder: pretrained}})"
+    )
+
+
+def ready_model(name):
+    """The folder of a model given as `folder:` (the shipped one for 'pretrained'), else None
+    (the model is trained by the train rule)."""
+    folder = MODELS[name].get("folder")
+    if folder is None:
+        return None
+    return nucseg.PRETRAINED_MODEL if folder == "pretrained" else local_or_url(folder)
+
+
+def model_input(wildcards):
+    """Input of the jobs that read a model: the trained folder, or a ready folder and its
+    weights (replacing weights.pt reruns what depends on it)."""
+    folder = ready_model(wildcards.model)
+    if folder is None:
+        return {"model": MODEL.format(model=wildcards.model)}
+    return {"model": folder, "weights": os.path.join(folder, "weights.pt")}
+
 
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"

@@ -58,7 +58,7 @@ rule plots:
 rule training_curves:
     # The model folder's training curves, beside the other plots (and in the report).
     input:
-        MODEL,
+        unpack(model_input),
     output:
         report(f"{PLOTS}/training_curves.png", caption="../report/training_curves.rst", category="Training", labels={"model": "{model}"}),
     params:

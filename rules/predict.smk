@@ -1,7 +1,7 @@
 rule predict:
     # Probability maps of the full-size test images.
     input:
-        model=MODEL,
+        unpack(model_input),
         zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
         index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",
     output:

@@ -1,0 +1,154 @@
+"""Accuracy on held-out challenge images, per modality: the table of BENCHMARKS.md "Accuracy".
+
+Scores a model folder on the validation images of the corrected 2018 Data Science Bowl training
+set (``../shared/data/dsb2018/stage1_train_fixed.zip``): the images the preprocess stage holds
+out (15 % per modality, seed 0, the same split for every configuration), at full size. Each
+image is predicted once per test-time-augmentation setting, segmented by each instance method
+(the published one: Otsu + distance-transform watershed on the body map; the border-seeded
+one, for models with a border head) and scored with :func:`nucseg.metrics.evaluate_image`.
+Prints one row per configuration: the challenge score (mean over IoU 0.50..0.95 of
+TP / (TP + FP + FN), per image, then over images), AP at 0.50 and 0.75, pixel IoU, the challenge
+score per modality, and the inference time per megapixel.
+
+    # re-score the shipped model (download + preprocess only, a few minutes)
+    python benchmarks/bench_accuracy.py
+    # reproduce the shipped model's row from ../shared/data, training included (about 2 hours
+    # on one CPU core): the pipeline's own run of config/pretrained.yaml, then the scoring
+    python benchmarks/bench_accuracy.py --train
+    # any other model folder, scored on the same split
+    python benchmarks/bench_accuracy.py --model results/models/resunet
+
+The pipeline runs in ``--workdir`` (default ``results/accuracy``), so a rerun skips what is done.
+Nothing here is tuned on anything but this validation split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import nucseg
+from nucseg.datasets import read_sample
+from nucseg.infer import PredictSettings, predict_image
+from nucseg.metrics import evaluate_image
+from nucseg.model import choose_device, load_model
+from nucseg.postprocess import SegmentSettings, segment_probability
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "config" / "pretrained.yaml"
+DATASET = "stage1_train_fixed"
+
+
+def run_pipeline(workdir: Path, target: str, cores: int) -> None:
+    """The workflow with config/pretrained.yaml, up to ``target``, in ``workdir``."""
+    command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+               "--configfile", str(CONFIG), "--replace-workflow-config", target]
+    print("$", " ".join(command), flush=True)
+    subprocess.run(command, check=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+
+
+def segment(prob: np.ndarray, heads: list[str], method: str, settings: SegmentSettings) -> np.ndarray:
+    """``paper``: Otsu + distance-transform watershed on the body map; ``border``: seeds cut
+    by the touching-border map."""
+    border = prob[heads.index("border")] if method == "border" else None
+    return segment_probability(prob[heads.index("body")], settings, border=border)
+
+
+def score(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options: list[bool], device: torch.device, settings: SegmentSettings) -> pd.DataFrame:
+    """One row per (image, tta, method): the per-image metrics plus modality and seconds/MP."""
+    model, config = load_model(model_dir, device)
+    heads = list(model.config.heads)
+    methods = ["paper"] + (["border"] if "border" in heads else [])
+    rows = []
+    for row in index.itertuples():
+        sample = read_sample(dataset, row.image_id)
+        megapixels = sample.image.shape[0] * sample.image.shape[1] / 1e6
+        for tta in tta_options:
+            t0 = time.perf_counter()
+            prob = predict_image(model, sample.image, PredictSettings(tta=tta), config.get("normalize"), device)
+            seconds = time.perf_counter() - t0
+            for method in methods:
+                metrics = evaluate_image(sample.labels, segment(prob, heads, method, settings))
+                rows.append(dict(image_id=row.image_id, modality=row.modality, tta=tta, method=method, s_per_mp=seconds / megapixels, **metrics))
+    return pd.DataFrame(rows)
+
+
+def summarise(scores: pd.DataFrame) -> pd.DataFrame:
+    """Means over images per configuration, the challenge score per modality beside them."""
+    keys = ["method", "tta"]
+    table = scores.groupby(keys).agg(
+        images=("image_id", "size"),
+        challenge=("challenge_score", "mean"),
+        ap50=("ap_0.50", "mean"),
+        ap75=("ap_0.75", "mean"),
+        pixel_iou=("pixel_iou", "mean"),
+        pixel_f1=("pixel_f1", "mean"),
+        s_per_mp=("s_per_mp", "mean"),
+    )
+    per_modality = scores.pivot_table(index=keys, columns="modality", values="challenge_score", aggfunc="mean")
+    per_modality.columns = [f"challenge_{m}" for m in per_modality.columns]
+    table = table.join(per_modality)
+    modality_cols = list(per_modality.columns)
+    table["weakest/best"] = table[modality_cols].min(axis=1) / table[modality_cols].max(axis=1)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="model folder to score (default: the shipped model, or the trained one with --train)")
+    parser.add_argument("--train", action="store_true", help="train the model first with config/pretrained.yaml (the shipped model's run)")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "accuracy", help="the pipeline's working directory")
+    parser.add_argument("--tta", choices=["off", "on", "both"], default="both", help="test-time augmentation (8 flips/rotations)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (training and scoring)")
+    parser.add_argument("--limit", type=int, default=0, help="score only the first N validation images (0: all)")
+    parser.add_argument("--csv", type=Path, default=None, help="also write the per-image scores here")
+    parser.add_argument("--skip-pipeline", action="store_true", help="use --workdir as it is (the pipeline already ran there)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if not (ROOT.parent / "shared" / "data" / "dsb2018" / "stage1_train_fixed.zip").is_file():
+        raise SystemExit("../shared/data/dsb2018/stage1_train_fixed.zip not found: this benchmark needs the challenge data beside the checkout")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if args.train:
+        model_dir = args.model or args.workdir / "results" / "models" / "pretrained"
+        target = "results/models/pretrained"
+    else:
+        model_dir = args.model or Path(nucseg.PRETRAINED_MODEL)
+        target = f"results/preprocessed/{DATASET}/train_index.csv"
+    if not args.skip_pipeline:
+        run_pipeline(args.workdir, target, args.threads)
+    train_s = time.perf_counter() - t0
+    torch.set_num_threads(args.threads)
+    index = pd.read_csv(args.workdir / "results" / "preprocessed" / DATASET / "train_index.csv", dtype={"image_id": str})
+    val = index[index["split"] == "val"]
+    if args.limit:
+        val = val.head(args.limit)
+    tta_options = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
+    device = choose_device("auto")
+    t0 = time.perf_counter()
+    scores = score(model_dir, args.workdir / "results" / "datasets" / DATASET, val, tta_options, device, SegmentSettings())
+    if args.csv:
+        scores.to_csv(args.csv, index=False)
+    table = summarise(scores)
+    counts = val["modality"].value_counts()
+    print(f"\nmodel: {model_dir}")
+    print(f"validation: {len(val)} full-size images of {DATASET} ({', '.join(f'{m} {n}' for m, n in counts.items())}), split of config/pretrained.yaml")
+    print(f"segment settings: {SegmentSettings()}")
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"pipeline {train_s:.0f} s, scoring {time.perf_counter() - t0:.0f} s")
+    print(f"machine: {platform.machine()}, cpu_count={os.cpu_count()}, torch threads={torch.get_num_threads()}, device={device.type}, "
+          f"torch={torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), python={platform.python_version()}")
+
+
+if __name__ == "__main__":
+    main()
