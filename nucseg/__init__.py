@@ -21,8 +21,11 @@ qc                :mod:`nucseg.qc`            :func:`~nucseg.qc.qc_pictures`
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import os
 from importlib import resources
+from pathlib import Path
 
 __version__ = "0.1.0"
 
@@ -31,6 +34,81 @@ __version__ = "0.1.0"
 #: ``nucseg segment`` uses it when no ``--model`` is given; a workflow model entry
 #: ``{folder: pretrained}`` uses it instead of training one.
 PRETRAINED_MODEL = str(resources.files(__name__) / "pretrained")
+
+
+def imported_modules(source: str | os.PathLike) -> list[str]:
+    """The ``nucseg`` modules a Python file uses, directly or through each other.
+
+    Follows every ``import nucseg.x`` / ``from nucseg.x import ...`` / ``from nucseg import x``
+    (at any depth of the file, function bodies included) and then the imports of those modules,
+    to the closure. Returns module names relative to the package (``"train"``,
+    ``"tasks.semantic"``), sorted. The workflow hashes them (:func:`code_hash`) so that a rule
+    reruns when any code its adapter script runs changes, without a hand-written list that can
+    go stale.
+    """
+    package = Path(resources.files(__name__))
+    seen: set[str] = set()
+    todo = list(_nucseg_imports(Path(source).read_text(), package))
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(_nucseg_imports(_module_path(package, name).read_text(), package, name))
+    return sorted(seen)
+
+
+def _module_path(package: Path, name: str) -> Path:
+    base = package.joinpath(*name.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _nucseg_imports(text: str, package: Path, current: str | None = None) -> set[str]:
+    """Modules of the package imported by source ``text`` (``current``: its own module name,
+    for relative imports)."""
+    found: set[str] = set()
+
+    def add(dotted: str) -> None:
+        # the longest prefix that is a module or subpackage of nucseg
+        parts = dotted.split(".")
+        for k in range(len(parts), 0, -1):
+            name = ".".join(parts[:k])
+            if _module_path(package, name).is_file():
+                found.add(name)
+                if _module_path(package, name).name == "__init__.py":
+                    found.add(name)
+                return
+
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith(f"{__name__}."):
+                    add(alias.name[len(__name__) + 1 :])
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from . import x / from .x import y
+                base = (current or "").split(".")[: -node.level] if current else []
+                module = ".".join(base + ([node.module] if node.module else []))
+            elif node.module == __name__:
+                module = ""
+            elif node.module and node.module.startswith(f"{__name__}."):
+                module = node.module[len(__name__) + 1 :]
+            else:
+                continue
+            for alias in node.names:
+                candidate = f"{module}.{alias.name}" if module else alias.name
+                if _module_path(package, candidate).is_file():
+                    found.add(candidate)
+                elif module:
+                    add(module)
+    return found
+
+
+def script_code_hash(script: str | os.PathLike) -> str:
+    """:func:`code_hash` of every ``nucseg`` module ``script`` uses (:func:`imported_modules`)
+    and of the script itself: the code that decides a rule's output."""
+    digest = hashlib.sha256(code_hash(*imported_modules(script)).encode())
+    digest.update(Path(script).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def code_hash(*modules: str) -> str:
@@ -52,7 +130,7 @@ def code_hash(*modules: str) -> str:
     digest = hashlib.sha256(__version__.encode())
     package = resources.files(__name__)
     for name in sorted(set(modules)):
-        source = package.joinpath(f"{name}.py")
+        source = _module_path(Path(package), name.replace("/", "."))
         if not source.is_file():
             raise ValueError(f"nucseg has no module {name!r} (looked for {source})")
         digest.update(name.encode())

@@ -2,25 +2,144 @@
 
 The workflow checks its config before any job starts (``rules/common.smk``). Each problem is one
 line that names the key by its dotted path (``segment.min_sise``, ``datasets.my_plate.role``),
-says what is wrong and, for an unknown key, which keys that place takes.
+says what is wrong and what is allowed, and, for an unknown key, which keys that place takes.
+Besides the schema, the rules that tie keys together are checked here too (``otsu_bounds`` low
+before high, the ``body`` head first, a train and a test dataset), so that a config the jobs
+would refuse after downloading and training is refused before any job runs.
 """
 
 from __future__ import annotations
 
 import jsonschema
+import yaml
+
+#: The settings sections, and those a model may override.
+SECTIONS = ("download", "preprocess", "train", "predict", "segment")
+MODEL_SECTIONS = ("train", "predict", "segment")
 
 
 def _location(path) -> str:
     return ".".join(str(part) for part in path) or "the config's top level"
 
 
+def _typed(value, kinds: tuple[type, ...] = (bool, int, float, list)):
+    """A text value read as YAML, if it reads as null or one of ``kinds``."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return parsed if parsed is None or isinstance(parsed, kinds) else value
+
+
+def typed_cli_values(section: dict, keys: tuple[str, ...] | None = None) -> None:
+    """Type the values that ``--config`` leaves as text, in place.
+
+    ``--config train='{epochs: 5}'`` gives the text ``'5'`` and ``--config
+    segment='{otsu_bounds: [0.2, 0.8]}'`` the list ``['0.2', '0.8']`` (Snakemake parses nested
+    values as text): such values of a settings section (or of the given ``keys`` only), and the
+    items of such lists, are read as YAML scalars (or lists) again. Text that is not a number,
+    boolean or null (``otsu``, ``body``) stays text.
+    """
+    for key, value in section.items():
+        if keys is not None and key not in keys:
+            continue
+        value = _typed(value)
+        section[key] = [_typed(item, (bool, int, float)) for item in value] if isinstance(value, list) else value
+
+
+def type_cli_config(config: dict) -> None:
+    """:func:`typed_cli_values` over every settings section of a workflow config, the
+    datasets' ``evaluate`` and the models' overrides (in place)."""
+    for section in SECTIONS:
+        if isinstance(config.get(section), dict):
+            typed_cli_values(config[section])
+    for dataset in (config.get("datasets") or {}).values():
+        if isinstance(dataset, dict):
+            typed_cli_values(dataset, keys=("evaluate",))  # the others are text (a sha256 may be digits)
+    for model in (config.get("models") or {}).values():
+        for section in MODEL_SECTIONS:
+            if isinstance((model or {}).get(section), dict):
+                typed_cli_values(model[section])
+
+
+def _describe(schema: dict) -> str:
+    """What a (sub)schema allows, in words: ``'otsu'``, ``a number greater than 0 and less than 1``."""
+    if "enum" in schema:
+        return " or ".join(repr(v) for v in schema["enum"])
+    kind = {"number": "a number", "integer": "a whole number", "string": "text", "boolean": "true or false", "array": "a list", "null": "null"}
+    types = schema.get("type", "value")
+    text = " or ".join(kind.get(t, t) for t in ([types] if isinstance(types, str) else types))
+    bounds = [
+        f"{word} {schema[key]}"
+        for key, word in (("minimum", "at least"), ("exclusiveMinimum", "greater than"), ("maximum", "at most"), ("exclusiveMaximum", "less than"))
+        if key in schema
+    ]
+    return text + (" " + " and ".join(bounds) if bounds else "")
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    if error.validator in ("oneOf", "anyOf"):
+        choices = ", or ".join(_describe(option) for option in error.validator_value)
+        return f"{error.instance!r} is not allowed: use {choices}"
+    return error.message
+
+
+def _cross_field_problems(config: dict) -> list[tuple[list, str]]:
+    """The rules a schema cannot state: each settings place, as given and as a model's override."""
+    places = [([section], config.get(section)) for section in ("train", "segment")]
+    for name, model in (config.get("models") or {}).items():
+        for section in ("train", "segment"):
+            places.append((["models", name, section], (model or {}).get(section) if isinstance(model, dict) else None))
+    problems = []
+    for path, values in places:
+        if not isinstance(values, dict):
+            continue
+        bounds = values.get("otsu_bounds")
+        if path[-1] == "segment" and isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds) and bounds[0] > bounds[1]:
+            key = path + ["otsu_bounds"]
+            problems.append((key, f"{_location(key)}: {bounds} is inverted: write the lower bound first ([{bounds[1]}, {bounds[0]}])"))
+        heads = values.get("heads")
+        if path[-1] == "train" and isinstance(heads, list) and heads and heads[0] != "body":
+            key = path + ["heads"]
+            problems.append((key, f"{_location(key)}: {heads} must start with body ([body] or [body, border]): the body head is the nucleus foreground every model predicts"))
+    return problems
+
+
+def _dataset_problems(config: dict) -> list[tuple[list, str]]:
+    """A run segments its test datasets with models trained on its train datasets (or ready
+    model folders, ``models: {name: {folder: ...}}``): it needs a test set, and a train set for
+    any model that is to be trained."""
+    datasets = config.get("datasets")
+    if not isinstance(datasets, dict):
+        return []
+    roles = {role: sorted(name for name, d in datasets.items() if isinstance(d, dict) and d.get("role") == role) for role in ("train", "test")}
+    models = config.get("models") if isinstance(config.get("models"), dict) else {}
+    to_train = sorted(name for name, m in models.items() if not (isinstance(m, dict) and m.get("folder")))
+    found = f"this config has train: {', '.join(roles['train']) or 'none'}; test: {', '.join(roles['test']) or 'none'}"
+    problems = []
+    if not roles["test"]:
+        problems.append((["datasets"], f"datasets: a run needs at least one dataset with role: test (the images it segments); {found}"))
+    if not roles["train"] and (to_train or not models):
+        problems.append((["datasets"], (
+            f"datasets: a run needs at least one dataset with role: train to train its models ({', '.join(to_train) or 'none given'}); "
+            f"{found}. To segment with a ready model and no training, give the model a folder: models: {{pretrained: {{folder: pretrained}}}}"
+        )))
+    for name, d in datasets.items():
+        if isinstance(d, dict) and d.get("evaluate") is True and d.get("layout") == "images":
+            problems.append((["datasets", name, "evaluate"], f"datasets.{name}.evaluate: true, but layout: images has no ground truth to score against"))
+    return problems
+
+
 def config_problems(config: dict, schema: dict) -> list[str]:
-    """Every way ``config`` breaks ``schema``, one line each, sorted by key.
+    """Every way ``config`` breaks ``schema`` or the rules between its keys, one line each, sorted by key.
 
     Parameters
     ----------
     config : dict
-        The configuration as Snakemake read it (config files and ``--config`` merged).
+        The configuration as Snakemake read it (config files and ``--config`` merged, typed by
+        :func:`type_cli_config`).
     schema : dict
         A JSON schema (``config/config.schema.yaml``, read once by the workflow).
 
@@ -28,8 +147,10 @@ def config_problems(config: dict, schema: dict) -> list[str]:
     -------
     list of str
         Empty when the config is valid. An unknown key gives
-        ``"segment.min_sise: unknown key (segment takes: threshold, ...)"``; any other
-        problem gives the key's path, the validator's message and the key's description.
+        ``"segment.min_sise: unknown key (segment takes: threshold, ...)"``; a value that is not
+        one of the allowed kinds says which are (``"segment.threshold: 1.5 is not allowed: use
+        'otsu', or a number greater than 0 and less than 1"``); any other problem gives the key's
+        path, the validator's message and the key's description.
     """
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
@@ -43,5 +164,6 @@ def config_problems(config: dict, schema: dict) -> list[str]:
             continue
         description = error.schema.get("description") if isinstance(error.schema, dict) else None
         suffix = f" ({description})" if description and error.validator != "required" else ""
-        problems.append((path, f"{_location(path)}: {error.message}{suffix}"))
+        problems.append((path, f"{_location(path)}: {_message(error)}{suffix}"))
+    problems += _cross_field_problems(config) + _dataset_problems(config)
     return [line for _, line in sorted(problems, key=lambda item: [str(part) for part in item[0]])]

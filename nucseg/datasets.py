@@ -32,8 +32,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from nucseg.download import DownloadSettings, fetch, is_url, read_lock, sha256sum, verify_checksum
-from nucseg.files import atomic_dir
+from nucseg.download import RATIO_MIN_BYTES, DownloadSettings, fetch, is_url, read_lock, sha256sum, verify_checksum
+from nucseg.files import NoSpaceError, atomic_dir, reporting_no_space
 from nucseg.imageio import IMAGE_SUFFIXES, decode_image, read_image_info
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ __all__ = ["fetch", "sha256sum", "verify_checksum", "is_url", "unpack_zip", "dow
 CHUNK = 1 << 20
 LAYOUTS = ("dsb", "images")
 SOLUTION = "solution.csv"
+#: Beside the copy ``solution.csv``: the user's file (or URL) it was copied from, which messages name.
+SOLUTION_SOURCE = "solution.source"
 
 
 def _safe_member(info: zipfile.ZipInfo, archive: str) -> PurePosixPath | None:
@@ -59,48 +61,94 @@ def _safe_member(info: zipfile.ZipInfo, archive: str) -> PurePosixPath | None:
     return path
 
 
-def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike, subdir: str | None = None) -> Path:
+def _check_sizes(members: list[tuple[zipfile.ZipInfo, PurePosixPath]], archive: Path, settings: DownloadSettings) -> None:
+    """Refuse an archive whose members would unpack beyond the settings' bounds (a zip bomb)."""
+    total = sum(info.file_size for info, _ in members)
+    packed = sum(info.compress_size for info, _ in members)
+    limit = settings.max_unpacked_gb * 1e9
+    if total > limit:
+        raise ValueError(
+            f"{archive}: refusing to unpack {total / 1e9:.3g} GB (more than download.max_unpacked_gb = {settings.max_unpacked_gb:g} GB); "
+            "raise that setting if the archive is trusted"
+        )
+    ratios = [(info.file_size / max(info.compress_size, 1), info.filename) for info, _ in members if info.file_size >= RATIO_MIN_BYTES]
+    if total >= RATIO_MIN_BYTES:
+        ratios.append((total / max(packed, 1), "the archive as a whole"))
+    for ratio, what in sorted(ratios, reverse=True)[:1]:
+        if ratio > settings.max_ratio:
+            raise ValueError(
+                f"{archive}: refusing to unpack: {what!s} would unpack to {ratio:.0f} times its packed size "
+                f"(more than download.max_ratio = {settings.max_ratio:g}: a zip bomb?); raise that setting if the archive is trusted"
+            )
+
+
+def _unpack_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, archive: Path) -> None:
+    """Copy one member to ``target``, never more bytes than its header declares."""
+    left = info.file_size
+    with zf.open(info) as src, open(target, "wb") as out:
+        while block := src.read(CHUNK):
+            left -= len(block)
+            if left < 0:
+                raise ValueError(f"{archive}: member {info.filename!r} unpacks to more than the {info.file_size} bytes its header declares")
+            out.write(block)
+
+
+def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike, subdir: str | None = None, settings: DownloadSettings = DownloadSettings()) -> Path:
     """Unpack a zip archive into ``dest``, atomically and safely.
 
     Every member is checked before anything is written: absolute paths, ``..``
-    and symbolic links are refused. Each member's CRC is verified while
-    reading. The archive is unpacked into a temporary sibling folder that is
-    renamed to ``dest`` at the end, so an interrupted or failed unpack leaves
-    nothing at ``dest``.
+    and symbolic links are refused, and so is an archive that would unpack to
+    more than ``settings.max_unpacked_gb`` or at a compression ratio above
+    ``settings.max_ratio`` (a zip bomb). Each member's CRC is verified while
+    reading, and no member may unpack beyond the size its header declares. The
+    archive is unpacked into a temporary sibling folder that is renamed to
+    ``dest`` at the end, so an interrupted or failed unpack leaves nothing at
+    ``dest``.
 
     Parameters
     ----------
     subdir : str, optional
         Only the members below this folder of the archive, with that prefix
         removed (e.g. ``repo-master/stage1_train``).
+    settings : DownloadSettings
+        The bounds ``max_unpacked_gb`` and ``max_ratio``.
 
     Raises
     ------
     ValueError
-        The archive is truncated, corrupt, or has an unsafe member; or
-        ``subdir`` is not in it. The message names the archive.
+        The archive is truncated, corrupt, too large, or has an unsafe member;
+        or ``subdir`` is not in it. The message names the archive.
+    NoSpaceError
+        The disk filled up: ``no space left on device while writing <file>``.
     FileExistsError
         ``dest`` exists already.
     """
     archive = Path(archive)
     prefix = PurePosixPath(subdir.strip("/")).parts if subdir else ()
-    with atomic_dir(dest) as tmp:
-        try:
-            with zipfile.ZipFile(archive) as zf:
-                members = [(info, _safe_member(info, str(archive))) for info in zf.infolist()]
-                written = 0
-                for info, rel in members:
-                    if rel is None or rel.parts[: len(prefix)] != prefix or len(rel.parts) == len(prefix):
-                        continue
-                    target = tmp.joinpath(*rel.parts[len(prefix) :])
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(info) as src, open(target, "wb") as out:
-                        shutil.copyfileobj(src, out, CHUNK)
-                    written += 1
-        except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, OSError, zlib.error) as exc:
-            raise ValueError(f"{archive}: truncated or corrupt zip archive ({exc})") from exc
-        if prefix and not written:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, OSError) as exc:
+        raise ValueError(f"{archive}: truncated or corrupt zip archive ({exc})") from exc
+    with zf:
+        members = [(info, _safe_member(info, str(archive))) for info in zf.infolist()]
+        members = [(info, rel) for info, rel in members if rel is not None and rel.parts[: len(prefix)] == prefix and len(rel.parts) > len(prefix)]
+        if prefix and not members:
             raise ValueError(f"{archive}: no member below {subdir!r}")
+        _check_sizes(members, archive, settings)
+        with atomic_dir(dest) as tmp:
+            for info, rel in members:
+                parts = rel.parts[len(prefix) :]
+                target = tmp.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with reporting_no_space(Path(dest).joinpath(*parts)):
+                        _unpack_member(zf, info, target, archive)
+                except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+                    raise ValueError(f"{archive}: truncated or corrupt zip archive ({exc})") from exc
+                except OSError as exc:
+                    if isinstance(exc, NoSpaceError):
+                        raise
+                    raise ValueError(f"{archive}: cannot unpack member {info.filename!r} ({exc})") from exc
     return Path(dest)
 
 
@@ -208,7 +256,7 @@ def download_dataset(
     if layout == "images" and not is_url(source) and not str(source).lower().endswith(".zip"):
         _link_images(source, dest)
     else:
-        unpack_zip(_archive_for(source, sha256, cache, settings), dest, subdir)
+        unpack_zip(_archive_for(source, sha256, cache, settings), dest, subdir, settings)
     try:
         if solution:
             if is_url(solution):
@@ -219,6 +267,7 @@ def download_dataset(
                     raise FileNotFoundError(f"solution file not found: {solution}")
                 verify_checksum(local, solution_sha256)
             shutil.copyfile(local, dest / SOLUTION)
+            (dest / SOLUTION_SOURCE).write_text(f"{solution}\n")
             load_solution(dest, list_images(dest, layout))  # unknown ids or bad runs stop here
         ids = list_images(dest, layout)
         if not ids:
@@ -286,6 +335,13 @@ class Sample:
     info: dict = field(default_factory=dict)
 
 
+def solution_name(root: str | os.PathLike) -> str:
+    """The ground-truth file as messages name it: the user's file (or URL) that the dataset's
+    ``solution.csv`` was copied from, else the copy."""
+    source = Path(root) / SOLUTION_SOURCE
+    return source.read_text().strip() if source.is_file() else str(Path(root) / SOLUTION)
+
+
 def load_solution(root: str | os.PathLike, ids: list[str] | None = None) -> dict[str, np.ndarray] | None:
     """Label images of the dataset's ``solution.csv``, or ``None`` when there is none.
 
@@ -300,11 +356,12 @@ def load_solution(root: str | os.PathLike, ids: list[str] | None = None) -> dict
         return None
     from nucseg.rle import read_solution
 
-    labels = read_solution(path)
+    name = solution_name(root)
+    labels = read_solution(path, name)
     if ids is not None:
         unknown = sorted(set(labels) - set(ids))
         if unknown:
-            raise ValueError(f"{path}: ImageId {unknown[0]!r} is not an image of the dataset ({len(unknown)} unknown ids)")
+            raise ValueError(f"{name}: ImageId {unknown[0]!r} is not an image of the dataset ({len(unknown)} unknown ids)")
     return labels
 
 
@@ -318,8 +375,8 @@ def _masks_to_labels(mask_dir: Path, shape: tuple[int, int]) -> tuple[np.ndarray
         if not mask_path.is_file() or mask_path.name.startswith("."):
             continue
         mask = decode_image(mask_path.read_bytes(), str(mask_path))
-        if mask.ndim == 3:  # an RGB(A) mask: any colour channel counts, alpha does not
-            mask = mask[..., :3].max(axis=2)
+        if mask.ndim == 3:  # a grey+alpha or RGB(A) mask: any colour channel counts, alpha does not
+            mask = mask[..., :1 if mask.shape[2] == 2 else 3].max(axis=2)
         if mask.shape != shape:
             raise ValueError(f"{mask_path}: mask of size {mask.shape} differs from its image's size {shape}")
         inside = mask > 0
@@ -359,6 +416,6 @@ def read_sample(root: str | os.PathLike, image_id: str, layout: str = "dsb", sol
     if solution is not None and image_id in solution:
         labels = solution[image_id]
         if labels.shape != shape:
-            raise ValueError(f"{root / SOLUTION}: ImageId {image_id!r} has size {labels.shape} but its image is {shape}")
+            raise ValueError(f"{solution_name(root)}: ImageId {image_id!r} has size {labels.shape} but its image is {shape}")
         return Sample(image_id, image, labels, 0, info)
     return Sample(image_id, image, None, 0, info)

@@ -11,6 +11,9 @@ Checksums: when the caller gives none, the sha256 of the first complete,
 verified download is recorded in a lock file ``<name>.sha256`` next to it
 (``sha256sum`` format); every later fetch of the same file is checked against
 it.
+
+A full disk stops the transfer at once (it is not retried) with
+``no space left on device while writing <dest>``, and the partial file is removed.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nucseg
+from nucseg.files import NoSpaceError, reporting_no_space
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +56,28 @@ class DownloadSettings:
         Seconds without data before an attempt is abandoned.
     progress : bool or None
         Show a progress bar; ``None``: when standard error is a terminal.
+    max_unpacked_gb : float
+        Largest total size, in GB (10^9 bytes), of the files unpacked from one archive
+        (:func:`nucseg.datasets.unpack_zip`); a larger archive is refused before anything is
+        written. The 2018 Data Science Bowl's largest archive unpacks to 0.08 GB.
+    max_ratio : float
+        Largest compression ratio (unpacked size / packed size) of an archive as a whole and
+        of any member over :data:`RATIO_MIN_BYTES`: a zip bomb (a small archive that unpacks
+        to a huge file) exceeds it. Image archives hold compressed images and reach about 1;
+        raw, mostly empty TIFFs may reach 10-50.
     """
 
     retries: int = 5
     backoff: float = 2.0
     timeout: float = 60.0
     progress: bool | None = None
+    max_unpacked_gb: float = 100.0
+    max_ratio: float = 200.0
+
+
+#: Members smaller than this (bytes) are not held to :attr:`DownloadSettings.max_ratio`: a small
+#: empty mask compresses a thousandfold and is harmless.
+RATIO_MIN_BYTES = 10 << 20
 
 
 def sha256sum(path: str | os.PathLike) -> str:
@@ -161,7 +181,7 @@ def _attempt(url: str, part: Path, settings: DownloadSettings) -> None:
             total = int(length) if length and length.isdigit() else None
         bar = _progress_bar(total, offset, Path(part.name).name.removesuffix(".part").lstrip("."), settings.progress)
         try:
-            with open(part, "ab" if offset else "wb") as out:
+            with reporting_no_space(_dest_of(part)), open(part, "ab" if offset else "wb") as out:
                 while True:
                     try:
                         block = response.read(CHUNK)
@@ -190,6 +210,8 @@ def http_download(url: str, part: str | os.PathLike, settings: DownloadSettings 
         The server refuses the file (4xx other than 408/425/429), or every
         attempt failed; the message names the URL and the last error. The
         partial file is kept, so a later call resumes it.
+    NoSpaceError
+        The disk is full: not retried (the partial file is kept; :func:`fetch` removes it).
     """
     part = Path(part)
     last: BaseException | None = None
@@ -197,6 +219,8 @@ def http_download(url: str, part: str | os.PathLike, settings: DownloadSettings 
         try:
             _attempt(url, part, settings)
             return part
+        except NoSpaceError:
+            raise
         except urllib.error.HTTPError as exc:
             if exc.code not in RETRY_STATUS:
                 raise ValueError(f"{url}: download failed: HTTP {exc.code} {exc.reason}") from exc
@@ -208,6 +232,11 @@ def http_download(url: str, part: str | os.PathLike, settings: DownloadSettings 
             log.warning("%s: attempt %d of %d failed (%s); retrying in %.1f s", url, attempt + 1, settings.retries + 1, last, wait)
             time.sleep(wait)
     raise ValueError(f"{url}: download failed after {settings.retries + 1} attempts ({last})")
+
+
+def _dest_of(part: Path) -> Path:
+    """The file a ``.<name>.part`` file becomes."""
+    return part.with_name(part.name.removeprefix(".").removesuffix(".part"))
 
 
 def _looks_complete(path: Path, name: str, dest: Path) -> None:
@@ -244,19 +273,27 @@ def fetch(source: str, dest: str | os.PathLike, sha256: str | None = None, setti
     ValueError
         The download failed, or the checksum differs (the bad bytes are
         deleted, so the next try starts afresh); nothing is left at ``dest``.
+    NoSpaceError
+        The disk filled up: ``no space left on device while writing <dest>``; the partial
+        file is removed.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     expected = sha256.lower() if sha256 else read_lock(dest)
     part = dest.with_name(f".{dest.name}.part")
-    if is_url(source):
-        log.info("downloading %s", source)
-        http_download(source, part, settings)
-    else:
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"file not found: {source}")
-        log.info("copying %s", source)
-        shutil.copyfile(source, part)
+    try:
+        if is_url(source):
+            log.info("downloading %s", source)
+            http_download(source, part, settings)
+        else:
+            if not Path(source).is_file():
+                raise FileNotFoundError(f"file not found: {source}")
+            log.info("copying %s", source)
+            with reporting_no_space(dest):
+                shutil.copyfile(source, part)
+    except NoSpaceError:
+        part.unlink(missing_ok=True)
+        raise
     try:
         if expected is None:
             _looks_complete(part, source, dest)

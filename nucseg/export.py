@@ -53,8 +53,9 @@ class Packaged(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
         flat = x.reshape(-1)
-        if flat.numel() > QUANTILE_LIMIT:
-            flat = flat[:: (flat.numel() + QUANTILE_LIMIT - 1) // QUANTILE_LIMIT]
+        limit = 16777216  # QUANTILE_LIMIT (TorchScript takes no module constants)
+        if flat.numel() > limit:
+            flat = flat[:: (flat.numel() + limit - 1) // limit]
         q = torch.quantile(flat, torch.tensor([self.low, self.high], dtype=x.dtype, device=x.device))
         lo, hi = q[0], q[1]
         scale = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
@@ -70,7 +71,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_image(height: int = 256, width: int = 256) -> np.ndarray:
+def sample_image(height: int = 256, width: int = 256) -> np.ndarray:
     """A real image to test the package with: the embedded sample's first test image, cropped
     (or padded by reflection) to ``height`` x ``width``; ``(1, 3, H, W) float32``, 0-255."""
     from nucseg.datasets import list_images, read_sample, unpack_zip
@@ -96,7 +97,7 @@ def export_bioimageio(model_dir: str | os.PathLike, out_zip: str | os.PathLike, 
     out_zip : path-like
         The package to write (a zip; written under a temporary name, then renamed).
     image : (1, 3, H, W) ndarray of float32, optional
-        Test input, values 0-255, H and W multiples of 32; default :func:`test_image`.
+        Test input, values 0-255, H and W multiples of 32; default :func:`sample_image`.
     """
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5 as bio
@@ -105,11 +106,14 @@ def export_bioimageio(model_dir: str | os.PathLike, out_zip: str | os.PathLike, 
     net, config = load_model(model_dir, "cpu")
     norm = {"low": 1.0, "high": 99.8, "invert_dark": False, **config.get("normalize", {})}
     heads = list(config["model"]["heads"])
-    image = test_image() if image is None else np.asarray(image, dtype=np.float32)
+    image = sample_image() if image is None else np.asarray(image, dtype=np.float32)
     if image.ndim != 4 or image.shape[:2] != (1, 3) or image.shape[2] % MULTIPLE or image.shape[3] % MULTIPLE:
         raise ValueError(f"test image must be (1, 3, H, W) with H, W multiples of {MULTIPLE}, got {image.shape}")
-    packaged = Packaged(net, norm["low"], norm["high"], norm["invert_dark"]).eval()
-    scripted = torch.jit.script(packaged)
+    # the network is traced (a convolutional net: any size the trace's multiple allows), the
+    # normalisation around it scripted (it branches on the data)
+    with torch.no_grad():
+        traced = torch.jit.trace(net, torch.zeros(1, 3, 2 * MULTIPLE, 2 * MULTIPLE), check_trace=False)
+    scripted = torch.jit.script(Packaged(traced, norm["low"], norm["high"], norm["invert_dark"]).eval())
     with torch.no_grad():
         expected = scripted(torch.from_numpy(image)).numpy()
 
@@ -134,8 +138,8 @@ def export_bioimageio(model_dir: str | os.PathLike, out_zip: str | os.PathLike, 
                 bio.CiteEntry(text="Caicedo et al. 2019, Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. Nature Methods 16", doi=bio.Doi("10.1038/s41592-019-0612-7")),
             ],
             license=bio.LicenseId("MIT"),
-            documentation=doc,
-            covers=covers or None,
+            documentation=bio.FileDescr(source=doc),
+            covers=covers,
             tags=["nuclei", "instance-segmentation", "unet", "2d", "fluorescence-light-microscopy", "bright-field", "histology", "pytorch"],
             inputs=[
                 bio.InputTensorDescr(
@@ -169,7 +173,7 @@ def export_bioimageio(model_dir: str | os.PathLike, out_zip: str | os.PathLike, 
     return out_zip
 
 
-def test_package(package: str | os.PathLike) -> dict:
+def run_model_test(package: str | os.PathLike) -> dict:
     """Run ``bioimageio.core``'s model test on a package; returns its summary as a dict
     (``status`` "passed" or "failed", and the details)."""
     from bioimageio.core import test_model

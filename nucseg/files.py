@@ -1,9 +1,23 @@
-"""Atomic outputs: nothing half-written ever takes an output's name."""
+"""Atomic outputs: nothing half-written ever takes an output's name, and a full disk says where.
+
+Outputs are built under a hidden temporary sibling name and renamed when complete. A process
+killed outright (``kill -9``, a cluster's time limit) cannot clean up after itself: its
+temporary folder stays behind, and is removed the next time the same output is written
+(:func:`atomic_dir`). Two processes must not write the same output at the same time (Snakemake
+never runs two jobs for one output).
+
+A write that fails because the file system is full (or the process's file size limit or disk
+quota is reached) raises :class:`NoSpaceError`, whose message is
+``no space left on device while writing <path>``; what was half-written is removed.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -11,12 +25,72 @@ from pathlib import Path
 
 import pandas as pd
 
+log = logging.getLogger(__name__)
+
+#: errno values that mean "no room to write": a full file system, a full quota, a file size limit.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class NoSpaceError(OSError):
+    """A write failed for want of space; the message names the file that was being written."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(errno.ENOSPC, "no space left on device", str(path))
+
+    def __str__(self) -> str:
+        return f"no space left on device while writing {self.filename}"
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from or during, is a write that found no
+    space (:data:`NO_SPACE`). Libraries wrap the ``OSError`` (PyTorch's ``torch.save`` raises
+    a ``RuntimeError`` with the ``OSError`` as its context), so the chain is searched."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextlib.contextmanager
+def reporting_no_space(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a failed write for want of space inside the block into :class:`NoSpaceError` naming ``path``."""
+    try:
+        yield
+    except NoSpaceError:
+        raise
+    except Exception as exc:
+        if is_no_space(exc):
+            raise NoSpaceError(path) from exc
+        raise
+
+
+def _stale_temporaries(dest: Path) -> list[Path]:
+    """Temporary folders :func:`atomic_dir` left for ``dest`` (``.<name>.<8 characters>.part``)."""
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.[a-z0-9_]{{8}}\.part")
+    if not dest.parent.is_dir():
+        return []
+    return sorted(p for p in dest.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+
+
+def remove_stale_temporaries(dest: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders that killed writers of ``dest`` left behind; return them."""
+    stale = _stale_temporaries(Path(dest))
+    for path in stale:
+        log.info("removing %s, left by an interrupted earlier write of %s", path, dest)
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
 
 @contextlib.contextmanager
 def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder under a temporary sibling name; rename it to ``dest`` on success.
 
-    On any exception the temporary folder is removed and ``dest`` is left as it was.
+    On any exception the temporary folder is removed and ``dest`` is left as it was; a full
+    disk raises :class:`NoSpaceError` naming ``dest``. Temporary folders of ``dest`` left by
+    an earlier writer that was killed are removed first.
 
     Examples
     --------
@@ -28,9 +102,11 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         if not overwrite:
             raise FileExistsError(f"{dest} exists already")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(dest)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
     try:
-        yield tmp
+        with reporting_no_space(dest):
+            yield tmp
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
@@ -42,7 +118,8 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Write a file under the temporary sibling name ``.<name>.part``; rename it to ``path``
-    on success. On any exception the temporary file is removed and ``path`` is left as it was.
+    on success. On any exception the temporary file is removed and ``path`` is left as it was;
+    a full disk raises :class:`NoSpaceError` naming ``path``.
 
     Examples
     --------
@@ -53,7 +130,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
     try:
-        yield tmp
+        with reporting_no_space(path):
+            yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

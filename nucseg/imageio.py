@@ -3,22 +3,40 @@
 Every image, whatever its file format, bit depth or channel count, becomes an
 ``(H, W, 3) uint8`` array; label images are written as TIFF (uint16 or uint32),
 never PNG or JPEG, which cannot hold more than 255 or 65,535 labels.
+
+What is read: PNG (1-16 bit, grey, grey+alpha, RGB, RGBA, palette), JPEG, and
+single-image TIFF (integer or float pixels, grey, grey+alpha, RGB(A) with its
+samples interleaved or planar). A TIFF of several pages (a z-stack, a time
+series, channels as pages) is refused with its page count: which page or
+projection to segment is the user's choice, made by saving it as its own file.
+An image is read whole into memory; one of more than :data:`MAX_PIXELS` pixels
+is refused before decoding (Pillow's own lower bound against decompression
+bombs, 179 million pixels, is lifted to it: microscopy images are legitimately large).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import threading
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from nucseg.files import atomic_file
+
 log = logging.getLogger(__name__)
 
 MIN_SIDE = 1
+#: Largest image read, in pixels (height x width): 2**30, e.g. 32768 x 32768. Reading,
+#: normalising and predicting an image whole takes about 20 bytes of memory per pixel, so
+#: this is about 20 GB; larger images must be cut into tiles (or fields) first.
+MAX_PIXELS = 1 << 30
 
 
 def to_rgb_uint8(array: np.ndarray, source: str = "<array>") -> np.ndarray:
@@ -26,8 +44,8 @@ def to_rgb_uint8(array: np.ndarray, source: str = "<array>") -> np.ndarray:
 
     Parameters
     ----------
-    array : (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) ndarray of bool, uint8, uint16 or float
-        The decoded pixels. Alpha is dropped; greyscale is repeated over three
+    array : (H, W), (H, W, 1), (H, W, 2), (H, W, 3) or (H, W, 4) ndarray of bool, uint8, uint16 or float
+        The decoded pixels ((H, W, 2): grey and alpha). Alpha is dropped; greyscale is repeated over three
         channels; 16-bit, wider integer and float images are scaled linearly
         from their minimum to their maximum onto 0..255, so nothing is clipped
         (contrast normalisation is a separate step: :func:`normalize_image`).
@@ -39,14 +57,14 @@ def to_rgb_uint8(array: np.ndarray, source: str = "<array>") -> np.ndarray:
     (H, W, 3) ndarray of uint8
     """
     a = np.asarray(array)
-    if a.ndim == 3 and a.shape[2] == 1:
+    if a.ndim == 3 and a.shape[2] in (1, 2):  # grey, grey + alpha
         a = a[..., 0]
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     elif a.ndim == 3 and a.shape[2] in (3, 4):
         a = a[..., :3]
     else:
-        raise ValueError(f"{source}: unsupported image shape {a.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
+        raise ValueError(f"{source}: unsupported image shape {a.shape}; expected (H, W), (H, W, 2), (H, W, 3) or (H, W, 4)")
     if a.shape[0] < MIN_SIDE or a.shape[1] < MIN_SIDE:
         raise ValueError(f"{source}: empty image of shape {a.shape}")
     if a.dtype == np.uint8:
@@ -64,28 +82,108 @@ def to_rgb_uint8(array: np.ndarray, source: str = "<array>") -> np.ndarray:
     raise TypeError(f"{source}: unsupported pixel type {a.dtype}")
 
 
-def decode_image(data: bytes, source: str) -> np.ndarray:
+class _Refused(ValueError):
+    """A readable file that nucseg does not read (too large, several pages): its message stands as it is."""
+
+
+def _check_size(height: int, width: int, source: str, max_pixels: int) -> None:
+    if height * width > max_pixels:
+        raise _Refused(
+            f"{source}: image of {height} x {width} pixels is too large to read whole "
+            f"(more than {max_pixels:,} pixels, nucseg.imageio.MAX_PIXELS); cut it into tiles first"
+        )
+
+
+def _decode_tiff(data: bytes, source: str, max_pixels: int) -> np.ndarray:
+    """One TIFF image as (H, W[, samples]); a file of several pages is refused."""
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            pages = [page for page in tif.pages if not page.is_reduced]  # not the pyramid's levels
+            page = pages[0]
+            axes = page.axes
+            shape = dict(zip(axes, page.shape))
+            if len(pages) == 1:
+                _check_size(shape.get("Y", 1), shape.get("X", 1), source, max_pixels)
+                array = page.asarray()
+    except _Refused:
+        raise
+    except Exception as exc:  # tifffile raises many types for broken files
+        raise ValueError(f"{source}: not a readable TIFF image ({exc})") from exc
+    if len(pages) > 1:
+        raise _Refused(
+            f"{source}: TIFF of {len(pages)} pages (a z-stack, time series or channels as pages); nucseg segments "
+            "one 2-D image per file: save the page (or a projection) to segment as a file of its own"
+        )
+    if axes == "SYX":  # planar samples (PlanarConfiguration 2): channels last
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim > 3 or (array.ndim == 3 and axes not in ("YXS", "SYX")):
+        raise ValueError(f"{source}: unsupported TIFF image of shape {array.shape} (axes {axes}); expected one 2-D grey or colour image")
+    return array
+
+
+_PIL_LIMIT = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pil_pixel_limit(max_pixels: int):
+    """Pillow refuses images over twice ``Image.MAX_IMAGE_PIXELS`` (a global): lift it to ours
+    while a file is opened (its size is checked against ``max_pixels`` before decoding)."""
+    with _PIL_LIMIT:
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None if before is None else max(max_pixels, before)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+
+
+def _png_header(data: bytes) -> tuple[int, int] | None:
+    """``(bit depth, colour type)`` of PNG bytes, or ``None`` when they are not a PNG."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or len(data) < 26:
+        return None
+    return data[24], data[25]
+
+
+def decode_image(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode image file bytes (PNG, JPEG, TIFF) into the raw pixel array.
+
+    Parameters
+    ----------
+    data : bytes
+        The file's contents.
+    source : str
+        The file as messages name it.
+    max_pixels : int
+        Largest image (height x width) decoded; see :data:`MAX_PIXELS`.
+
+    Returns
+    -------
+    (H, W) or (H, W, C) ndarray
+        The file's own pixels: bool, uint8, uint16 or float; C = 2 (grey and alpha), 3 or 4.
 
     Raises
     ------
     ValueError
-        When the bytes are not an image any reader understands; the message names ``source``.
+        When the bytes are not an image any reader understands, are a TIFF of several pages,
+        or hold more than ``max_pixels`` pixels; the message names ``source``.
     """
     if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        try:
-            return tifffile.imread(io.BytesIO(data))
-        except Exception as exc:  # tifffile raises many types for broken files
-            raise ValueError(f"{source}: not a readable TIFF image ({exc})") from exc
+        return _decode_tiff(data, source, max_pixels)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with _pil_pixel_limit(max_pixels), Image.open(io.BytesIO(data)) as im:
+            _check_size(im.height, im.width, source, max_pixels)
+            if _png_header(data) in ((16, 2), (16, 4), (16, 6)):
+                # Pillow reads 16-bit RGB, grey+alpha and RGBA PNGs as 8-bit: libpng keeps the 16 bits
+                return imagecodecs.png_decode(data)
             im.load()
-            if im.mode in ("P", "PA", "LA", "La"):
+            if im.mode in ("P", "PA"):
                 im = im.convert("RGBA")
             elif im.mode in ("I;16", "I;16B", "I;16L"):
                 return np.asarray(im, dtype=np.uint16)
             return np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except _Refused:
+        raise
+    except Exception as exc:  # Pillow and libpng raise many types for broken files
         raise ValueError(f"{source}: not a readable image ({exc})") from exc
 
 
@@ -225,10 +323,8 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     if low < 0 or high > np.iinfo(np.uint32).max:
         raise ValueError(f"{path}: labels must lie in 0..{np.iinfo(np.uint32).max}, got {low}..{high}")
     dtype = np.uint16 if high <= np.iinfo(np.uint16).max else np.uint32
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib")
 
 
 def read_labels(path: str | os.PathLike) -> np.ndarray:

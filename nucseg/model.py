@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -194,6 +195,8 @@ def load_model(model_dir: str | os.PathLike, device: torch.device | str = "cpu")
         config = json.loads((model_dir / "config.json").read_text())
         model = ResUNet(ModelConfig(**config["model"]))
         model.load_state_dict(torch.load(model_dir / "weights.pt", map_location=device, weights_only=True))
+    except pickle.UnpicklingError as exc:  # weights_only: a model folder comes from other people
+        raise ValueError(f"{model_dir / 'weights.pt'}: refused: it holds pickled Python objects besides tensors, which could run code when loaded") from exc
     except (OSError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
         raise ValueError(f"{model_dir}: not a readable nucseg model folder ({exc})") from exc
     return model.to(device).eval(), config

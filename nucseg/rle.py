@@ -167,7 +167,7 @@ def _run_pixels(starts: NDArray[np.int64], lengths: NDArray[np.int64]) -> NDArra
     return np.repeat(starts, lengths) + offsets
 
 
-def read_solution(path: str | os.PathLike) -> dict[str, NDArray[np.uint32]]:
+def read_solution(path: str | os.PathLike, name: str | None = None) -> dict[str, NDArray[np.uint32]]:
     """Decode a solution CSV into one label image per ``ImageId``.
 
     Parameters
@@ -175,6 +175,9 @@ def read_solution(path: str | os.PathLike) -> dict[str, NDArray[np.uint32]]:
     path : path-like
         CSV with the columns ``ImageId, EncodedPixels, Height, Width`` (any
         order; more columns, such as ``Usage``, are allowed).
+    name : str, optional
+        The file as messages name it (default: ``path``): the user's own file, when ``path``
+        is a copy of it.
 
     Returns
     -------
@@ -192,19 +195,20 @@ def read_solution(path: str | os.PathLike) -> dict[str, NDArray[np.uint32]]:
         file, header = line 1) and the ImageId.
     """
     path = Path(path)
+    shown = name or str(path)
     sizes: dict[str, tuple[int, int]] = {}
     runs: dict[str, list[tuple[NDArray[np.int64], NDArray[np.int64]]]] = {}
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in SOLUTION_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: not a solution CSV: missing column(s) {', '.join(missing)} (has {reader.fieldnames})")
+            raise ValueError(f"{shown}: not a solution CSV: missing column(s) {', '.join(missing)} (has {reader.fieldnames})")
         for record in reader:
             line = reader.line_num
             image_id = (record["ImageId"] or "").strip()
-            where = f"{path}: row {line} (ImageId {image_id!r})"
+            where = f"{shown}: row {line} (ImageId {image_id!r})"
             if not image_id:
-                raise ValueError(f"{path}: row {line} has no ImageId")
+                raise ValueError(f"{shown}: row {line} has no ImageId")
             if (record.get("Usage") or "").strip() == "Ignored":
                 continue
             try:
@@ -222,12 +226,12 @@ def read_solution(path: str | os.PathLike) -> dict[str, NDArray[np.uint32]]:
                 entries.append(parsed)
     labels = {}
     for image_id, entries in runs.items():
-        labels[image_id] = _paint(entries, sizes[image_id], path, image_id)
-    log.info("%s: %d images, %d nuclei", path, len(labels), sum(len(e) for e in runs.values()))
+        labels[image_id] = _paint(entries, sizes[image_id], shown, image_id)
+    log.info("%s: %d images, %d nuclei", shown, len(labels), sum(len(e) for e in runs.values()))
     return labels
 
 
-def _paint(entries: list[tuple[NDArray[np.int64], NDArray[np.int64]]], shape: tuple[int, int], path: Path, image_id: str) -> NDArray[np.uint32]:
+def _paint(entries: list[tuple[NDArray[np.int64], NDArray[np.int64]]], shape: tuple[int, int], path: str, image_id: str) -> NDArray[np.uint32]:
     """Label image of one image's runs: its ``k``-th non-empty row (in file order) paints label ``k``."""
     h, w = shape
     flat = np.zeros(h * w, dtype=np.uint32)  # column-major pixel order

@@ -61,7 +61,7 @@ from tqdm import tqdm
 
 import nucseg
 from nucseg.augment import Augmenter, AugmentSettings
-from nucseg.files import atomic_dir
+from nucseg.files import atomic_dir, atomic_file
 from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
 from nucseg.losses import Loss
 from nucseg.model import PRESETS, ModelConfig, ResUNet, choose_device
@@ -265,7 +265,15 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every global random state, in the types ``torch.load(weights_only=True)`` accepts
+    (tensors, lists, numbers, text), so that a checkpoint is read without unpickling objects."""
+    version, keys, gauss = random.getstate()
+    kind, mt, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(keys), gauss],
+        "numpy": [kind, torch.from_numpy(mt.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -305,8 +313,10 @@ def checkpoint_identity(settings: TrainSettings, stores: list[str], indexes: lis
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    kind, mt, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, mt.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -455,8 +465,9 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
     ckpt = None
     if ckpt_path and ckpt_path.is_file():
         try:
-            # on the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest to the device
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            # on the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest to the
+            # device. weights_only: tensors and plain data only, a pickled object is refused
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 (any unreadable file: train afresh, do not fail)
             log.warning("%s is not a readable checkpoint (%s); starting afresh", ckpt_path, exc)
     if ckpt is not None:
@@ -493,15 +504,15 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
         history.append(dict(epoch=epoch, lr=lr, train_loss=train_loss, train_iou=train_iou, val_loss=val_loss, val_iou=val_iou, seconds=time.perf_counter() - t0))
         log.info("epoch %d/%d  lr %.1e  loss %.4f  IoU %.4f  val loss %.4f  val IoU %.4f  (%.1f s)", epoch, settings.epochs, lr, train_loss, train_iou, val_loss, val_iou, history[-1]["seconds"])
         if ckpt_path:
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt_path.with_name(ckpt_path.name + ".part")
-            torch.save(
-                dict(identity=identity, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                     scaler=scaler.state_dict() if scaler else None, generator=generator.get_state(), rng=_rng_state(),
-                     history=history, best=best, best_state=best_state, bad_epochs=bad_epochs),
-                tmp,
-            )
-            os.replace(tmp, ckpt_path)
+            # through a file object: a full disk then raises an OSError that names the file
+            # (torch.save given a path reports only an inline_container.cc position)
+            with atomic_file(ckpt_path) as tmp, open(tmp, "wb") as out:
+                torch.save(
+                    dict(identity=identity, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                         scaler=scaler.state_dict() if scaler else None, generator=generator.get_state(), rng=_rng_state(),
+                         history=history, best=best, best_state=best_state, bad_epochs=bad_epochs),
+                    out,
+                )
     if bad_epochs >= settings.stop_patience:
         log.info("early stop: no better validation IoU for %d epochs", bad_epochs)
 
@@ -524,7 +535,8 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
         epochs_run=len(table),
     )
     with atomic_dir(out_dir, overwrite=True) as tmp:
-        torch.save(best_state, tmp / "weights.pt")
+        with open(tmp / "weights.pt", "wb") as out:
+            torch.save(best_state, out)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         table.to_csv(tmp / "history.csv", index=False)
         save_curves(table, tmp / "curves.png", settings.loss)

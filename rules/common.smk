@@ -6,36 +6,12 @@ import re
 
 import nucseg
 import yaml
-from nucseg.config import config_problems
+from nucseg.config import SECTIONS, config_problems, type_cli_config
 from snakemake.exceptions import WorkflowError
 
-
-def typed_cli_values(section, keys=None):
-    """`--config train='{epochs: 5}'` gives the string '5' (Snakemake parses nested values as
-    text): read such strings of the settings sections (or of the given keys) as YAML scalars or
-    lists again."""
-    for key, value in section.items():
-        if isinstance(value, str) and (keys is None or key in keys):
-            try:
-                parsed = yaml.safe_load(value)
-            except yaml.YAMLError:
-                continue
-            if parsed is None or isinstance(parsed, (bool, int, float, list)):
-                section[key] = parsed
-
-
-SECTIONS = ("download", "preprocess", "train", "predict", "segment")  # the settings sections
-MODEL_SECTIONS = ("train", "predict", "segment")  # those a model may override
-for _section in SECTIONS:
-    if isinstance(config.get(_section), dict):
-        typed_cli_values(config[_section])
-for _dataset in (config.get("datasets") or {}).values():
-    if isinstance(_dataset, dict):
-        typed_cli_values(_dataset, keys=("evaluate",))  # the others are text (a sha256 may be digits)
-for _model in (config.get("models") or {}).values():
-    for _section in MODEL_SECTIONS:
-        if isinstance((_model or {}).get(_section), dict):
-            typed_cli_values(_model[_section])
+# `--config train='{epochs: 5}'` gives the text '5', and a list the texts of its items
+# (Snakemake parses nested values as text): read them as YAML numbers, booleans and lists again
+type_cli_config(config)
 
 # The schema's defaults are not filled in here, since they would also fill the per-model
 # overrides (which must hold only what they change); section_settings() fills them.
@@ -81,13 +57,9 @@ def dataset_layout(name):
 
 # test sets with ground truth (masks in the dsb layout, or a solution CSV) are evaluated;
 # a folder of the user's own images, or a dsb set marked evaluate: false, is predicted,
-# segmented and measured only
-for _name in DATASETS:
-    if DATASETS[_name].get("evaluate") and dataset_layout(_name) == "images":
-        raise ValueError(f"config: dataset {_name!r} has layout: images (no ground truth) and evaluate: true")
+# segmented and measured only (evaluate: true with layout: images, and a config without a
+# test set, are refused with the config above: nucseg.config)
 EVAL_SETS = [name for name in TEST_SETS if DATASETS[name].get("evaluate", dataset_layout(name) == "dsb")]
-if not TEST_SETS:
-    raise ValueError("config: 'datasets' needs at least one dataset with role: test")
 
 # Models by name; each may override keys of the train, predict and segment sections.
 MODELS = {name: (overrides or {}) for name, overrides in config["models"].items()}
@@ -207,10 +179,21 @@ def all_outputs():
     )
 
 
+def run_makes_summary():
+    """Whether this run's targets include the summary: a run of rule all (or of the summary
+    itself) that nothing cut short (--until, --omit-from, --batch, --allowed-rules)."""
+    dag = workflow.dag_settings
+    if dag.until or dag.omit_from or dag.batch or dag.allowed_rules:
+        return False
+    targets = {str(target) for target in (dag.targets or ())}
+    return not targets or bool(targets & {"all", SUMMARY})
+
+
 def print_summary(path):
-    """At the end of a run, the summary table, if this config evaluates anything (else a
-    summary.csv left by an earlier config would read as this run's scores)."""
-    if EVAL_SETS and os.path.exists(path):
+    """At the end of a run, the summary table, if this config evaluates anything and this run
+    made (or found up to date) the summary: else a summary.csv left by an earlier run or config
+    would read as this run's scores."""
+    if EVAL_SETS and run_makes_summary() and os.path.exists(path):
         import pandas as pd
         from nucseg.report import format_summary
 
