@@ -1,28 +1,49 @@
-"""Predict stage: probability maps of full-size images from a trained model.
+"""Predict stage: probability maps of images of any size from a trained model.
 
-Each image is normalised over its whole extent, symmetric-padded to a multiple
-of 32 (tile by tile for images larger than a tile, see :mod:`nucseg.tiling`),
-passed through the network (optionally with test-time augmentation: the eight
-flips and 90-degree rotations, averaged), and cropped back to its size.
+One function per image, :func:`predict_to_zarr`, serves the workflow's predict rule
+(:func:`predict_dataset`) and the command line (``nucseg segment`` / ``nucseg predict``):
+
+1. whole-image statistics in bounded memory (:func:`nucseg.bigimage.image_statistics`): the
+   percentiles of the model's ``normalize`` setting and, for a model trained with
+   ``invert_dark``, whether the image's nuclei are dark (then it is inverted after rescaling);
+2. overlapping windows read lazily, normalised with those whole-image values, run through the
+   network in batches (optionally with test-time augmentation: the eight flips and 90-degree
+   rotations, averaged) and blended with a smooth weight (:mod:`nucseg.tiling`);
+3. the stitched map streams into a chunked zarr array, float16, chunk row by chunk row.
+
+Engines (:class:`PredictSettings` ``engine``): ``eager`` (plain PyTorch, the reference; on CUDA
+with float16 autocast), ``onnx`` (ONNX Runtime on the CPU; the exported graph is cached beside
+the weights as ``weights-<hash>.onnx``, keyed by the weights, the architecture and the torch
+version), ``auto`` (``onnx`` on the CPU, ``eager`` on CUDA). Measured in ``BENCHMARKS.md``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import zarr
+from scipy.special import expit
 
-from nucseg.files import atomic_dir
-from nucseg.imageio import normalize_image
-from nucseg.tiling import process_tiled
+from nucseg.bigimage import LazyImage, image_statistics
+from nucseg.files import atomic_dir, atomic_file
+from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
 from nucseg.model import choose_device, load_model
+from nucseg.tiling import stream_tiled
 
 log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "eager", "onnx")
+ONNX_OPSET = 17
 
 
 @dataclass(frozen=True)
@@ -34,89 +55,269 @@ class PredictSettings:
     tta : bool
         Average over the 8 flips/rotations (8x slower, smoother maps).
     tile : int
-        Core tile side for large images; a multiple of 32.
+        Stride of the tiling windows, pixels; a multiple of 32. Windows are ``tile + 2 * margin``.
     margin : int
-        Context around each tile, in pixels.
+        Half the overlap of neighbouring windows, blended smoothly; a multiple of 16.
+    batch : int
+        Windows per forward pass (more uses more memory; helps a GPU).
+    engine : {"auto", "eager", "onnx"}
+        ``eager``: plain PyTorch; ``onnx``: ONNX Runtime (CPU); ``auto``: onnx on CPU, eager on CUDA.
+    chunk : int
+        Chunk side of the probability maps' zarr arrays, pixels.
     device : {"auto", "cpu", "cuda"}
     """
 
     tta: bool = False
     tile: int = 1024
-    margin: int = 64
+    margin: int = 128
+    batch: int = 1
+    engine: str = "auto"
+    chunk: int = 1024
     device: str = "auto"
 
     def __post_init__(self) -> None:
         if self.tile < 32 or self.tile % 32:
             raise ValueError(f"predict tile must be a positive multiple of 32, got {self.tile}")
-        if self.margin < 0:
-            raise ValueError(f"predict margin must be >= 0, got {self.margin}")
+        if self.margin < 0 or self.margin % 16:
+            raise ValueError(f"predict margin must be a multiple of 16 and >= 0, got {self.margin}")
+        if self.batch < 1:
+            raise ValueError(f"predict batch must be >= 1, got {self.batch}")
+        if self.chunk < 1:
+            raise ValueError(f"predict chunk must be >= 1, got {self.chunk}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"predict engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"predict device must be auto, cpu or cuda, got {self.device!r}")
 
 
-def _dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    x = torch.rot90(x, k, dims=(-2, -1))
-    return torch.flip(x, dims=(-1,)) if flip else x
+# Engines: (B, 3, h, w) float32 ndarray -> (B, K, h, w) float32 logits.
 
 
-def _undo_dihedral(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
-    if flip:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, -k, dims=(-2, -1))
+class EagerEngine:
+    """Plain PyTorch; float16 autocast on CUDA."""
+
+    name = "eager"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.model, self.device = model.to(device).eval(), device
+
+    @torch.inference_mode()
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+            return self.model(t).float().cpu().numpy()
 
 
-@torch.no_grad()
+class OnnxEngine:
+    """ONNX Runtime on the CPU, from a graph exported once and cached (see :func:`onnx_model`)."""
+
+    name = "onnx"
+
+    def __init__(self, model: torch.nn.Module, cache_dir: str | os.PathLike | None = None, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(onnx_model(model, cache_dir), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def onnx_model(model: torch.nn.Module, cache_dir: str | os.PathLike | None = None) -> bytes:
+    """The model as ONNX bytes (dynamic batch, height and width), exported once per weights.
+
+    With ``cache_dir`` (the model folder) the graph is read from, or written (atomically) to,
+    ``<cache_dir>/weights-<hash>.onnx``, the hash covering the weights, the architecture, the
+    torch version and the opset; an unwritable folder only costs a re-export next time.
+    """
+    model = model.cpu().eval()
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    digest.update(f"{torch.__version__} {ONNX_OPSET}".encode())
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().numpy().tobytes())
+    path = Path(cache_dir) / f"weights-{digest.hexdigest()[:16]}.onnx" if cache_dir else None
+    if path is not None and path.is_file():
+        return path.read_bytes()
+    start = time.perf_counter()
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (torch.zeros(1, model.config.in_channels, 64, 64),), buffer, input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}, opset_version=ONNX_OPSET, dynamo=False)
+    data = buffer.getvalue()
+    log.info("exported the model to ONNX in %.1f s", time.perf_counter() - start)
+    if path is not None:
+        try:
+            with atomic_file(path) as tmp:
+                tmp.write_bytes(data)
+        except OSError as exc:
+            log.info("cannot cache the ONNX graph in %s (%s); exporting again next time", cache_dir, exc)
+    return data
+
+
+def make_engine(model: torch.nn.Module, settings: PredictSettings, device: torch.device, cache_dir: str | os.PathLike | None = None):
+    """The engine ``settings.engine`` names (``auto``: onnx on CPU when onnxruntime imports, else eager)."""
+    engine = settings.engine
+    if engine == "auto":
+        engine = "eager" if device.type != "cpu" else "onnx"
+        if engine == "onnx":
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                log.warning("onnxruntime is not installed: predicting with eager PyTorch (slower on a CPU)")
+                engine = "eager"
+    if engine == "onnx":
+        if device.type != "cpu":
+            raise ValueError(f"predict engine 'onnx' runs on the CPU; device {device.type!r} needs engine 'eager' (or 'auto')")
+        return OnnxEngine(model, cache_dir)
+    return EagerEngine(model, device)
+
+
+_TRANSFORMS = [(k, f) for k in range(4) for f in (False, True)]
+
+
+class Predictor:
+    """Normalised windows ``(B, h, w, 3)`` -> probabilities ``(B, K, h, w)`` float32, with optional TTA.
+
+    Parameters
+    ----------
+    engine : callable
+        ``(B, 3, h, w)`` float32 -> ``(B, K, h, w)`` logits (:func:`make_engine`).
+    heads : list of str
+        The model's output channels.
+    normalize : dict
+        The model's ``normalize`` setting (``low``, ``high``, ``invert_dark``; absent keys: defaults, no inversion).
+    tta : bool
+    """
+
+    def __init__(self, engine, heads: list[str], normalize: dict | None, tta: bool = False) -> None:
+        self.engine, self.heads, self.tta = engine, list(heads), tta
+        normalize = dict(normalize or {})
+        self.low = float(normalize.get("low", NORMALIZE_LOW))
+        self.high = float(normalize.get("high", NORMALIZE_HIGH))
+        self.invert_dark = bool(normalize.get("invert_dark", False))
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(windows.transpose(0, 3, 1, 2), dtype=np.float32)
+        if not self.tta:
+            return expit(self.engine(x))
+        acc = None
+        for k, flip in _TRANSFORMS:
+            t = np.rot90(x, k, axes=(2, 3))
+            t = t[..., ::-1] if flip else t
+            p = expit(self.engine(np.ascontiguousarray(t)))
+            p = np.rot90(p[..., ::-1] if flip else p, -k, axes=(2, 3))
+            acc = p if acc is None else acc + p
+        return acc / len(_TRANSFORMS)
+
+    def normalizer(self, image: LazyImage):
+        """``read(rows, cols)`` of normalised pixels: the whole image's percentiles and modality
+        (gathered in bounded memory), applied window by window as
+        :func:`nucseg.imageio.normalize_image` applies them to a whole image."""
+        stats = image_statistics(image)
+        lo, hi = stats.percentiles(self.low, self.high)
+        inverted = self.invert_dark and stats.dark_nuclei
+        log.info("%s: intensities %.1f..%.1f at percentiles %g..%g%s", image.name, lo, hi, self.low, self.high, ", dark nuclei: inverted" if inverted else "")
+
+        def read(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            x = rescale_intensity(image.read_rows(rows, cols), lo, hi)
+            return invert(x) if inverted else x
+
+        return read
+
+
+def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettings, sink, flush_rows: int = 1) -> None:
+    """Stream the probability maps of one image into ``sink(row, (K, n, W) float32)`` (:func:`nucseg.tiling.stream_tiled`)."""
+    stream_tiled(predictor, predictor.normalizer(image), image.shape, len(predictor.heads), sink, settings.tile, settings.margin, settings.batch, flush_rows)
+
+
+def predict_to_zarr(predictor: Predictor, image: LazyImage, group: zarr.Group, name: str, settings: PredictSettings) -> zarr.Array:
+    """Predict one image into ``group[name]``: ``(K, H, W)`` float16 in [0, 1], chunks ``(K, chunk, chunk)``,
+    written chunk row by chunk row (memory: a row of windows and a row of chunks, whatever the image size)."""
+    h, w = image.shape
+    k = len(predictor.heads)
+    c = settings.chunk
+    array = group.create_array(name, shape=(k, h, w), dtype="float16", chunks=(k, min(h, c), min(w, c)), fill_value=0)
+    start = time.perf_counter()
+
+    def sink(row: int, block: np.ndarray) -> None:
+        array[:, row : row + block.shape[1]] = block.astype(np.float16)
+
+    predict_lazy(predictor, image, settings, sink, flush_rows=min(h, c))
+    seconds = time.perf_counter() - start
+    log.info("%s: %dx%d predicted in %.1f s (%.2f megapixels/s)", name, h, w, seconds, h * w / 1e6 / max(seconds, 1e-9))
+    return array
+
+
 def predict_image(model: torch.nn.Module, image: np.ndarray, settings: PredictSettings, normalize: dict | None = None, device: torch.device | None = None) -> np.ndarray:
-    """Probability maps of one image.
+    """Probability maps of one image in memory (tests, benchmarks; files go through :func:`predict_to_zarr`).
 
     Parameters
     ----------
     model : ResUNet in eval mode
     image : (H, W, 3) ndarray of uint8
     settings : PredictSettings
+        ``engine`` ``onnx`` exports the model in memory (no cache).
     normalize : dict, optional
-        ``low``/``high`` percentiles of :func:`nucseg.imageio.normalize_image` (the model's config).
+        The model's ``normalize`` setting (``config.json``).
 
     Returns
     -------
     (K, H, W) ndarray of float32 in [0, 1]
         One map per model head, in the order of ``model.config.heads``.
     """
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) image, got shape {image.shape}")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} {image.dtype}")
     device = device or next(model.parameters()).device
-    x_full = normalize_image(image, **(normalize or {}))
-    transforms = [(k, f) for k in range(4) for f in (False, True)] if settings.tta else [(0, False)]
-    amp = device.type == "cuda"
+    predictor = Predictor(make_engine(model, settings, device), model.config.heads, normalize, settings.tta)
+    out = np.empty((len(predictor.heads),) + image.shape[:2], np.float32)
 
-    def run(block: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(block.transpose(2, 0, 1)))[None].to(device)
-        acc = None
-        for k, flip in transforms:
-            with torch.autocast(device.type, enabled=amp):
-                p = torch.sigmoid(model(_dihedral(x, k, flip)).float())
-            p = _undo_dihedral(p, k, flip)
-            acc = p if acc is None else acc + p
-        return (acc / len(transforms))[0].cpu().numpy()
+    def sink(row: int, block: np.ndarray) -> None:
+        out[:, row : row + block.shape[1]] = block
 
-    return process_tiled(run, x_full, len(model.config.heads), settings.tile, settings.margin)
+    predict_lazy(predictor, LazyImage(image, "YXC", "<array>"), settings, sink)
+    return out
+
+
+def open_predictor(model_dir: str | os.PathLike, settings: PredictSettings, threads: int | None = None) -> Predictor:
+    """Load a model folder and build its :class:`Predictor` on the chosen device and engine.
+
+    Raises
+    ------
+    ValueError
+        Not a model folder; ``cuda`` asked for where there is none; ``onnx`` on a GPU.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        device = choose_device(settings.device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device/predict.device {settings.device}: {exc}") from exc
+    model, config = load_model(model_dir, device)
+    engine = make_engine(model, settings, device, cache_dir=model_dir)
+    log.info("predicting with %s on %s, tile %d, margin %d, batch %d, tta %s", engine.name, device.type, settings.tile, settings.margin, settings.batch, settings.tta)
+    return Predictor(engine, list(model.config.heads), config.get("normalize"), settings.tta)
+
+
+def open_output_group(path: str | os.PathLike, predictor: Predictor, model_dir: str | os.PathLike, settings: PredictSettings) -> zarr.Group:
+    """A new zarr group for probability maps, with the attributes the segment stage reads:
+    ``heads`` (channel names), ``model`` (its folder), ``tta``, ``engine``."""
+    root = zarr.open_group(path, mode="w")
+    root.attrs.update(dict(heads=predictor.heads, model=str(model_dir), tta=settings.tta, engine=predictor.engine.name))
+    return root
 
 
 def predict_dataset(model_dir: str | os.PathLike, images_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_zarr: str | os.PathLike, settings: PredictSettings, threads: int | None = None) -> None:
     """Predict stage: probability maps for every image of a full-size store.
 
-    Writes ``out_zarr`` with one array per image ``<id> (K, H, W) float32``
-    (chunked by 1024 x 1024) and attributes ``heads`` (the channel names).
+    Writes ``out_zarr`` (atomically) with one array per image ``<id>``: ``(K, H, W)`` float16 in
+    [0, 1], chunks ``(K, chunk, chunk)``; group attributes ``heads``, ``model``, ``tta``, ``engine``.
     """
-    if threads:
-        torch.set_num_threads(threads)
-    device = choose_device(settings.device)
-    model, config = load_model(model_dir, device)
+    predictor = open_predictor(model_dir, settings, threads)
     ids = pd.read_csv(index_csv, dtype={"image_id": str})["image_id"].tolist()
     images = zarr.open_group(images_zarr, mode="r")["images"]
     with atomic_dir(out_zarr, overwrite=True) as tmp:
-        root = zarr.open_group(tmp, mode="w")
-        root.attrs.update(dict(heads=list(model.config.heads), model=str(model_dir), tta=settings.tta))
+        root = open_output_group(tmp, predictor, model_dir, settings)
         for image_id in ids:
-            prob = predict_image(model, images[image_id][:], settings, config.get("normalize"), device)
-            k, h, w = prob.shape
-            root.create_array(image_id, data=prob, chunks=(k, min(h, 1024), min(w, 1024)))
-            log.info("%s: %dx%d predicted", image_id, h, w)
+            predict_to_zarr(predictor, LazyImage(images[image_id], "YXC", f"{images_zarr}:images/{image_id}"), root, image_id, settings)

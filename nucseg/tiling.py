@@ -1,13 +1,25 @@
-"""Padding to a multiple of 32 and splitting a large image into overlapping tiles.
+"""Padding to a multiple of 32, overlapping tiles, and stitching them with a smooth blend.
 
-No model is involved here: :func:`process_tiled` applies any function that maps
-an ``(h, w, C)`` block to an ``(K, h, w)`` block, tile by tile, and stitches the
-results so that each output pixel comes from exactly one tile's centre.
+No model is involved here. The image is (virtually) mirror-padded to a multiple of 32, as
+whole-image inference pads it, and covered by square windows of ``tile + 2 * margin`` pixels
+at a stride of ``tile``, all starting at multiples of 32 of the padded image (so each window sees
+the same pixel grid as the whole image would; the last window of a row or column is moved back
+to end at the border). Neighbouring windows overlap by ``2 * margin`` pixels; each window's result
+is weighted by a window that rises as ``sin^2`` over the overlap on each side facing a neighbour
+(1 elsewhere, and at the image border), and the weighted results are divided by the summed
+weights: in the overlap of two regular windows the weights sum to one, and a pixel near a
+window's edge, where the network lacks context, counts for almost nothing.
+
+:func:`stream_tiled` runs any function over batches of windows, reading each window through a
+callback (lazily, from a file) and handing finished rows of the stitched result to a sink as soon
+as no later window touches them: memory holds one row of windows, never the whole result.
+:func:`process_tiled` does the same for an array in memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,42 +76,186 @@ def crop_padding(array: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]
     return array[tuple(index)]
 
 
-def tile_starts(length: int, tile: int) -> list[tuple[int, int]]:
-    """Non-overlapping core intervals ``(start, stop)`` of at most ``tile`` covering ``[0, length)``."""
-    return [(s, min(s + tile, length)) for s in range(0, length, tile)]
+def mirror_index(n: int, before: int, after: int) -> np.ndarray:
+    """Source index of every position of an axis of length ``n`` padded by ``before``/``after``
+    as :func:`numpy.pad` ``mode="symmetric"`` pads it (repeatedly, when the pad exceeds ``n``).
 
-
-def iter_tiles(shape: tuple[int, int], tile: int, margin: int) -> Iterator[tuple[tuple[slice, slice], tuple[slice, slice], tuple[slice, slice]]]:
-    """Tiles of an image of ``shape``: each a read box, a core box, and the core inside the read box.
-
-    The read box is the core grown by ``margin`` on each side (clipped at the
-    image border). Cores tile the image exactly, without overlap.
+    Examples
+    --------
+    >>> mirror_index(3, 2, 4).tolist()
+    [1, 0, 0, 1, 2, 2, 1, 0, 0]
     """
-    h, w = shape
-    for y0, y1 in tile_starts(h, tile):
-        for x0, x1 in tile_starts(w, tile):
-            ry0, ry1, rx0, rx1 = max(0, y0 - margin), min(h, y1 + margin), max(0, x0 - margin), min(w, x1 + margin)
-            read = (slice(ry0, ry1), slice(rx0, rx1))
-            core = (slice(y0, y1), slice(x0, x1))
-            inner = (slice(y0 - ry0, y1 - ry0), slice(x0 - rx0, x1 - rx0))
-            yield read, core, inner
+    i = np.arange(-before, n + after) % (2 * n)
+    return np.where(i >= n, 2 * n - 1 - i, i)
 
 
-def process_tiled(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, n_out: int, tile: int = 1024, margin: int = 64, multiple: int = MULTIPLE) -> np.ndarray:
-    """Apply ``fn`` tile by tile over ``image`` and stitch the results.
+def window_starts(length: int, tile: int, margin: int) -> tuple[list[int], int]:
+    """Starts and side of the windows covering a (padded) axis of ``length``.
+
+    Windows of ``tile + 2 * margin`` at a stride of ``tile``, the last moved back to end at
+    ``length``; one window of ``length`` when that is no longer than a window.
+
+    Examples
+    --------
+    >>> window_starts(1000, 256, 64)
+    ([0, 256, 512, 616], 384)
+    >>> window_starts(300, 256, 64)
+    ([0], 300)
+    """
+    side = tile + 2 * margin
+    if length <= side:
+        return [0], length
+    starts = list(range(0, length - side, tile)) + [length - side]
+    return sorted(set(starts)), side
+
+
+def ramp_weights(side: int, ramp: int, rise: bool, fall: bool) -> np.ndarray:
+    """Blend weights along one axis of a window: ``sin^2`` rising over the first ``ramp`` pixels
+    (when ``rise``) and falling over the last ``ramp`` (when ``fall``), 1 between; float32, > 0.
+
+    Mirror-image ramps of two windows overlapping by ``ramp`` pixels sum to exactly 1.
+    """
+    w = np.ones(side, np.float32)
+    ramp = min(ramp, side // 2)
+    if ramp:
+        r = np.sin(0.5 * np.pi * (np.arange(ramp) + 0.5) / ramp).astype(np.float32) ** 2
+        if rise:
+            w[:ramp] = r
+        if fall:
+            w[side - ramp :] = np.minimum(w[side - ramp :], r[::-1])
+    return w
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of the padded image: rows ``y:y+h``, columns ``x:x+w``, and its blend weight."""
+
+    y: int
+    x: int
+    h: int
+    w: int
+    weight: np.ndarray
+
+
+def plan_windows(shape: tuple[int, int], tile: int, margin: int, multiple: int = MULTIPLE) -> tuple[tuple[tuple[int, int], tuple[int, int]], list[Window]]:
+    """The padding of an image of ``shape`` and its windows in row-major order.
+
+    ``tile`` and ``2 * margin`` must be multiples of ``multiple`` (every window then starts and
+    ends on the whole padded image's 32-pixel grid).
+
+    Returns
+    -------
+    pads : ((top, bottom), (left, right))
+        As :func:`pad_to_multiple` pads the whole image.
+    windows : list of Window
+    """
+    if tile < multiple or tile % multiple or (2 * margin) % multiple or margin < 0:
+        raise ValueError(f"tile ({tile}) and 2 * margin ({2 * margin}) must be multiples of {multiple}, tile >= {multiple}")
+    pads = tuple((extra // 2, extra - extra // 2) for extra in (-n % multiple for n in shape))
+    padded = [n + a + b for n, (a, b) in zip(shape, pads)]
+    (ys, hy), (xs, wx) = (window_starts(n, tile, margin) for n in padded)
+    weights: dict[tuple, np.ndarray] = {}
+    windows = []
+    for y in ys:
+        wy = ramp_weights(hy, 2 * margin, y > 0, y + hy < padded[0])
+        for x in xs:
+            key = (y > 0, y + hy < padded[0], x > 0, x + wx < padded[1])
+            if key not in weights:
+                weights[key] = np.outer(wy, ramp_weights(wx, 2 * margin, x > 0, x + wx < padded[1]))
+            windows.append(Window(y, x, hy, wx, weights[key]))
+    return pads, windows  # type: ignore[return-value]
+
+
+class _Blender:
+    """Weighted sums of window results over the rows still open, released row band by band."""
+
+    def __init__(self, shape: tuple[int, int], pads, n_out: int, sink: Callable[[int, np.ndarray], None], flush_rows: int) -> None:
+        (self.top, _), (self.left, _) = pads
+        self.h, self.w = shape
+        self.padded_w = self.w + sum(pads[1])
+        self.n_out, self.sink, self.flush_rows = n_out, sink, max(1, flush_rows)
+        self.base = 0  # padded row of acc[:, 0]
+        self.acc = np.zeros((n_out, 0, self.padded_w), np.float32)
+        self.wsum = np.zeros((0, self.padded_w), np.float32)
+        self.pending: list[np.ndarray] = []
+        self.written = 0  # image rows handed to the sink
+
+    def add(self, win: Window, result: np.ndarray) -> None:
+        need = win.y + win.h - self.base
+        if need > self.acc.shape[1]:
+            extra = need - self.acc.shape[1]
+            self.acc = np.concatenate([self.acc, np.zeros((self.n_out, extra, self.padded_w), np.float32)], axis=1)
+            self.wsum = np.concatenate([self.wsum, np.zeros((extra, self.padded_w), np.float32)])
+        rows, cols = slice(win.y - self.base, need), slice(win.x, win.x + win.w)
+        self.acc[:, rows, cols] += result * win.weight
+        self.wsum[rows, cols] += win.weight
+
+    def release(self, upto: int, last: bool = False) -> None:
+        """Rows of the padded image before ``upto`` are final."""
+        n = upto - self.base
+        if n > 0:
+            done = self.acc[:, :n] / self.wsum[:n]
+            self.acc, self.wsum, first = self.acc[:, n:], self.wsum[n:], self.base
+            self.base = upto
+            r0, r1 = max(first, self.top), min(upto, self.top + self.h)
+            if r1 > r0:
+                self.pending.append(done[:, r0 - first : r1 - first, self.left : self.left + self.w])
+        ready = sum(p.shape[1] for p in self.pending)
+        if ready and (last or ready >= self.flush_rows):
+            block = np.concatenate(self.pending, axis=1)
+            keep = ready if last else ready - ready % self.flush_rows
+            self.sink(self.written, block[:, :keep])
+            self.written += keep
+            self.pending = [block[:, keep:]] if keep < ready else []
+
+
+def stream_tiled(fn: Callable[[np.ndarray], np.ndarray], read: Callable[[np.ndarray, np.ndarray], np.ndarray], shape: tuple[int, int], n_out: int, sink: Callable[[int, np.ndarray], None], tile: int = 1024, margin: int = 64, batch: int = 1, flush_rows: int = 1, multiple: int = MULTIPLE) -> None:
+    """Apply ``fn`` over batches of blended overlapping windows of an image, streaming the result.
 
     Parameters
     ----------
     fn : callable
-        Maps a padded block ``(h, w, C)`` (h, w multiples of ``multiple``) to ``(n_out, h, w)``.
-    image : (H, W, C) ndarray
-        Already normalised over the whole image (never per tile).
+        Maps a batch ``(B, h, w, C)`` of windows (h, w multiples of ``multiple``) to ``(B, n_out, h, w)``.
+    read : callable
+        ``read(rows, cols)`` returns the image's pixels at the grid of the two index arrays
+        (``(len(rows), len(cols), C)``; indices increase, and repeat where the padding mirrors).
+    shape : (H, W)
+        The image's size.
     n_out : int
         Output channels of ``fn``.
-    tile : int
-        Core tile side; images no larger than ``tile + 2 * margin`` go in one piece.
-    margin : int
-        Context added around each core so that tiles meet without seams.
+    sink : callable
+        ``sink(row, block)`` receives the stitched result's rows ``row:row+n`` as ``(n_out, n, W)``
+        float32, top to bottom; ``n`` is a multiple of ``flush_rows`` except for the last block.
+    tile, margin : int
+        Window stride and half the overlap (see the module docstring); one window when the padded
+        image is no larger than ``tile + 2 * margin``.
+    batch : int
+        Windows per call of ``fn``.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    pads, windows = plan_windows(shape, tile, margin, multiple)
+    iy, ix = (mirror_index(n, *p) for n, p in zip(shape, pads))
+    blender = _Blender(shape, pads, n_out, sink, flush_rows)
+    for i in range(0, len(windows), batch):
+        group = windows[i : i + batch]
+        blocks = np.stack([read(iy[w.y : w.y + w.h], ix[w.x : w.x + w.w]) for w in group])
+        results = fn(blocks)
+        for win, result in zip(group, results):
+            blender.add(win, result)
+        following = windows[i + batch] if i + batch < len(windows) else None
+        blender.release(following.y if following else blender.base + blender.acc.shape[1], last=following is None)
+
+
+def process_tiled(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, n_out: int, tile: int = 1024, margin: int = 64, batch: int = 1, multiple: int = MULTIPLE) -> np.ndarray:
+    """:func:`stream_tiled` over an image in memory.
+
+    Parameters
+    ----------
+    fn : callable
+        Maps ``(B, h, w, C)`` to ``(B, n_out, h, w)``.
+    image : (H, W, C) ndarray
+        Already normalised over the whole image (never per tile).
 
     Returns
     -------
@@ -107,12 +263,9 @@ def process_tiled(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, n_o
     """
     h, w = image.shape[:2]
     out = np.empty((n_out, h, w), np.float32)
-    if h <= tile + 2 * margin and w <= tile + 2 * margin:
-        tiles = [((slice(0, h), slice(0, w)), (slice(0, h), slice(0, w)), (slice(0, h), slice(0, w)))]
-    else:
-        tiles = list(iter_tiles((h, w), tile, margin))
-    for read, core, inner in tiles:
-        block, pads = pad_to_multiple(image[read], multiple)
-        result = crop_padding(fn(block), pads, axes=(1, 2))
-        out[(slice(None),) + core] = result[(slice(None),) + inner]
+
+    def sink(row: int, block: np.ndarray) -> None:
+        out[:, row : row + block.shape[1]] = block
+
+    stream_tiled(fn, lambda rows, cols: image[np.ix_(rows, cols)], (h, w), n_out, sink, tile, margin, batch, 1, multiple)
     return out

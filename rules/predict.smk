@@ -1,5 +1,5 @@
 rule predict:
-    # Probability maps of the full-size test images.
+    # Probability maps of the full-size test images: blended tiles, streamed into float16 zarr.
     input:
         unpack(model_input),
         zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
@@ -8,7 +8,7 @@ rule predict:
         directory(f"{RESULTS}/predictions/{{model}}/{{dataset}}.zarr"),
     params:
         settings=settings("predict"),
-        code=nucseg.code_hash("infer", "tiling", "train", "model", "imageio", "files"),
+        code=nucseg.code_hash("infer", "tiling", "bigimage", "model", "imageio", "files"),
     threads: 4
     resources:
         gpu=1,

@@ -1,41 +1,204 @@
-import numpy as np
-import pytest
-import torch
+"""Tests of nucseg.infer: whole-image normalisation from bounded-memory statistics, tiled
+prediction blended without seams, the ONNX engine, and the probability maps' zarr contract."""
 
-from nucseg.infer import PredictSettings, predict_image
+from __future__ import annotations
+
+import functools
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+import zarr
+
+from nucseg.bigimage import LazyImage, open_image
+from nucseg.imageio import decode_image, has_dark_nuclei, normalize_image, to_rgb_uint8
+from nucseg.infer import EagerEngine, OnnxEngine, PredictSettings, Predictor, onnx_model, predict_dataset, predict_image, predict_to_zarr
 from nucseg.model import ModelConfig, ResUNet
+from nucseg.tiling import plan_windows
+
+from .conftest import SHARED
+
+MOSAIC_ZIP = SHARED / "data" / "dsb2018" / "stage1_train_fixed.zip"
+FIXTURE = SHARED / "data" / "fixtures" / "dsb2018_fluo_512_uint16.tif"
+
+
+def real_tiles(n: int, side: int | None = 256, fluorescence: bool = True) -> list[np.ndarray]:
+    """The first ``n`` real images of the challenge's training set of a modality (and size, unless
+    ``side`` is None), in archive order (skips without ../shared)."""
+    if not MOSAIC_ZIP.is_file():
+        pytest.skip(f"{MOSAIC_ZIP} not present (a fresh clone has no ../shared)")
+    found = [image for image in _archive_images() if (side is None or image.shape[:2] == (side, side)) and has_dark_nuclei(image) != fluorescence]
+    if len(found) < n:
+        raise AssertionError(f"fewer than {n} such images among the first {len(_archive_images())} of {MOSAIC_ZIP}")
+    return found[:n]
+
+
+@functools.lru_cache(maxsize=1)
+def _archive_images(limit: int = 160) -> list[np.ndarray]:
+    with zipfile.ZipFile(MOSAIC_ZIP) as z:
+        names = sorted(n for n in z.namelist() if "/images/" in n and n.endswith(".png"))[:limit]
+        return [to_rgb_uint8(decode_image(z.read(name), name)) for name in names]
+
+
+def mosaic(rows: int, cols: int) -> np.ndarray:
+    """A real ``(256 rows, 256 cols, 3)`` mosaic of distinct fluorescence images."""
+    tiles = real_tiles(rows * cols)
+    return np.concatenate([np.concatenate(tiles[r * cols : (r + 1) * cols], axis=1) for r in range(rows)], axis=0)
+
+
+def calibrated_model(heads=("body", "border"), width: int = 16, seed: int = 0) -> ResUNet:
+    """resunet-small with fixed-seed random weights whose batch-norm statistics are set from real
+    crops (a few forward passes in train mode, no gradient), so that its maps vary like a trained
+    model's instead of sitting at one value; eval mode."""
+    torch.manual_seed(seed)
+    model = ResUNet(ModelConfig(width=width, heads=heads))
+    crops = np.stack([normalize_image(t) for t in real_tiles(4)]).transpose(0, 3, 1, 2)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(np.ascontiguousarray(crops)))
+    return model.eval()
+
+
+def save_model_folder(model: ResUNet, folder: Path, normalize: dict | None = None) -> Path:
+    """A model folder as training writes it: ``weights.pt`` and ``config.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "weights.pt")
+    config = {"model": model.config.to_dict()}
+    if normalize is not None:
+        config["normalize"] = normalize
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
 
 
 @pytest.fixture(scope="module")
-def model():
+def tiny_model():
     torch.manual_seed(0)
     return ResUNet(ModelConfig(width=4, heads=("body", "border"))).eval()
 
 
-@pytest.mark.parametrize("shape", [(20, 30), (64, 64), (100, 200)])
-def test_probabilities_have_the_image_size(model, shape):
+@pytest.fixture(scope="module")
+def model():
+    return calibrated_model()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (20, 30), (31, 5), (64, 64), (100, 200)])
+def test_probabilities_have_the_image_size(tiny_model, shape):
+    """Images smaller than 32 px a side keep working (mirror-padded like the whole image)."""
     image = np.random.default_rng(0).integers(0, 255, shape + (3,), dtype=np.uint8)
-    prob = predict_image(model, image, PredictSettings(tile=64, margin=16))
+    prob = predict_image(tiny_model, image, PredictSettings(tile=64, margin=16, engine="eager"))
     assert prob.shape == (2,) + shape and prob.dtype == np.float32
     assert 0 <= prob.min() and prob.max() <= 1
 
 
-def test_tiled_equals_whole_when_margin_covers_the_receptive_field(model):
-    """Regression guard for seams: tiles with enough context reproduce one-piece inference closely."""
-    image = np.random.default_rng(1).integers(0, 255, (192, 192, 3), dtype=np.uint8)
-    whole = predict_image(model, image, PredictSettings(tile=1024, margin=0))
-    tiled = predict_image(model, image, PredictSettings(tile=64, margin=64))
-    assert np.abs(whole - tiled).max() < 0.05
+def test_tiled_map_is_within_001_of_whole_image_inference_on_a_real_mosaic(model):
+    """Regression guard for seams (issue 11: the old test never tiled): with the default tile and
+    margin a 2048 x 2048 real mosaic runs as 2 x 2 blended windows, and every pixel of the stitched
+    map is within 0.01 of one-piece inference."""
+    image = mosaic(8, 8)
+    settings = PredictSettings(engine="onnx")
+    _, windows = plan_windows(image.shape[:2], settings.tile, settings.margin)
+    assert len(windows) == 4 and windows[0].h == settings.tile + 2 * settings.margin < 2048
+    whole = predict_image(model, image, PredictSettings(tile=2048, margin=0, engine="onnx"))
+    assert whole.std() > 0.05, "the model's map barely varies: the comparison would prove nothing"
+    tiled = predict_image(model, image, settings)
+    assert np.abs(tiled - whole).max() <= 0.01
 
 
-def test_tta_of_a_symmetric_image_is_symmetric(model):
+def test_normalisation_from_bounded_memory_statistics_equals_normalize_image():
+    """Windows are normalised with whole-image percentiles and modality as normalize_image
+    normalises the whole image; dark-nuclei images are inverted only when the model says so."""
+    dark = real_tiles(1, side=None, fluorescence=False)[0]
+    bright = real_tiles(1)[0]
+    for image in (dark, bright):
+        for invert_dark in (False, True):
+            predictor = Predictor(None, ["body"], {"low": 1.0, "high": 99.8, "invert_dark": invert_dark})
+            read = predictor.normalizer(LazyImage(image, "YXC", "test"))
+            got = read(np.arange(image.shape[0]), np.arange(image.shape[1]))
+            np.testing.assert_allclose(got, normalize_image(image, 1.0, 99.8, invert_dark), atol=1e-5)
+    # an old model folder without invert_dark never inverts
+    old = Predictor(None, ["body"], {"low": 1.0, "high": 99.8}).normalizer(LazyImage(dark, "YXC", "test"))
+    np.testing.assert_allclose(old(np.arange(dark.shape[0]), np.arange(dark.shape[1])), normalize_image(dark, 1.0, 99.8), atol=1e-5)
+
+
+def test_tta_of_a_symmetric_image_is_symmetric(tiny_model):
     image = np.zeros((64, 64, 3), np.uint8)
     image[16:48, 16:48] = 200
-    prob = predict_image(model, image, PredictSettings(tta=True))
+    prob = predict_image(tiny_model, image, PredictSettings(tta=True, engine="eager"))
     np.testing.assert_allclose(prob, prob[:, ::-1, :], atol=1e-5)
     np.testing.assert_allclose(prob, np.swapaxes(prob, 1, 2), atol=1e-5)
 
 
-def test_image_must_be_rgb(model):
-    with pytest.raises(ValueError, match=r"\(H, W, 3\) image, got shape \(8, 8\)"):
-        predict_image(model, np.zeros((8, 8), np.uint8), PredictSettings())
+def test_onnx_engine_equals_eager_on_a_real_image(model, tmp_path):
+    """The fast CPU path gives the eager maps to 1e-4 on a fixed real image, with and without TTA;
+    the exported graph is cached beside the weights and reused."""
+    image = mosaic(1, 2)[:250, :300]
+    for tta in (False, True):
+        eager = predict_image(model, image, PredictSettings(engine="eager", tta=tta))
+        fast = predict_image(model, image, PredictSettings(engine="onnx", tta=tta))
+        assert np.abs(fast - eager).max() < 1e-4
+    first = onnx_model(model, tmp_path)
+    cached = list(tmp_path.glob("weights-*.onnx"))
+    assert len(cached) == 1 and cached[0].read_bytes() == first
+    cached[0].write_bytes(first + b"")  # same key: read back, not exported again
+    mtime = cached[0].stat().st_mtime_ns
+    OnnxEngine(model, tmp_path)
+    assert cached[0].stat().st_mtime_ns == mtime and len(list(tmp_path.glob("*.onnx"))) == 1
+
+
+def test_streamed_zarr_from_a_tiled_tiff_equals_in_memory_prediction(tiny_model, tmp_path):
+    """A 16-bit tiled, compressed TIFF is read window by window; the float16 zarr map written
+    chunk row by chunk row equals in-memory prediction of the decoded image."""
+    if not FIXTURE.is_file():
+        pytest.skip(f"{FIXTURE} not present (a fresh clone has no ../shared)")
+    raw = tifffile.imread(FIXTURE)
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, raw, tile=(128, 128), compression="zlib")
+    image = open_image(path)
+    assert isinstance(image.array, zarr.Array)  # not decoded whole
+    settings = PredictSettings(tile=128, margin=32, chunk=200, batch=3, engine="eager")
+    predictor = Predictor(EagerEngine(tiny_model, torch.device("cpu")), ["body", "border"], {"invert_dark": True})
+    out = predict_to_zarr(predictor, image, zarr.open_group(tmp_path / "p.zarr", mode="w"), "img", settings)
+    assert out.dtype == np.float16 and out.shape == (2, 512, 512) and out.chunks == (2, 200, 200)
+    expected = predict_image(tiny_model, to_rgb_uint8(raw), settings, {"invert_dark": True})
+    np.testing.assert_allclose(out[:].astype(np.float32), expected, atol=1e-3)
+
+
+def test_predict_dataset_writes_the_documented_zarr(tiny_model, tmp_path):
+    """Contract the segment stage reads: one (K, H, W) float16 array per image in [0, 1], chunks
+    (K, chunk, chunk), group attributes heads, model, tta, engine."""
+    model_dir = save_model_folder(tiny_model, tmp_path / "model", {"low": 1.0, "high": 99.8})
+    store = zarr.open_group(tmp_path / "full.zarr", mode="w")
+    rng = np.random.default_rng(0)
+    shapes = {"a": (70, 90), "b": (20, 300)}
+    for image_id, shape in shapes.items():
+        store.create_array(f"images/{image_id}", data=rng.integers(0, 255, shape + (3,), dtype=np.uint8))
+    pd.DataFrame({"image_id": list(shapes)}).to_csv(tmp_path / "index.csv", index=False)
+    predict_dataset(model_dir, tmp_path / "full.zarr", tmp_path / "index.csv", tmp_path / "pred.zarr", PredictSettings(chunk=64, tile=64, margin=16), threads=1)
+    root = zarr.open_group(tmp_path / "pred.zarr", mode="r")
+    assert dict(root.attrs) == {"heads": ["body", "border"], "model": str(model_dir), "tta": False, "engine": "onnx"}
+    for image_id, shape in shapes.items():
+        array = root[image_id]
+        assert array.shape == (2,) + shape and array.dtype == np.float16
+        assert array.chunks == (2, min(64, shape[0]), min(64, shape[1]))
+        values = array[:]
+        assert 0 <= values.min() and values.max() <= 1
+    assert list(model_dir.glob("weights-*.onnx")), "the ONNX graph is cached beside the weights"
+
+
+def test_image_must_be_rgb_uint8(tiny_model):
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 image, got shape \(8, 8\)"):
+        predict_image(tiny_model, np.zeros((8, 8), np.uint8), PredictSettings())
+
+
+@pytest.mark.parametrize("field, value, message", [("tile", 48, "multiple of 32"), ("margin", 40, "multiple of 16"), ("batch", 0, "batch"), ("engine", "tensorrt", "engine"), ("chunk", 0, "chunk")])
+def test_settings_refuse_bad_values_naming_them(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        PredictSettings(**{field: value})
