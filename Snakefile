@@ -9,7 +9,7 @@
 
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.19")  # several --profile layered (pyproject.toml pins the same)
 
 
 configfile: os.path.join(workflow.basedir, "config/config.yaml")

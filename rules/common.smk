@@ -9,6 +9,11 @@ import yaml
 from nucseg.config import SECTIONS, config_problems, type_cli_config
 from snakemake.exceptions import WorkflowError
 
+# The jobs inherit this: OpenMP threads that spin while waiting for each other take the cores
+# from one another on a busy machine (a sample run took 19 minutes instead of 1 at load 5);
+# passive waiting costs nothing on a quiet one. A value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # `--config train='{epochs: 5}'` gives the text '5', and a list the texts of its items
 # (Snakemake parses nested values as text): read them as YAML numbers, booleans and lists again
 type_cli_config(config)
@@ -63,6 +68,9 @@ EVAL_SETS = [name for name in TEST_SETS if DATASETS[name].get("evaluate", datase
 
 # Models by name; each may override keys of the train, predict and segment sections.
 MODELS = {name: (overrides or {}) for name, overrides in config["models"].items()}
+for _name, _overrides in MODELS.items():  # evaluate and qc read the label TIFFs
+    if EVAL_SETS and not {**DEFAULTS["segment"], **(config.get("segment") or {}), **(_overrides.get("segment") or {})}["tiff"]:
+        raise WorkflowError(f"config: model {_name!r} has segment.tiff: false, but evaluate and qc read the label TIFFs of {EVAL_SETS} (set tiff: true, or evaluate: false)")
 if not TRAIN_SETS and any("folder" not in overrides for overrides in MODELS.values()):
     raise ValueError(
         "config: 'datasets' needs at least one dataset with role: train to train the models "
@@ -174,7 +182,7 @@ def evaluation_outputs():
 def all_outputs():
     return (
         evaluation_outputs()
-        + expand(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/objects.csv", model=MODELS, dataset=TEST_SETS)
+        + expand(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/{{table}}.csv", model=MODELS, dataset=TEST_SETS, table=["objects", "images"])
         + expand(f"{PLOTS}/training_curves.png", model=MODELS)
     )
 
