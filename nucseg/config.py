@@ -114,6 +114,8 @@ def _dataset_problems(config: dict) -> list[tuple[list, str]]:
     datasets = config.get("datasets")
     if not isinstance(datasets, dict):
         return []
+    if any(isinstance(d, dict) and d.get("role") not in ("train", "test") for d in datasets.values()):
+        return []  # a missing or misspelled role is named by the schema check
     roles = {role: sorted(name for name, d in datasets.items() if isinstance(d, dict) and d.get("role") == role) for role in ("train", "test")}
     models = config.get("models") if isinstance(config.get("models"), dict) else {}
     to_train = sorted(name for name, m in models.items() if not (isinstance(m, dict) and m.get("folder")))

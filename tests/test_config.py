@@ -8,14 +8,14 @@ import dataclasses
 import pytest
 import yaml
 
-from nucseg.config import config_problems
+from nucseg.config import config_problems, type_cli_config
 from nucseg.download import DownloadSettings
 from nucseg.infer import PredictSettings
 from nucseg.postprocess import SegmentSettings
 from nucseg.preprocess import PreprocessSettings
 from nucseg.train import TrainSettings
 
-from .conftest import REPO
+from .conftest import REPO, snakemake
 
 CONFIG = yaml.safe_load((REPO / "config/config.yaml").read_text())
 SCHEMA = yaml.safe_load((REPO / "config/config.schema.yaml").read_text())
@@ -73,8 +73,67 @@ def test_config_problems_name_each_key():
 
 
 def test_config_problems_at_the_top_level():
-    assert config_problems({"datasets": {}, "sample": 1}, SCHEMA) == [
-        "the config's top level: 'models' is a required property",
-        "datasets: {} does not have enough properties (datasets by name)",
-        "sample: unknown key (the top level takes: datasets, models, download, preprocess, train, predict, segment)",
+    problems = config_problems({"datasets": {}, "sample": 1}, SCHEMA)
+    assert problems[0] == "the config's top level: 'models' is a required property"
+    assert problems[-1] == "sample: unknown key (the top level takes: datasets, models, download, preprocess, train, predict, segment)"
+
+
+def test_a_run_without_train_or_test_set_says_what_it_needs():
+    """Regression: 'datasets: {...} does not have enough properties' said nothing of roles."""
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    del config["datasets"]["sample_train"]
+    assert config_problems(config, SCHEMA) == [
+        "datasets: a run needs at least one dataset with role: train to train its models (resunet); this config has "
+        "train: none; test: sample_test. To segment with a ready model and no training, give the model a folder: "
+        "models: {pretrained: {folder: pretrained}}"
     ]
+    config["models"] = {"pretrained": {"folder": "pretrained"}}  # a ready model needs no train set
+    assert not [line for line in config_problems(config, SCHEMA) if line.startswith("datasets")]
+    config["datasets"]["sample_test"]["role"] = "train"
+    assert "datasets: a run needs at least one dataset with role: test (the images it segments); this config has train: sample_test; test: none" in config_problems(config, SCHEMA)
+
+
+def test_a_value_of_none_of_the_allowed_kinds_says_which_are_allowed():
+    """Regression: 'segment.threshold: 1.5 is not valid under any of the given schemas'."""
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["segment"]["threshold"] = 1.5
+    assert config_problems(config, SCHEMA) == ["segment.threshold: 1.5 is not allowed: use 'otsu', or a number greater than 0 and less than 1 (foreground threshold)"]
+
+
+def test_rules_between_keys_are_checked_with_the_config():
+    """Regression: inverted otsu_bounds and heads [border, body] were refused only inside the
+    segment and train jobs, after download, preprocess (and training)."""
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["segment"]["otsu_bounds"] = [0.8, 0.2]
+    config["train"]["heads"] = ["border", "body"]
+    config["models"]["wide"] = {"segment": {"otsu_bounds": [0.6, 0.4]}, "train": {"heads": ["body", "border"]}}
+    assert config_problems(config, SCHEMA) == [
+        "models.wide.segment.otsu_bounds: [0.6, 0.4] is inverted: write the lower bound first ([0.4, 0.6])",
+        "segment.otsu_bounds: [0.8, 0.2] is inverted: write the lower bound first ([0.2, 0.8])",
+        "train.heads: ['border', 'body'] must start with body ([body] or [body, border]): the body head is the nucleus foreground every model predicts",
+    ]
+    config["segment"]["otsu_bounds"] = [0.5, 0.5]  # equal bounds fix the threshold: allowed
+    config["train"]["heads"] = ["body", "border"]
+    del config["models"]["wide"]
+    assert config_problems(config, SCHEMA) == []
+
+
+def test_command_line_lists_are_typed_like_scalars():
+    """Regression: --config segment='{otsu_bounds: [0.2, 0.8]}' gave ['0.2', '0.8'] and the
+    error "'0.2' is not of type 'number'"."""
+    config = {"segment": {"otsu_bounds": ["0.2", "0.8"], "threshold": "otsu", "min_size": "5"}, "train": {"heads": ["body", "border"], "width": "null"},
+              "datasets": {"a": {"sha256": "1234", "evaluate": "false"}}, "models": {"m": {"segment": {"otsu_bounds": "[0.1, 0.9]"}}}}
+    type_cli_config(config)
+    assert config == {"segment": {"otsu_bounds": [0.2, 0.8], "threshold": "otsu", "min_size": 5}, "train": {"heads": ["body", "border"], "width": None},
+                      "datasets": {"a": {"sha256": "1234", "evaluate": False}}, "models": {"m": {"segment": {"otsu_bounds": [0.1, 0.9]}}}}
+
+
+def test_the_workflow_checks_the_command_line_config_before_any_job(tmp_path):
+    """The workflow reads --config lists as numbers, and refuses an inverted otsu_bounds naming
+    the key before any job runs (a dry run)."""
+    ok = snakemake(tmp_path, "-n", "--config", "segment={otsu_bounds: [0.2, 0.8]}")
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    bad = snakemake(tmp_path, "-n", "--config", "segment={otsu_bounds: [0.8, 0.2]}")
+    assert bad.returncode != 0
+    assert "segment.otsu_bounds: [0.8, 0.2] is inverted" in bad.stdout + bad.stderr
+    assert not (tmp_path / "results").exists()
