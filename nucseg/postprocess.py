@@ -1,18 +1,35 @@
-"""Segment stage: probability maps to nucleus label images.
+"""Segment stage: probability maps to nucleus label images, tables and viewer files.
 
-The published instance step (El Mokhtari): Otsu threshold of the nucleus
-probability, hole filling, markers from the distance transform spaced by the
-mean nucleus size, marker-controlled watershed. When the model also predicts
-touching borders, they are cut out of the mask before the distance transform,
-so that seeds of touching nuclei fall apart (the challenge winners' idea); the
-watershed then grows them back over the full nucleus mask.
+Two instance methods (:class:`SegmentSettings` ``method``):
+
+``paper``
+    The published step (El Mokhtari): Otsu threshold of the nucleus probability, hole
+    filling, markers from the distance transform spaced by the mean nucleus size,
+    marker-controlled watershed.
+``border``
+    The challenge winners' idea, for models with a ``border`` head: the touching-border
+    probability is cut out of the mask before the distance transform, so that seeds of
+    touching nuclei fall apart; the watershed then grows them back over the full nucleus
+    mask. A model without a border head falls back to ``paper`` (logged once per dataset).
+
+Images of any size are segmented chunk by chunk (:func:`segment_map`): each chunk is
+processed inside a window ``overlap`` pixels wider on every side; an object belongs to the
+chunk that holds its centroid, keeps its whole extent from that chunk's window, and is
+numbered after the objects of the chunks before it. The Otsu threshold and the mean nucleus
+size are computed once per image (:func:`map_statistics`), never per chunk, so an image that
+fits in one chunk and the same image cut into many give the same nuclei.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,13 +40,20 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_objects
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
-from nucseg.files import atomic_dir, write_csv
-from nucseg.imageio import write_labels
-from nucseg.measure import measure_objects
+from nucseg.files import atomic_dir, atomic_file, write_csv
+from nucseg.measure import COLUMNS, IMAGE_COLUMNS, ImageSummary, measure_objects
 
 log = logging.getLogger(__name__)
+
+METHODS = ("paper", "border")
+#: Side of the blocks in which :func:`map_statistics` reads a map (fixed, so that the
+#: statistics do not depend on the segmentation's chunk size).
+STATS_BLOCK = 2048
+#: Label images up to this many pixels are held in memory while they are built; larger
+#: ones go to a temporary zarr store chunk by chunk.
+IN_MEMORY_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -38,29 +62,46 @@ class SegmentSettings:
 
     Attributes
     ----------
+    method : "paper" or "border"
+        Instance method (module docstring). ``border`` needs a model with a ``border`` head
+        and falls back to ``paper`` without one.
     threshold : "otsu" or float
         Foreground threshold on the nucleus probability. ``"otsu"`` computes it
         over the whole image and clips it into ``otsu_bounds`` (an image with no
         nucleus has no meaningful Otsu split).
     otsu_bounds : (float, float)
     min_size : int
-        Objects (and holes are filled regardless of size) smaller than this many pixels are removed.
+        Objects smaller than this many pixels are removed (holes are filled regardless of size).
     marker_spacing : float
         Minimum distance between two watershed markers, as a fraction of the
         mean nucleus radius (from the mask's connected components).
     border_weight : float
         How much of the touching-border probability is subtracted before the
-        distance transform (only with a ``border`` head).
+        distance transform (method ``border``).
+    chunk : int
+        Side of the chunks an image is segmented in, pixels.
+    overlap : int
+        Context added on every side of a chunk, pixels; wider than the largest nucleus.
+    ome_zarr, tiff, geojson : bool
+        Which files to write per image (:mod:`nucseg.outputs`); the tables are always written.
     """
 
+    method: str = "border"
     threshold: str | float = "otsu"
     otsu_bounds: tuple[float, float] = field(default=(0.3, 0.7))
     min_size: int = 10
     marker_spacing: float = 0.5
     border_weight: float = 1.0
+    chunk: int = 2048
+    overlap: int = 128
+    ome_zarr: bool = True
+    tiff: bool = True
+    geojson: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "otsu_bounds", tuple(self.otsu_bounds))
+        if self.method not in METHODS:
+            raise ValueError(f"segment method must be one of {METHODS}, got {self.method!r}")
         if self.threshold != "otsu":
             if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0 < self.threshold < 1:
                 raise ValueError(f"segment threshold must be 'otsu' or a number in (0, 1), got {self.threshold!r}")
@@ -69,20 +110,150 @@ class SegmentSettings:
             raise ValueError(f"otsu_bounds must satisfy 0 <= low <= high <= 1, got {self.otsu_bounds}")
         if self.min_size < 0 or self.marker_spacing <= 0:
             raise ValueError(f"min_size must be >= 0 and marker_spacing > 0, got {self.min_size}, {self.marker_spacing}")
+        if self.chunk < 64 or self.overlap < 0:
+            raise ValueError(f"segment chunk must be >= 64 and overlap >= 0 pixels, got chunk={self.chunk}, overlap={self.overlap}")
+
+
+def use_border(settings: SegmentSettings, heads: list[str] | tuple[str, ...]) -> bool:
+    """Whether the border-seeded method runs: method ``border`` and a ``border`` head."""
+    return settings.method == "border" and "border" in heads
+
+
+# ---------------------------------------------------------------- whole-image statistics
+
+
+def _blocks(shape: tuple[int, int], side: int) -> Iterator[tuple[slice, slice]]:
+    """Row-major ``side`` x ``side`` blocks covering an (H, W) array (smaller at the edges)."""
+    for y in range(0, shape[0], side):
+        for x in range(0, shape[1], side):
+            yield slice(y, min(y + side, shape[0])), slice(x, min(x + side, shape[1]))
+
+
+def _grow(core: tuple[slice, slice], margin: int, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """``core`` widened by ``margin`` on every side, clipped to ``shape``."""
+    return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(core, shape))
+
+
+def _foreground(body: np.ndarray, threshold: float, settings: SegmentSettings) -> np.ndarray:
+    """Mask of ``body > threshold``, holes filled, objects under ``min_size`` pixels removed."""
+    mask = ndi.binary_fill_holes(body > threshold)
+    if settings.min_size > 1:
+        mask = remove_small_objects(mask, max_size=settings.min_size - 1)
+    return mask
+
+
+def _read(maps, channel: int, window: tuple[slice, slice]) -> np.ndarray:
+    """One channel of a (K, H, W) map (numpy or zarr) in a window, as float32."""
+    return np.asarray(maps[(channel, *window)], dtype=np.float32)
+
+
+def map_statistics(maps, channel: int, settings: SegmentSettings) -> tuple[float, int]:
+    """Foreground threshold and marker spacing of a whole map, read block by block.
+
+    Parameters
+    ----------
+    maps : (K, H, W) array-like of float (numpy, or a zarr array read lazily)
+    channel : int
+        The body channel.
+    settings : SegmentSettings
+
+    Returns
+    -------
+    threshold : float
+        ``settings.threshold``, or Otsu's threshold over the whole map (the same 256-bin
+        histogram as :func:`skimage.filters.threshold_otsu` of the whole map, summed over
+        blocks) clipped into ``otsu_bounds``; the middle of the bounds for a constant map.
+    spacing : int
+        Minimum marker distance: ``marker_spacing`` times the mean nucleus radius, from the
+        foreground pixels over the number of connected components (each counted in the
+        block holding its bounding box's top-left corner), at least 1.
+    """
+    shape = tuple(maps.shape[1:])
+    blocks = list(_blocks(shape, STATS_BLOCK))
+    if settings.threshold != "otsu":
+        threshold = float(settings.threshold)
+    else:
+        lo, hi = settings.otsu_bounds
+        mins, maxs = zip(*((float(b.min()), float(b.max())) for b in (_read(maps, channel, w) for w in blocks)))
+        low, high = np.float32(min(mins)), np.float32(max(maxs))
+        if low == high:
+            threshold = 0.5 * (lo + hi)
+        else:
+            counts = np.zeros(256, np.int64)
+            for w in blocks:
+                block_counts, edges = np.histogram(_read(maps, channel, w), bins=256, range=(low, high))
+                counts += block_counts
+            centres = (edges[:-1] + edges[1:]) / 2.0
+            threshold = float(np.clip(threshold_otsu(hist=(counts, centres)), lo, hi))
+    pixels = components = 0
+    for core in blocks:
+        window = _grow(core, settings.overlap, shape)
+        mask = _foreground(_read(maps, channel, window), threshold, settings)
+        labelled, n = ndi.label(mask)
+        if n == 0:
+            continue
+        y0, x0 = core[0].start - window[0].start, core[1].start - window[1].start
+        y1, x1 = y0 + core[0].stop - core[0].start, x0 + core[1].stop - core[1].start
+        pixels += int(np.count_nonzero(mask[y0:y1, x0:x1]))
+        corners = np.array([(s[0].start, s[1].start) for s in ndi.find_objects(labelled)])
+        components += int(np.count_nonzero((corners[:, 0] >= y0) & (corners[:, 0] < y1) & (corners[:, 1] >= x0) & (corners[:, 1] < x1)))
+    mean_area = pixels / components if components else 0.0
+    spacing = max(1, int(round(settings.marker_spacing * math.sqrt(mean_area / math.pi))))
+    return threshold, spacing
 
 
 def foreground_threshold(prob: np.ndarray, settings: SegmentSettings) -> float:
     """The threshold to apply to ``prob``: a fixed value, or Otsu's clipped into ``otsu_bounds``."""
-    if settings.threshold != "otsu":
-        return float(settings.threshold)
-    lo, hi = settings.otsu_bounds
-    if float(prob.min()) == float(prob.max()):
-        return 0.5 * (lo + hi)
-    return float(np.clip(threshold_otsu(prob), lo, hi))
+    return map_statistics(np.asarray(prob, dtype=np.float32)[None], 0, settings)[0]
+
+
+# ---------------------------------------------------------------- one window
+
+
+def segment_window(body: np.ndarray, border: np.ndarray | None, threshold: float, spacing: int, settings: SegmentSettings) -> np.ndarray:
+    """Instances of one window, with the image's threshold and marker spacing.
+
+    Parameters
+    ----------
+    body : (H, W) ndarray of float32
+    border : (H, W) ndarray of float32 or None
+        Touching-border probability (method ``border``), or None (method ``paper``).
+    threshold, spacing : float, int
+        From :func:`map_statistics` of the whole image.
+
+    Returns
+    -------
+    (H, W) ndarray of int32
+        0 is background; labels are not consecutive (objects under ``min_size`` removed).
+    """
+    mask = _foreground(body, threshold, settings)
+    components, n = ndi.label(mask)
+    if n == 0:
+        return np.zeros(body.shape, np.int32)
+    seeds_mask = mask
+    if border is not None:
+        seeds_mask = mask & (body - settings.border_weight * border > threshold)
+    distance = ndi.distance_transform_edt(seeds_mask)
+    smooth = ndi.gaussian_filter(distance, 1.0)
+    peaks = peak_local_max(smooth, min_distance=spacing, labels=components, exclude_border=False)
+    markers = np.zeros(body.shape, np.int32)
+    markers[tuple(peaks.T)] = 1
+    markers, _ = ndi.label(ndi.binary_dilation(markers, iterations=1) & seeds_mask)
+    # components with no marker (tiny or cut away by the border) keep their own label
+    marked = np.zeros(n + 1, bool)
+    marked[components[markers > 0]] = True
+    if not marked[1:].all():
+        extra = ~marked[components] & mask
+        markers[extra] = components[extra] + markers.max()
+    labels = watershed(-distance if border is None else -ndi.distance_transform_edt(mask), markers, mask=mask)
+    if settings.min_size > 1:
+        areas = np.bincount(labels.ravel())
+        labels[areas[labels] < settings.min_size] = 0
+    return labels
 
 
 def segment_probability(prob: np.ndarray, settings: SegmentSettings, border: np.ndarray | None = None) -> np.ndarray:
-    """Instances from a nucleus probability map.
+    """Instances from a nucleus probability map held in memory (the whole image at once).
 
     Parameters
     ----------
@@ -90,7 +261,7 @@ def segment_probability(prob: np.ndarray, settings: SegmentSettings, border: np.
         Nucleus (body) probability.
     settings : SegmentSettings
     border : (H, W) ndarray of float, optional
-        Touching-border probability.
+        Touching-border probability; used with method ``border``.
 
     Returns
     -------
@@ -100,58 +271,250 @@ def segment_probability(prob: np.ndarray, settings: SegmentSettings, border: np.
     prob = np.asarray(prob, dtype=np.float32)
     if prob.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {prob.shape}")
-    if border is not None and border.shape != prob.shape:
-        raise ValueError(f"border map {border.shape} and probability map {prob.shape} differ in shape")
-    t = foreground_threshold(prob, settings)
-    mask = ndi.binary_fill_holes(prob > t)
-    if settings.min_size > 1:
-        mask = remove_small_objects(mask, max_size=settings.min_size - 1)
-    components, n = ndi.label(mask)
-    if n == 0:
-        return np.zeros(prob.shape, np.uint32)
-    seeds_mask = mask
+    heads = ["body"]
+    maps = prob[None]
     if border is not None:
-        seeds_mask = mask & (prob - settings.border_weight * border > t)
-    distance = ndi.distance_transform_edt(seeds_mask)
-    mean_area = np.count_nonzero(mask) / n
-    spacing = max(1, int(round(settings.marker_spacing * math.sqrt(mean_area / math.pi))))
-    smooth = ndi.gaussian_filter(distance, 1.0)
-    peaks = peak_local_max(smooth, min_distance=spacing, labels=components, exclude_border=False)
-    markers = np.zeros(prob.shape, np.int32)
-    markers[tuple(peaks.T)] = 1
-    markers, _ = ndi.label(ndi.binary_dilation(markers, iterations=1) & seeds_mask)
-    # components with no marker (tiny or cut away by the border) keep their own label
-    unmarked = np.setdiff1d(np.unique(components[mask]), np.unique(components[markers > 0]))
-    if unmarked.size:
-        extra = np.isin(components, unmarked)
-        markers[extra] = components[extra] + markers.max()
-    labels = watershed(-distance if border is None else -ndi.distance_transform_edt(mask), markers, mask=mask)
-    if settings.min_size > 1:
-        areas = np.bincount(labels.ravel())
-        labels[areas[labels] < settings.min_size] = 0
-    return relabel_sequential(labels)[0].astype(np.uint32)
+        if border.shape != prob.shape:
+            raise ValueError(f"border map {border.shape} and probability map {prob.shape} differ in shape")
+        heads.append("border")
+        maps = np.stack([prob, np.asarray(border, dtype=np.float32)])
+    one = SegmentSettings(**{**settings.__dict__, "chunk": max(64, *prob.shape)})
+    labels = np.zeros(prob.shape, np.uint32)
+    for result in segment_map(maps, heads, one):
+        result.paste(labels)
+    return labels
 
 
-def segment_dataset(pred_zarr: str | os.PathLike, images_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_dir: str | os.PathLike, objects_csv: str | os.PathLike, settings: SegmentSettings) -> pd.DataFrame:
-    """Segment stage: label images (``<out_dir>/<id>.tif``) and a per-object table for a dataset.
+# ---------------------------------------------------------------- chunk by chunk
 
-    Returns the object table (see :func:`nucseg.measure.measure_objects`), also written to ``objects_csv``.
+
+@dataclass
+class ChunkResult:
+    """The objects a chunk owns, numbered 1..n in the window (globally: ``offset + k``).
+
+    Attributes
+    ----------
+    window : (slice, slice)
+        Where ``labels`` lies in the image.
+    labels : (h, w) ndarray of uint32
+        The owned objects, whole, 0 elsewhere.
+    count : int
+    cut : int
+        Owned objects touching an inner edge of the window (wider than the overlap).
+    offset : int
+        Objects of the chunks before this one (set by :func:`segment_map`).
     """
+
+    window: tuple[slice, slice]
+    labels: np.ndarray
+    count: int
+    cut: int
+    offset: int = 0
+
+    def paste(self, out) -> None:
+        """Write the owned objects, numbered ``offset + k``, into the image-sized ``out``."""
+        if not self.count:
+            return
+        region = np.asarray(out[self.window])
+        inside = self.labels > 0
+        region[inside] = self.labels[inside] + self.offset
+        out[self.window] = region
+
+
+def _segment_chunk(maps, body: int, border: int | None, core: tuple[slice, slice], stats: tuple[float, int], settings: SegmentSettings) -> ChunkResult:
+    shape = tuple(maps.shape[1:])
+    window = _grow(core, settings.overlap, shape)
+    labels = segment_window(_read(maps, body, window), None if border is None else _read(maps, border, window), *stats, settings)
+    n = int(labels.max(initial=0))
+    if n == 0:
+        return ChunkResult(window, np.zeros(labels.shape, np.uint32), 0, 0)
+    pixels = np.flatnonzero(labels)
+    ids = labels.ravel()[pixels]
+    yy, xx = np.divmod(pixels, labels.shape[1])
+    area = np.bincount(ids, minlength=n + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = np.floor(np.bincount(ids, weights=yy, minlength=n + 1) / area) + window[0].start
+        cx = np.floor(np.bincount(ids, weights=xx, minlength=n + 1) / area) + window[1].start
+    owned = (area > 0) & (cy >= core[0].start) & (cy < core[0].stop) & (cx >= core[1].start) & (cx < core[1].stop)
+    owned[0] = False
+    number = np.cumsum(owned).astype(np.uint32) * owned
+    out = number[labels]
+    # owned objects reaching an edge of the window that is not an edge of the image were cut
+    edges = []
+    if window[0].start > 0:
+        edges.append(out[0])
+    if window[0].stop < shape[0]:
+        edges.append(out[-1])
+    if window[1].start > 0:
+        edges.append(out[:, 0])
+    if window[1].stop < shape[1]:
+        edges.append(out[:, -1])
+    cut = np.unique(np.concatenate(edges)) if edges else np.zeros(0, np.uint32)
+    return ChunkResult(window, out, int(number.max()), int(np.count_nonzero(cut)))
+
+
+def segment_map(maps, heads: list[str] | tuple[str, ...], settings: SegmentSettings, threads: int = 1) -> Iterator[ChunkResult]:
+    """Segment a (K, H, W) probability map chunk by chunk; yield each chunk's owned objects.
+
+    Parameters
+    ----------
+    maps : (K, H, W) array-like of float in [0, 1]
+        numpy, or a zarr array (any float dtype, any chunking), read window by window.
+    heads : sequence of str
+        Channel names; ``"body"`` is required, ``"border"`` is used by method ``border``.
+    settings : SegmentSettings
+    threads : int
+        Chunks segmented at once; results are yielded in row-major chunk order.
+
+    Yields
+    ------
+    ChunkResult
+        With ``offset`` set: the first chunk's objects are 1..n, the next chunk's follow.
+        Memory stays bounded by ``2 * threads`` windows.
+    """
+    heads = list(heads)
+    if len(maps.shape) != 3 or maps.shape[0] != len(heads):
+        raise ValueError(f"expected a (K, H, W) map with K = {len(heads)} channels {heads}, got shape {tuple(maps.shape)}")
+    if "body" not in heads:
+        raise ValueError(f"the map has no 'body' channel (channels: {heads})")
+    body = heads.index("body")
+    border = heads.index("border") if use_border(settings, heads) else None
+    stats = map_statistics(maps, body, settings)
+    cores = list(_blocks(tuple(maps.shape[1:]), settings.chunk))
+    offset = cut = 0
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        pending: deque = deque()
+        queue = iter(cores)
+        for core in queue:
+            pending.append(pool.submit(_segment_chunk, maps, body, border, core, stats, settings))
+            if len(pending) >= 2 * max(1, threads):
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(queue, None)
+            if nxt is not None:
+                pending.append(pool.submit(_segment_chunk, maps, body, border, nxt, stats, settings))
+            result.offset = offset
+            offset += result.count
+            cut += result.cut
+            yield result
+    if cut:
+        log.warning("%d nuclei reach the edge of their chunk's window: they are wider than segment.overlap (%d px), raise it", cut, settings.overlap)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@contextlib.contextmanager
+def label_canvas(shape: tuple[int, int], scratch: str | os.PathLike) -> Iterator:
+    """An image-sized uint32 label array, zero: in memory up to :data:`IN_MEMORY_PIXELS`,
+    else a chunked zarr array in a temporary folder under ``scratch`` (removed afterwards)."""
+    if shape[0] * shape[1] <= IN_MEMORY_PIXELS:
+        yield np.zeros(shape, np.uint32)
+        return
+    with tempfile.TemporaryDirectory(prefix=".labels.", dir=scratch) as tmp:
+        yield zarr.create_array(Path(tmp) / "labels.zarr", shape=shape, chunks=(1024, 1024), dtype=np.uint32, fill_value=0)
+
+
+def segment_image(maps, heads: list[str], image, image_id: str, settings: SegmentSettings, scratch: str | os.PathLike, on_objects: Callable[[pd.DataFrame], None], writers, threads: int = 1) -> dict:
+    """Segment one image chunk by chunk, measure its nuclei and write its files.
+
+    Parameters
+    ----------
+    maps : (K, H, W) array-like of float
+    heads : list of str
+    image : (H, W[, C]) array-like or None
+        Intensities for the measurements (read window by window).
+    image_id : str
+    settings : SegmentSettings
+    scratch : path-like
+        Folder for a temporary label store (large images).
+    on_objects : callable
+        Called with each chunk's object table (:data:`nucseg.measure.COLUMNS` after ``image_id``).
+    writers : nucseg.outputs.ImageWriters
+        Receives each chunk's objects (GeoJSON) and the finished label image (TIFF, OME-Zarr).
+    threads : int
+
+    Returns
+    -------
+    dict
+        The image's row of the per-image table (:data:`nucseg.measure.IMAGE_COLUMNS`).
+    """
+    height, width = maps.shape[1:]
+    summary = ImageSummary(image_id, height, width)
+    with label_canvas((height, width), scratch) as canvas, writers.geojson(image_id) as features:
+        for result in segment_map(maps, heads, settings, threads):
+            result.paste(canvas)
+            if not result.count:
+                continue
+            grey = None if image is None else np.asarray(image[result.window])
+            table = measure_objects(result.labels, grey, offset=(result.window[0].start, result.window[1].start))
+            features(result, table)
+            table["label"] += result.offset
+            table.insert(0, "image_id", image_id)
+            summary.add(table)
+            on_objects(table)
+        row = summary.row()
+        writers.labels(image_id, canvas, row["count"], image)
+    log.info("%s: %d nuclei (%d x %d px)", image_id, row["count"], height, width)
+    return row
+
+
+def segment_dataset(pred_zarr: str | os.PathLike, images_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_dir: str | os.PathLike, objects_csv: str | os.PathLike, settings: SegmentSettings, images_csv: str | os.PathLike | None = None, ome_zarr_dir: str | os.PathLike | None = None, geojson_dir: str | os.PathLike | None = None, threads: int = 1) -> pd.DataFrame:
+    """Segment stage for a dataset: label TIFFs, OME-Zarr, GeoJSON, object and image tables.
+
+    Parameters
+    ----------
+    pred_zarr : path-like
+        Probability maps: one (K, H, W) float array per image id, attribute ``heads``.
+    images_zarr : path-like
+        Full-size store with ``images/<id>`` (intensities for the measurements and the OME-Zarr image).
+    index_csv : path-like
+        Its index (``image_id`` column).
+    out_dir : path-like
+        Folder of label TIFFs ``<id>.tif`` (empty with ``settings.tiff`` false).
+    objects_csv : path-like
+        Per-nucleus table (``image_id`` + :data:`nucseg.measure.COLUMNS`), written as it goes.
+    settings : SegmentSettings
+    images_csv : path-like, optional
+        Per-image table (:data:`nucseg.measure.IMAGE_COLUMNS`).
+    ome_zarr_dir, geojson_dir : path-like, optional
+        Folders of ``<id>.ome.zarr`` and ``<id>.geojson`` (empty when switched off or not given).
+    threads : int
+        Chunks segmented at once, and dask's threads for the OME-Zarr pyramids.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The per-image table.
+    """
+    from nucseg.outputs import ImageWriters
+
     ids = pd.read_csv(index_csv, dtype={"image_id": str})["image_id"].tolist()
     preds = zarr.open_group(pred_zarr, mode="r")
-    heads = list(preds.attrs["heads"])
+    heads = list(preds.attrs.get("heads", []))
+    if "body" not in heads:
+        raise ValueError(f"{pred_zarr}: the prediction store names no 'body' channel in its 'heads' attribute ({heads})")
+    if settings.method == "border" and "border" not in heads:
+        log.info("method 'border': the model has no border head (heads %s), so the paper's method runs", heads)
     images = zarr.open_group(images_zarr, mode="r")["images"]
-    tables = []
-    with atomic_dir(out_dir, overwrite=True) as tmp:
-        for image_id in ids:
-            maps = preds[image_id][:]
-            border = maps[heads.index("border")] if "border" in heads else None
-            labels = segment_probability(maps[heads.index("body")], settings, border)
-            write_labels(Path(tmp) / f"{image_id}.tif", labels)
-            table = measure_objects(labels, images[image_id][:])
-            table.insert(0, "image_id", image_id)
-            tables.append(table)
-            log.info("%s: %d nuclei", image_id, int(labels.max()))
-    objects = pd.concat(tables, ignore_index=True)
-    write_csv(objects, objects_csv)
-    return objects
+    rows = []
+    with contextlib.ExitStack() as stack:
+        labels_tmp = stack.enter_context(atomic_dir(out_dir, overwrite=True))
+        ome_tmp = stack.enter_context(atomic_dir(ome_zarr_dir, overwrite=True)) if ome_zarr_dir is not None else None
+        geo_tmp = stack.enter_context(atomic_dir(geojson_dir, overwrite=True)) if geojson_dir is not None else None
+        objects_tmp = stack.enter_context(atomic_file(objects_csv))
+        writers = ImageWriters(labels_tmp if settings.tiff else None, ome_tmp if settings.ome_zarr else None, geo_tmp if settings.geojson else None, threads=threads)
+        with open(objects_tmp, "w", newline="") as table_file:
+            table_file.write(",".join(["image_id", *COLUMNS]) + "\n")
+            for image_id in ids:
+                if image_id not in preds:
+                    raise ValueError(f"{pred_zarr}: no probability map for image {image_id!r} of {index_csv}")
+                maps = preds[image_id]
+                if maps.shape[1:] != images[image_id].shape[:2]:
+                    raise ValueError(f"{pred_zarr}: map of {image_id!r} has shape {maps.shape}, the image {images[image_id].shape}")
+                rows.append(segment_image(maps, heads, images[image_id], image_id, settings, Path(objects_tmp).parent, lambda t: t.to_csv(table_file, header=False, index=False), writers, threads))
+    table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
+    if images_csv is not None:
+        write_csv(table, images_csv)
+    return table

@@ -1,15 +1,21 @@
 rule segment:
-    # Otsu + hole filling + distance-transform markers + watershed -> label TIFFs, object table.
+    # Otsu + hole filling + distance-transform markers + watershed (method paper), seeds cut by
+    # the border head (method border), chunk by chunk -> per image a label TIFF, an OME-Zarr
+    # (image + labels) and GeoJSON outlines (each switchable off), and the object and image tables.
     input:
         pred=f"{RESULTS}/predictions/{{model}}/{{dataset}}.zarr",
         zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
         index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",
     output:
         labels=directory(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/labels"),
+        ome_zarr=directory(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/ome_zarr"),
+        geojson=directory(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/geojson"),
         objects=f"{RESULTS}/segmentation/{{model}}/{{dataset}}/objects.csv",
+        images=f"{RESULTS}/segmentation/{{model}}/{{dataset}}/images.csv",
     params:
         settings=settings("segment"),
-        code=nucseg.code_hash("postprocess", "measure", "imageio", "files"),
+        code=nucseg.code_hash("postprocess", "measure", "outputs", "imageio", "files"),
+    threads: 2
     log:
         f"{LOGS}/segment/{{model}}/{{dataset}}.log",
     benchmark:

@@ -7,11 +7,13 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import zarr
 
 from nucseg.imageio import read_labels
-from nucseg.measure import COLUMNS
-from nucseg.postprocess import SegmentSettings, foreground_threshold, segment_dataset, segment_probability
+from nucseg.measure import COLUMNS, IMAGE_COLUMNS
+from nucseg.outputs import write_label_tiff
+from nucseg.postprocess import SegmentSettings, foreground_threshold, map_statistics, segment_dataset, segment_map, segment_probability, use_border
 from nucseg.preprocess import preprocess_fullsize
 
 SHAPE = (64, 64)
@@ -131,6 +133,9 @@ def test_labels_are_consecutive_with_many_objects():
         (dict(otsu_bounds=(0.5, 1.1)), "otsu_bounds"),
         (dict(min_size=-1), "min_size must be >= 0 .* got -1"),
         (dict(marker_spacing=0), "marker_spacing > 0, got .*, 0"),
+        (dict(method="winner"), re.escape("segment method must be one of ('paper', 'border'), got 'winner'")),
+        (dict(chunk=32), "chunk must be >= 64 .* got chunk=32"),
+        (dict(overlap=-1), "overlap=-1"),
     ],
 )
 def test_settings_validation(kwargs, message):
@@ -161,6 +166,147 @@ def test_bad_shapes_are_named():
         segment_probability(np.zeros(SHAPE), SegmentSettings(), border=np.zeros((64, 63)))
 
 
+# ---------------------------------------------------------------- methods
+
+
+def test_method_paper_ignores_the_border_map():
+    """method paper on a body + border map gives the body-only result (the border is not used)."""
+    prob = probability(LEFT | RIGHT)
+    border = np.zeros(SHAPE, np.float32)
+    border[:, 30:34] = 1.0  # would split everything at the contact line and beyond
+    paper = segment_probability(prob, SegmentSettings(method="paper"), border=border)
+    np.testing.assert_array_equal(paper, segment_probability(prob, SegmentSettings(method="paper")))
+    assert not np.array_equal(paper, segment_probability(prob, SegmentSettings(method="border"), border=border))
+
+
+def test_method_border_without_a_border_head_runs_paper():
+    prob = probability(LEFT | RIGHT)
+    np.testing.assert_array_equal(segment_probability(prob, SegmentSettings(method="border")), segment_probability(prob, SegmentSettings(method="paper")))
+    assert use_border(SegmentSettings(method="border"), ["body"]) is False
+    assert use_border(SegmentSettings(method="border"), ["body", "border"]) is True
+    assert use_border(SegmentSettings(method="paper"), ["body", "border"]) is False
+
+
+# ---------------------------------------------------------------- chunk by chunk
+
+
+def real_mosaic(shared_data, n=4):
+    """A real 2048 x 2048 label mosaic (the 512 x 512 fixture rotated 16 ways) and maps from it:
+    body = the foreground smoothed, border = the touching borders between nuclei smoothed."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+
+    truth = tifffile.imread(shared_data / "fixtures/dsb2018_fluo_512_uint16_labels.tif")
+    mosaic = np.block([[np.rot90(truth, (i + j) % 4) for j in range(n)] for i in range(n)])
+    body = ndi.gaussian_filter((mosaic > 0).astype(np.float32), 1.5)
+    touching = find_boundaries(mosaic, mode="inner") & (ndi.grey_dilation(mosaic, 3) != ndi.grey_erosion(np.where(mosaic > 0, mosaic, 65535), 3)) & (mosaic > 0)
+    border = ndi.gaussian_filter(touching.astype(np.float32), 1.0)
+    return mosaic, body, border
+
+
+def assert_same_objects(a: np.ndarray, b: np.ndarray) -> None:
+    """Every object of ``a`` is exactly one object of ``b`` (numbers may differ), and background agrees."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+    assert ((pairs[0] == 0) == (pairs[1] == 0)).all()
+
+
+@pytest.mark.parametrize("heads", [("body",), ("body", "border")])
+def test_chunked_equals_whole_image_on_a_real_mosaic(shared_data, heads):
+    """2048 x 2048 cut into 384-pixel chunks (chunk borders through many nuclei): the same
+    nuclei as one whole-image pass, numbered 1..N without gaps, each whole."""
+    _, body, border = real_mosaic(shared_data)
+    maps = np.stack([body, border][: len(heads)]).astype(np.float16)  # the predict stage's dtype
+    whole = segment_probability(maps[0], SegmentSettings(), None if len(heads) == 1 else maps[1])
+    chunked = np.zeros(body.shape, np.uint32)
+    results = list(segment_map(maps, heads, SegmentSettings(chunk=384, overlap=128)))
+    assert len(results) == 36
+    for result in results:
+        result.paste(chunked)
+    assert whole.max() > 1500
+    assert_consecutive_uint32(chunked, int(whole.max()))
+    assert_same_objects(whole, chunked)
+
+
+def test_chunked_map_read_from_zarr_with_threads(tmp_path, shared_data):
+    """A float16 zarr map in 256-pixel chunks, segmented with two threads in 512-pixel chunks:
+    the same nuclei as in memory, in the same order (results come in chunk order)."""
+    _, body, _ = real_mosaic(shared_data, n=2)
+    store = zarr.create_array(tmp_path / "map.zarr", shape=(1,) + body.shape, chunks=(1, 256, 256), dtype=np.float16)
+    store[0] = body
+    settings = SegmentSettings(chunk=512, overlap=128)
+    out = [np.zeros(body.shape, np.uint32) for _ in range(2)]
+    for result in segment_map(store, ["body"], settings, threads=2):
+        result.paste(out[0])
+    for result in segment_map(store[:], ["body"], settings, threads=1):
+        result.paste(out[1])
+    np.testing.assert_array_equal(out[0], out[1])
+    assert_same_objects(out[0], segment_probability(store[0], SegmentSettings()))
+
+
+def test_statistics_are_whole_image_not_per_chunk():
+    """A bright left chunk and a dim nucleus alone in the right chunk: the whole map's Otsu
+    threshold (0.3604, bin centre above 0.36) leaves the dim nucleus out in every chunk, while
+    the right chunk's own threshold (clipped up to 0.3) would keep it."""
+    prob = np.zeros((128, 256), np.float32)
+    prob[14:114, 14:114] = 0.9
+    prob[54:74, 170:190] = 0.36
+    threshold, spacing = map_statistics(prob[None], 0, SegmentSettings())
+    assert threshold == pytest.approx(102.5 * 0.9 / 256)
+    assert spacing == round(0.5 * np.sqrt(10000 / np.pi))
+    labels = np.zeros(prob.shape, np.uint32)
+    for result in segment_map(prob[None], ["body"], SegmentSettings(chunk=128, overlap=16)):
+        result.paste(labels)
+    assert labels.max() == 1 and labels[60, 60] == 1 and labels[60, 180] == 0
+    assert map_statistics(prob[None, :, 128:], 0, SegmentSettings())[0] == pytest.approx(0.3)
+    assert segment_probability(prob[:, 128:], SegmentSettings())[60, 52] == 1
+
+
+def test_otsu_equals_skimage_on_the_whole_map():
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(0)
+    prob = np.clip(rng.normal(0.45, 0.2, (3000, 2100)), 0, 1).astype(np.float32)  # two blocks wide and tall
+    assert foreground_threshold(prob, SegmentSettings(otsu_bounds=(0, 1))) == pytest.approx(float(threshold_otsu(prob)), abs=0)
+
+
+def test_objects_wider_than_the_overlap_are_reported(caplog):
+    prob = np.zeros((256, 256), np.float32)
+    prob[100:160, 20:200] = 0.9  # 180 pixels wide, over a chunk border, overlap 16
+    with caplog.at_level("WARNING"):
+        for _ in segment_map(prob[None], ["body"], SegmentSettings(chunk=128, overlap=16)):
+            pass
+    assert "wider than segment.overlap (16 px)" in caplog.text
+
+
+@pytest.mark.slow
+def test_more_than_65535_nuclei_are_numbered_uint32(tmp_path):
+    """Regression guard for label overflow: 69,696 squares in 512-pixel chunks get unique labels
+    1..69696 and the TIFF is uint32."""
+    side, step = 1584, 6
+    prob = np.zeros((side, side), np.float32)
+    for dy in range(4):
+        for dx in range(4):
+            prob[dy::step, dx::step] = 0.9
+    labels = np.zeros(prob.shape, np.uint32)
+    for result in segment_map(prob[None], ["body"], SegmentSettings(chunk=512, overlap=16, min_size=4)):
+        result.paste(labels)
+    n = (side // step) ** 2
+    assert n > 65535
+    assert_consecutive_uint32(labels, n)
+    write_label_tiff(tmp_path / "many.tif", labels, n)
+    back = read_labels(tmp_path / "many.tif")
+    assert back.dtype == np.uint32
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_bad_maps_are_named():
+    with pytest.raises(ValueError, match=re.escape("expected a (K, H, W) map with K = 2 channels ['body', 'border'], got shape (1, 8, 8)")):
+        list(segment_map(np.zeros((1, 8, 8)), ["body", "border"], SegmentSettings()))
+    with pytest.raises(ValueError, match="no 'body' channel"):
+        list(segment_map(np.zeros((1, 8, 8)), ["border"], SegmentSettings()))
+
+
 # ---------------------------------------------------------------- segment stage
 
 
@@ -183,16 +329,32 @@ def write_stage_inputs(tmp_path, make_dataset, image_ids, heads=("body",)):
 @pytest.mark.parametrize("heads", [("body",), ("border", "body")])
 def test_segment_dataset_writes_labels_and_objects(tmp_path, make_dataset, heads):
     pred, full, index = write_stage_inputs(tmp_path, make_dataset, ["img_a", "img_b"], heads)
-    objects = segment_dataset(pred, full, index, tmp_path / "labels", tmp_path / "objects.csv", SegmentSettings())
-    assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == ["img_a.tif", "img_b.tif"]
+    out = {name: tmp_path / name for name in ("labels", "ome_zarr", "geojson")}
+    per_image = segment_dataset(pred, full, index, out["labels"], tmp_path / "objects.csv", SegmentSettings(), images_csv=tmp_path / "images.csv", ome_zarr_dir=out["ome_zarr"], geojson_dir=out["geojson"])
+    assert sorted(p.name for p in out["labels"].iterdir()) == ["img_a.tif", "img_b.tif"]
+    assert sorted(p.name for p in out["ome_zarr"].iterdir()) == ["img_a.ome.zarr", "img_b.ome.zarr"]
+    assert sorted(p.name for p in out["geojson"].iterdir()) == ["img_a.geojson", "img_b.geojson"]
     for i in ["img_a", "img_b"]:
-        labels = read_labels(tmp_path / "labels" / f"{i}.tif")
-        assert labels.max() == 2
+        labels = read_labels(out["labels"] / f"{i}.tif")
+        assert labels.max() == 2 and labels.dtype == np.uint16
         assert_one_label_per_disc(labels, [LEFT, RIGHT])
+    objects = pd.read_csv(tmp_path / "objects.csv")
     assert list(objects.columns) == ["image_id", *COLUMNS]
     assert objects["image_id"].tolist() == ["img_a", "img_a", "img_b", "img_b"]
+    assert objects["label"].tolist() == [1, 2, 1, 2]
     assert objects["mean_intensity"].tolist() == pytest.approx([200.0] * 4)
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "objects.csv"), objects)
+    assert list(per_image.columns) == IMAGE_COLUMNS
+    assert per_image["count"].tolist() == [2, 2]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "images.csv"), per_image)
+
+
+def test_segment_dataset_outputs_switched_off(tmp_path, make_dataset):
+    pred, full, index = write_stage_inputs(tmp_path, make_dataset, ["img_a"])
+    out = {name: tmp_path / name for name in ("labels", "ome_zarr", "geojson")}
+    settings = SegmentSettings(tiff=False, ome_zarr=False, geojson=False)
+    segment_dataset(pred, full, index, out["labels"], tmp_path / "objects.csv", settings, images_csv=tmp_path / "images.csv", ome_zarr_dir=out["ome_zarr"], geojson_dir=out["geojson"])
+    assert all(folder.is_dir() and not any(folder.iterdir()) for folder in out.values())
+    assert len(pd.read_csv(tmp_path / "objects.csv")) == 2
 
 
 def test_segment_dataset_keeps_numeric_looking_ids(tmp_path, make_dataset):
@@ -200,3 +362,12 @@ def test_segment_dataset_keeps_numeric_looking_ids(tmp_path, make_dataset):
     pred, full, index = write_stage_inputs(tmp_path, make_dataset, ["001", "002"])
     segment_dataset(pred, full, index, tmp_path / "labels", tmp_path / "objects.csv", SegmentSettings())
     assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == ["001.tif", "002.tif"]
+
+
+def test_segment_dataset_names_a_missing_map(tmp_path, make_dataset):
+    pred, full, index = write_stage_inputs(tmp_path, make_dataset, ["img_a"])
+    with open(index, "a") as f:
+        f.write("img_z" + "," * (len(pd.read_csv(index).columns) - 1) + "\n")
+    with pytest.raises(ValueError, match="no probability map for image 'img_z'"):
+        segment_dataset(pred, full, index, tmp_path / "labels", tmp_path / "objects.csv", SegmentSettings())
+    assert not (tmp_path / "labels").exists() and not (tmp_path / "objects.csv").exists()

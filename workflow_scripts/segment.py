@@ -10,5 +10,9 @@ segment_dataset(
     index_csv=snakemake.input.index,  # noqa: F821
     out_dir=snakemake.output.labels,  # noqa: F821
     objects_csv=snakemake.output.objects,  # noqa: F821
+    images_csv=snakemake.output.images,  # noqa: F821
+    ome_zarr_dir=snakemake.output.ome_zarr,  # noqa: F821
+    geojson_dir=snakemake.output.geojson,  # noqa: F821
     settings=SegmentSettings(**snakemake.params.settings),  # noqa: F821
+    threads=snakemake.threads,  # noqa: F821
 )
