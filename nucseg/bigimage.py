@@ -119,6 +119,35 @@ class LazyImage:
         return window[np.ix_(index_y - y0, index_x - x0)]
 
 
+    def rgb(self) -> "RGBView":
+        """The image as a read-only ``(H, W, 3) uint8`` array-like, sliced lazily (dask, measurements)."""
+        return RGBView(self)
+
+
+class RGBView:
+    """``(H, W, 3) uint8`` array-like over a :class:`LazyImage`: ``view[rows, cols(, channels)]``
+    with slices reads only that window."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, image: LazyImage) -> None:
+        self.image = image
+        self.shape = tuple(image.shape) + (3,)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        rows, cols, channels = (tuple(key) + (slice(None),) * 3)[:3]
+        if not (isinstance(rows, slice) and isinstance(cols, slice)) or rows.step not in (None, 1) or cols.step not in (None, 1):
+            raise TypeError(f"{self.image.name}: lazy images are sliced by unit-step row and column slices, got {key}")
+        h, w = self.image.shape
+        return self.image.read(slice(*rows.indices(h)), slice(*cols.indices(w)))[:, :, channels]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:, :]
+        return whole if dtype is None else whole.astype(dtype)
+
+
 @dataclass(frozen=True)
 class ImageStatistics:
     """Whole-image statistics for normalisation.

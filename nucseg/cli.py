@@ -2,9 +2,14 @@
 
 Examples
 --------
-Segment your own images with a trained model folder::
+Segment your own images with a trained model folder (any size: large TIFF and zarr images
+are read tile by tile)::
 
-    nucseg segment --model results/model --out my_labels/ img1.png img2.tif
+    nucseg segment --model results/model/resunet --out my_labels/ img1.png img2.tif
+
+Probability maps only, as a zarr group::
+
+    nucseg predict --model results/model/resunet --out maps.zarr slide.ome.tif
 
 Score a label image against its ground truth::
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -26,30 +32,141 @@ from nucseg import __version__
 log = logging.getLogger(__name__)
 
 
+#: Suffixes stripped whole from an input's name to make its output name.
+_LONG_SUFFIXES = (".ome.zarr", ".ome.tiff", ".ome.tif")
+
+
+def _stem_and_ext(path: Path) -> tuple[str, str]:
+    lower = path.name.lower()
+    for suffix in _LONG_SUFFIXES:
+        if lower.endswith(suffix):
+            return path.name[: -len(suffix)], suffix[1:].replace(".", "_")
+    return path.stem, path.suffix[1:].lower().replace(".", "_")
+
+
+def output_names(images: list[str], out: Path, suffixes: tuple[str, ...] = (".tif", ".ome.zarr", ".geojson")) -> list[str]:
+    """Output name (without suffix) of each input image: ``<stem>``; ``<stem>_<ext>`` (``a_tif``,
+    ``a_png``) when several inputs share the stem with different extensions or ``<out>/<stem>.tif``
+    would be an input itself; ``<stem>_<n>`` (1, 2, ... in command-line order) when they share the
+    extension too (same name in different folders).
+
+    Raises
+    ------
+    ValueError
+        Some output would still overwrite an input (named), or two would coincide.
+    """
+    paths = [Path(p) for p in images]
+    inputs = {p.resolve() for p in paths}
+    parts = [_stem_and_ext(p) for p in paths]
+    stems = [stem for stem, _ in parts]
+    names = []
+    for i, (stem, ext) in enumerate(parts):
+        same = [j for j, s in enumerate(stems) if s == stem]
+        if len(same) > 1 and len({parts[j][1] for j in same}) < len(same):
+            names.append(f"{stem}_{same.index(i) + 1}")
+        elif len(same) > 1 or any((out / f"{stem}{suffix}").resolve() in inputs for suffix in suffixes):
+            names.append(f"{stem}_{ext}")
+        else:
+            names.append(stem)
+    for name, path in zip(names, paths):
+        clash = [out / f"{name}{suffix}" for suffix in suffixes if (out / f"{name}{suffix}").resolve() in inputs]
+        if clash or names.count(name) > 1:
+            raise ValueError(f"{path}: its output name {name!r} would overwrite {clash[0] if clash else 'another output'}; rename the input or choose another --out")
+    return names
+
+
+def _predict_settings(args: argparse.Namespace):
+    from nucseg.infer import PredictSettings
+
+    return PredictSettings(tta=args.tta, tile=args.tile, margin=args.margin, batch=args.batch, engine=args.engine, device=args.device)
+
+
+def _open_predictor(args: argparse.Namespace):
+    """The model (``--model``, else the shipped pretrained one) ready to predict."""
+    from nucseg import PRETRAINED_MODEL
+    from nucseg.infer import open_predictor
+
+    model = args.model or PRETRAINED_MODEL
+    if args.model is None and not (Path(model) / "config.json").is_file():
+        raise ValueError(f"no --model given and no pretrained model at {model}: pass --model <folder of a trained model>")
+    return model, open_predictor(model, _predict_settings(args), args.threads)
+
+
+def _predict_maps(predictor, image, group, name: str, settings):
+    """Predict part of ``nucseg segment``/``predict``: one image's maps into ``group[name]`` (float16 zarr)."""
+    from nucseg.infer import predict_to_zarr
+
+    return predict_to_zarr(predictor, image, group, name, settings)
+
+
+def _segment_maps(maps, heads: list[str], image, image_id: str, settings, out: Path, tables: list, writers) -> dict:
+    """Segment part of ``nucseg segment``: labels, measurements and files of one image from its maps."""
+    from nucseg.postprocess import segment_image
+
+    return segment_image(maps, heads, image.rgb(), image_id, settings, out, tables.append, writers)
+
+
+def _each_image(args: argparse.Namespace, out: Path, step) -> None:
+    """Open each input and call ``step(path, name, image)``; an unreadable input is reported
+    and skipped, and a ValueError naming all of them is raised at the end."""
+    from nucseg.bigimage import open_image
+
+    names = output_names(args.images, out)
+    failed = []
+    for path, name in zip(args.images, names):
+        try:
+            image = open_image(path)
+        except (ValueError, TypeError) as exc:
+            log.error("skipped: %s", exc)
+            failed.append(path)
+            continue
+        step(path, name, image)
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(names)} inputs could not be read and were skipped: {', '.join(map(str, failed))}")
+
+
 def _segment(args: argparse.Namespace) -> None:
+    import tempfile
+
+    import zarr
+
     from nucseg.files import write_csv
-    from nucseg.imageio import read_image
-    from nucseg.infer import PredictSettings, predict_image
     from nucseg.measure import COLUMNS, IMAGE_COLUMNS
     from nucseg.outputs import ImageWriters
-    from nucseg.postprocess import SegmentSettings, segment_image
-    from nucseg.model import choose_device, load_model
+    from nucseg.postprocess import SegmentSettings
 
-    device = choose_device(args.device)
-    model, config = load_model(args.model, device)
-    heads = list(model.config.heads)
-    settings = SegmentSettings(threshold=args.threshold if args.threshold == "otsu" else float(args.threshold))
+    settings = SegmentSettings(threshold=args.threshold)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    model, predictor = _open_predictor(args)
+    predict_settings = _predict_settings(args)
     tables, rows = [], []
     writers = ImageWriters(out, out, out)  # <name>.tif, <name>.ome.zarr, <name>.geojson
-    for path in map(Path, args.images):
-        image = read_image(path)
-        maps = predict_image(model, image, PredictSettings(tta=args.tta, device=args.device), config.get("normalize"), device)
-        rows.append(segment_image(maps, heads, image, path.stem, settings, out, tables.append, writers))
-        log.info("%s: %d nuclei -> %s/%s.{tif,ome.zarr,geojson}", path, rows[-1]["count"], out, path.stem)
-    write_csv(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["image_id", *COLUMNS]), out / "objects.csv")
-    write_csv(pd.DataFrame(rows, columns=IMAGE_COLUMNS), out / "images.csv")
+    with tempfile.TemporaryDirectory(dir=out, prefix=".nucseg-") as scratch:
+        maps_group = zarr.open_group(Path(scratch) / "maps.zarr", mode="w")
+
+        def step(path, name, image):
+            maps = _predict_maps(predictor, image, maps_group, name, predict_settings)
+            rows.append(_segment_maps(maps, predictor.heads, image, name, settings, Path(scratch), tables, writers))
+            log.info("%s: %d nuclei -> %s/%s.{tif,ome.zarr,geojson}", path, rows[-1]["count"], out, name)
+
+        try:
+            _each_image(args, out, step)
+        finally:  # the tables always match the label images written
+            write_csv(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["image_id", *COLUMNS]), out / "objects.csv")
+            write_csv(pd.DataFrame(rows, columns=IMAGE_COLUMNS), out / "images.csv")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from nucseg.files import atomic_dir
+    from nucseg.infer import open_output_group
+
+    out = Path(args.out)
+    model, predictor = _open_predictor(args)
+    settings = _predict_settings(args)
+    with atomic_dir(out, overwrite=True) as tmp:
+        group = open_output_group(tmp, predictor, model, settings)
+        _each_image(args, out.parent, lambda path, name, image: _predict_maps(predictor, image, group, name, settings))
 
 
 def _score(args: argparse.Namespace) -> None:
@@ -57,7 +174,9 @@ def _score(args: argparse.Namespace) -> None:
     from nucseg.metrics import evaluate_image
 
     scores = evaluate_image(read_labels(args.truth), read_labels(args.prediction))
-    json.dump(scores, sys.stdout, indent=2)
+    # JSON has no NaN: a score without a defined value (no objects to divide by) is null
+    scores = {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in scores.items()}
+    json.dump(scores, sys.stdout, indent=2, allow_nan=False)
     sys.stdout.write("\n")
 
 
@@ -77,18 +196,55 @@ def _export_bioimageio(args: argparse.Namespace) -> None:
         log.info("%s: bioimageio.core's model test passed (%d checks)", package, len(summary["details"]))
 
 
+def _threshold(text: str) -> str | float:
+    if text == "otsu":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'otsu' nor a probability between 0 and 1")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
+def _add_predict_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
+    from nucseg.infer import ENGINES, PredictSettings
+
+    defaults = PredictSettings()
+    parser.add_argument("images", nargs="+", help="PNG, JPEG, TIFF (8/16-bit, float, BigTIFF, tiled: read tile by tile), zarr or OME-Zarr images")
+    parser.add_argument("--model", default=None, help="model folder (results/model/<name> of a workflow run; default: the pretrained model shipped with nucseg)")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--tta", action="store_true", help="8-fold test-time augmentation (8x slower)")
+    parser.add_argument("--tile", type=_positive, default=defaults.tile, help=f"window stride in pixels, a multiple of 32 (default {defaults.tile}); lower it to fit a small GPU")
+    parser.add_argument("--margin", type=int, default=defaults.margin, help=f"half the blended overlap of windows, a multiple of 16 (default {defaults.margin})")
+    parser.add_argument("--batch", type=_positive, default=defaults.batch, help=f"windows per forward pass (default {defaults.batch}); raise it on a GPU")
+    parser.add_argument("--engine", default=defaults.engine, choices=ENGINES, help="eager: plain PyTorch; onnx: ONNX Runtime (CPU, faster); auto: onnx on CPU, eager on CUDA")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: PyTorch's, all cores)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nucseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"nucseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser("segment", help="predict and segment image files with a trained model folder")
-    seg.add_argument("images", nargs="+", help="PNG, JPEG or TIFF files")
-    seg.add_argument("--model", required=True, help="model folder (results/model of a workflow run)")
-    seg.add_argument("--out", required=True, help="folder for <name>.tif label images, <name>.ome.zarr, <name>.geojson, objects.csv and images.csv")
-    seg.add_argument("--threshold", default="otsu", help="'otsu' or a probability in (0, 1)")
-    seg.add_argument("--tta", action="store_true", help="8-fold test-time augmentation")
-    seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_predict_arguments(seg, "folder for <name>.tif label images, <name>.ome.zarr, <name>.geojson, objects.csv and images.csv")
+    seg.add_argument("--threshold", default="otsu", type=_threshold, help="'otsu' or a probability in (0, 1)")
     seg.set_defaults(func=_segment)
+    pred = sub.add_parser("predict", help="probability maps of image files as a zarr group (one float16 (K, H, W) array per image)")
+    _add_predict_arguments(pred, "the zarr group to write, e.g. maps.zarr")
+    pred.set_defaults(func=_predict)
     score = sub.add_parser("score", help="score a predicted label TIFF against a ground-truth label TIFF")
     score.add_argument("truth")
     score.add_argument("prediction")

@@ -1,0 +1,136 @@
+"""The command line, called for real (``nucseg.cli.main``) on real images with a real model folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+import zarr
+
+from nucseg import PRETRAINED_MODEL
+from nucseg.cli import main, output_names
+from nucseg.imageio import read_labels
+from nucseg.model import ModelConfig, ResUNet
+
+from .test_infer import FIXTURE, real_tiles, save_model_folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = ResUNet(ModelConfig(width=4, heads=("body", "border"))).eval()
+    return save_model_folder(model, tmp_path_factory.mktemp("model"), {"low": 1.0, "high": 99.8, "invert_dark": True})
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    """A folder with a.tif (the real 16-bit fluorescence fixture) and a.png (a real DSB image)."""
+    if not FIXTURE.is_file():
+        pytest.skip(f"{FIXTURE} not present (a fresh clone has no ../shared)")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(FIXTURE, folder / "a.tif")
+    tifffile.imwrite(folder / "a.png.tmp.tif", real_tiles(1)[0])  # decoded below into a PNG
+    from PIL import Image
+
+    Image.fromarray(tifffile.imread(folder / "a.png.tmp.tif")).save(folder / "a.png")
+    (folder / "a.png.tmp.tif").unlink()
+    return folder
+
+
+def cli(*args) -> int:
+    return main([str(a) for a in args])
+
+
+def test_output_names_never_overwrite_an_input(tmp_path):
+    out = tmp_path
+    assert output_names(["x/a.png", "x/b.tif"], out) == ["a", "b"]
+    # same stem, different extensions: <stem>_<ext>
+    assert output_names(["x/a.tif", "x/a.png"], out) == ["a_tif", "a_png"]
+    # same name in two folders: numbered in command-line order
+    assert output_names(["p1/a.png", "p2/a.png", "c.png"], out) == ["a_1", "a_2", "c"]
+    # the label TIFF would be the input itself (output folder = input folder)
+    (tmp_path / "a.tif").touch()
+    assert output_names([str(tmp_path / "a.tif")], out) == ["a_tif"]
+    assert output_names(["x/s.ome.tif", "x/z.ome.zarr"], out) == ["s", "z"]
+    # an input named like another input's output is refused, naming both
+    (tmp_path / "b_tif.tif").touch()
+    (tmp_path / "b.tif").touch()
+    with pytest.raises(ValueError, match="b_tif.tif"):
+        output_names([str(tmp_path / "b.tif"), str(tmp_path / "b_tif.tif")], out)
+
+
+def test_segment_into_the_input_folder_keeps_the_inputs(model_dir, images):
+    """Issue 10: output folder = input folder, and a.tif beside a.png: both get their own labels,
+    no input is touched, and the objects table names exactly the label images written."""
+    before = {p.name: p.read_bytes() for p in images.iterdir()}
+    assert cli("segment", "--model", model_dir, "--out", images, "--tile", 128, "--margin", 32, "--batch", 2, images / "a.tif", images / "a.png") == 0
+    assert {p.name: p.read_bytes() for p in images.iterdir() if p.name in before} == before
+    for name, size in (("a_tif", 512), ("a_png", 256)):
+        assert read_labels(images / f"{name}.tif").shape == (size, size)
+    objects = pd.read_csv(images / "objects.csv", dtype={"image_id": str})
+    per_image = pd.read_csv(images / "images.csv", dtype={"image_id": str})
+    assert set(per_image["image_id"]) == {"a_tif", "a_png"}
+    for name in ("a_tif", "a_png"):
+        assert (objects["image_id"] == name).sum() == len(np.setdiff1d(read_labels(images / f"{name}.tif"), [0]))
+
+
+def test_unreadable_input_is_skipped_reported_and_fails_the_run(model_dir, images, tmp_path, caplog):
+    broken = images / "broken.png"
+    broken.write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    assert cli("segment", "--model", model_dir, "--out", out, "--engine", "eager", images / "a.png", broken, images / "missing.tif") == 1
+    assert "broken.png" in caplog.text and "missing.tif" in caplog.text and "2 of 3 inputs" in caplog.text
+    written = sorted(p.stem for p in out.glob("*.tif"))
+    assert written == ["a"]
+    objects = pd.read_csv(out / "objects.csv", dtype={"image_id": str})
+    assert set(objects["image_id"]) <= {"a"} and (objects["image_id"] == "a").sum() == len(np.setdiff1d(read_labels(out / "a.tif"), [0]))
+
+
+def test_bad_threshold_names_the_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli("segment", "--out", "x", "--threshold", "abc", "a.png")
+    assert exc.value.code == 2
+    assert "argument --threshold: 'abc' is neither 'otsu' nor a probability" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_one_line_error(model_dir, images, tmp_path, caplog):
+    assert cli("segment", "--model", model_dir, "--out", tmp_path / "o", "--device", "cuda", images / "a.png") == 1
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "cuda" in errors[0].getMessage() and "\n" not in errors[0].getMessage()
+
+
+def test_missing_model_is_named(images, tmp_path, caplog):
+    assert cli("segment", "--model", tmp_path / "nothing", "--out", tmp_path / "o", images / "a.png") == 1
+    assert "nothing: not a readable nucseg model folder" in caplog.text
+    if not (Path(PRETRAINED_MODEL) / "config.json").is_file():
+        assert cli("segment", "--out", tmp_path / "o", images / "a.png") == 1
+        assert "no --model given and no pretrained model" in caplog.text
+
+
+def test_predict_writes_the_maps_contract(model_dir, images, tmp_path):
+    """``nucseg predict`` writes what the workflow's predict rule writes, for files."""
+    out = tmp_path / "maps.zarr"
+    assert cli("predict", "--model", model_dir, "--out", out, "--engine", "eager", images / "a.tif") == 0
+    root = zarr.open_group(out, mode="r")
+    assert root.attrs["heads"] == ["body", "border"] and root.attrs["tta"] is False and root.attrs["engine"] == "eager"
+    assert root["a"].shape == (2, 512, 512) and root["a"].dtype == np.float16
+
+
+def test_score_prints_json_without_nan(tmp_path, capsys):
+    """An empty prediction against an empty truth has undefined ratios: null, never NaN (not JSON)."""
+    empty = np.zeros((20, 20), np.uint16)
+    tifffile.imwrite(tmp_path / "t.tif", empty)
+    tifffile.imwrite(tmp_path / "p.tif", empty)
+    assert cli("score", tmp_path / "t.tif", tmp_path / "p.tif") == 0
+    text = capsys.readouterr().out
+    assert "NaN" not in text
+    scores = json.loads(text)
+    assert isinstance(scores, dict) and scores
