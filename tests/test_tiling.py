@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from nucseg import tiling
-from nucseg.tiling import crop_padding, iter_tiles, pad_to_multiple, process_tiled, tile_starts
+from nucseg.tiling import crop_padding, mirror_index, pad_to_multiple, plan_windows, process_tiled, ramp_weights, stream_tiled, window_starts
 
 SHAPES = [(1, 1), (31, 31), (32, 32), (33, 33), (100, 7), (7, 100), (64, 100), (1, 1, 3), (33, 5, 2), (100, 7, 3)]
 
@@ -86,74 +86,115 @@ def test_crop_padding_on_other_axes():
     np.testing.assert_array_equal(crop_padding(padded, ((12, 12), (7, 7)), axes=(1, 2)), a)
 
 
-def test_tile_starts_and_iter_tiles_cover_exactly():
-    assert tile_starts(10, 4) == [(0, 4), (4, 8), (8, 10)]
-    assert tile_starts(8, 4) == [(0, 4), (4, 8)]
-    seen = np.zeros((10, 7), int)
-    for read, core, inner in iter_tiles((10, 7), tile=4, margin=2):
-        seen[core] += 1
-        # the core inside the read box is the core inside the image
-        r = np.arange(70).reshape(10, 7)[read]
-        np.testing.assert_array_equal(r[inner], np.arange(70).reshape(10, 7)[core])
-    assert (seen == 1).all()
+def test_mirror_index_is_numpys_symmetric_padding():
+    for n, before, after in [(1, 15, 16), (3, 2, 4), (5, 40, 3), (100, 14, 14), (7, 0, 0)]:
+        a = np.arange(n)
+        np.testing.assert_array_equal(a[mirror_index(n, before, after)], np.pad(a, (before, after), mode="symmetric"))
 
 
-def identity(block: np.ndarray) -> np.ndarray:
-    return np.moveaxis(block, -1, 0)
+def test_windows_cover_the_padded_image_on_the_32_grid():
+    for shape, tile, margin in [((2048, 2048), 1024, 128), ((1000, 333), 256, 64), ((5, 3), 32, 16), ((700, 90), 64, 0)]:
+        pads, windows = plan_windows(shape, tile, margin)
+        padded = [n + a + b for n, (a, b) in zip(shape, pads)]
+        seen = np.zeros(padded, int)
+        for w in windows:
+            assert w.y % 32 == 0 and w.x % 32 == 0 and w.h % 32 == 0 and w.w % 32 == 0
+            assert w.h <= tile + 2 * margin and w.y + w.h <= padded[0] and w.x + w.w <= padded[1]
+            assert w.weight.shape == (w.h, w.w) and w.weight.min() > 0
+            seen[w.y : w.y + w.h, w.x : w.x + w.w] += 1
+        assert seen.min() >= 1
+    assert window_starts(2048, 1024, 128) == ([0, 768], 1280)
+
+
+def test_overlapping_ramps_sum_to_one():
+    """Two regular neighbours overlap by 2 * margin, where their weights add up to exactly 1."""
+    ramp = 2 * 16
+    first = ramp_weights(64 + ramp, ramp, rise=False, fall=True)
+    second = ramp_weights(64 + ramp, ramp, rise=True, fall=False)
+    np.testing.assert_allclose(first[-ramp:] + second[:ramp], 1, atol=1e-6)
+    assert (first[:-ramp] == 1).all() and (second[ramp:] == 1).all()
+    assert np.all(np.diff(second[:ramp]) > 0)  # smooth rise, no step
+
+
+def identity(blocks: np.ndarray) -> np.ndarray:
+    return np.moveaxis(blocks, -1, 1)
 
 
 @pytest.mark.parametrize(
-    "shape, tile, margin",
+    "shape, tile, margin, batch",
     [
-        ((1, 1, 1), 64, 16),
-        ((20, 30, 2), 64, 16),  # smaller than one tile
-        ((100, 7, 1), 64, 16),  # fits tile + 2 * margin one way only
-        ((300, 250, 3), 64, 16),  # many tiles
-        ((97, 96, 1), 64, 16),  # one pixel more than tile + 2 * margin
-        ((130, 140, 2), 32, 8),
+        ((1, 1, 1), 64, 16, 1),
+        ((20, 30, 2), 64, 16, 2),  # smaller than one tile
+        ((100, 7, 1), 64, 16, 1),  # fits one window one way only
+        ((300, 250, 3), 64, 16, 3),  # many windows, batches across window rows
+        ((97, 96, 1), 64, 16, 1),  # one pixel more than a window
+        ((130, 140, 2), 32, 0, 4),  # no overlap: cut tiles
     ],
 )
-def test_process_tiled_identity_is_exact(shape, tile, margin):
+def test_process_tiled_identity_stitches_back_the_input(shape, tile, margin, batch):
     image = np.random.default_rng(2).random(shape).astype(np.float32)
     before = image.copy()
-    blocks = []
+    calls = []
 
-    def recording(block):
-        blocks.append(block.shape)
-        return identity(block)
+    def recording(blocks):
+        calls.append(blocks.shape)
+        return identity(blocks)
 
-    out = process_tiled(recording, image, n_out=shape[2], tile=tile, margin=margin)
+    out = process_tiled(recording, image, n_out=shape[2], tile=tile, margin=margin, batch=batch)
     assert out.dtype == np.float32 and out.shape == (shape[2], shape[0], shape[1])
-    np.testing.assert_array_equal(out, identity(image))
+    np.testing.assert_allclose(out, np.moveaxis(image, -1, 0), atol=1e-6)
     np.testing.assert_array_equal(image, before)
-    assert blocks and all(h % 32 == 0 and w % 32 == 0 and c == shape[2] for h, w, c in blocks)
-    whole = shape[0] <= tile + 2 * margin and shape[1] <= tile + 2 * margin
-    expected = 1 if whole else len(tile_starts(shape[0], tile)) * len(tile_starts(shape[1], tile))
-    assert len(blocks) == expected
+    assert all(b <= batch and h % 32 == 0 and w % 32 == 0 and c == shape[2] for b, h, w, c in calls)
+    n_windows = len(plan_windows(shape[:2], tile, margin)[1])
+    assert sum(b for b, *_ in calls) == n_windows and len(calls) == -(-n_windows // batch)
 
 
-def test_process_tiled_many_tiles_count_and_size():
-    blocks = []
-    process_tiled(lambda b: blocks.append(b.shape) or identity(b), np.zeros((300, 250, 1), np.float32), 1, tile=64, margin=16)
-    assert len(blocks) == 5 * 4  # ceil(300 / 64) x ceil(250 / 64)
-    assert max(h for h, _, _ in blocks) == 96 and min(h for h, _, _ in blocks) == 64  # 64 + 2*16; 44 + 16 -> 64
+def test_stream_hands_out_rows_in_order_in_chunk_multiples():
+    """The sink gets the result top to bottom in blocks of whole chunk rows (the last may be
+    shorter), each as soon as no later window touches it: never the whole image at once."""
+    image = np.random.default_rng(5).random((300, 200, 1)).astype(np.float32)
+    received = []
+    stream_tiled(identity, lambda r, c: image[np.ix_(r, c)], (300, 200), 1, lambda row, block: received.append((row, block.copy())), tile=64, margin=16, flush_rows=50)
+    rows = [row for row, _ in received]
+    assert rows == sorted(rows) and rows[0] == 0 and len(received) > 2
+    assert all(b.shape[1] % 50 == 0 for _, b in received[:-1])
+    np.testing.assert_allclose(np.concatenate([b for _, b in received], axis=1)[0], image[..., 0], atol=1e-6)
 
 
-def test_process_tiled_local_filter_has_no_seams():
-    """A filter whose reach is within the margin gives the same result tiled or whole."""
+def test_blending_leaves_no_seam_where_windows_disagree():
+    """A function whose output depends on the window (a constant per window, as a network's
+    drifts with its context) is stitched without steps: neighbouring pixels differ by at most
+    the ramp's slope times the difference between windows."""
+    rng = np.random.default_rng(6)
+    image = np.zeros((400, 400, 1), np.float32)
+    out = process_tiled(lambda blocks: np.broadcast_to(rng.random((len(blocks), 1, 1, 1)), (len(blocks), 1) + blocks.shape[1:3]).astype(np.float32), image, 1, tile=64, margin=32)
+    step = max(np.abs(np.diff(out[0], axis=0)).max(), np.abs(np.diff(out[0], axis=1)).max())
+    assert step < 0.06  # a cut between tiles would jump by up to 1; the sin^2 ramp over 64 px rises < 0.025 a pixel
+
+
+def test_process_tiled_local_filter_matches_whole_image_closely():
+    """A filter whose reach is far within the margin: tiled equals whole except for the few
+    pixels at window edges, which the blend weighs almost to nothing."""
     image = np.random.default_rng(3).random((150, 170, 1)).astype(np.float32)
 
-    def max5(block):
-        return ndi.maximum_filter(block[..., 0], size=5, mode="reflect")[None]
+    def max5(blocks):
+        return np.stack([ndi.maximum_filter(b[..., 0], size=5, mode="reflect")[None] for b in blocks])
 
-    tiled = process_tiled(max5, image, 1, tile=32, margin=8)
+    tiled = process_tiled(max5, image, 1, tile=32, margin=16)
     whole = process_tiled(max5, image, 1, tile=1024, margin=64)
-    np.testing.assert_array_equal(tiled, whole)
     np.testing.assert_array_equal(whole[0], ndi.maximum_filter(image[..., 0], size=5, mode="reflect"))
+    assert np.abs(tiled - whole).max() < 0.02
 
 
 def test_process_tiled_several_outputs():
     image = np.random.default_rng(4).random((70, 90, 1)).astype(np.float32)
-    out = process_tiled(lambda b: np.stack([b[..., 0], 1 - b[..., 0]]), image, 2, tile=32, margin=8)
-    np.testing.assert_array_equal(out[0], image[..., 0])
-    np.testing.assert_array_equal(out[1], 1 - image[..., 0])
+    out = process_tiled(lambda b: np.stack([b[..., 0], 1 - b[..., 0]], axis=1), image, 2, tile=32, margin=16)
+    np.testing.assert_allclose(out[0], image[..., 0], atol=1e-6)
+    np.testing.assert_allclose(out[1], 1 - image[..., 0], atol=1e-6)
+
+
+def test_bad_tiling_settings_are_named():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        plan_windows((100, 100), 48, 16)
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        process_tiled(identity, np.zeros((10, 10, 1), np.float32), 1, batch=0)
