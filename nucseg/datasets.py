@@ -71,13 +71,13 @@ def _check_sizes(members: list[tuple[zipfile.ZipInfo, PurePosixPath]], archive: 
             f"{archive}: refusing to unpack {total / 1e9:.3g} GB (more than download.max_unpacked_gb = {settings.max_unpacked_gb:g} GB); "
             "raise that setting if the archive is trusted"
         )
-    ratios = [(info.file_size / max(info.compress_size, 1), info.filename) for info, _ in members if info.file_size >= RATIO_MIN_BYTES]
+    ratios = [(repr(info.filename), info.file_size / max(info.compress_size, 1)) for info, _ in members if info.file_size >= RATIO_MIN_BYTES]
     if total >= RATIO_MIN_BYTES:
-        ratios.append((total / max(packed, 1), "the archive as a whole"))
-    for ratio, what in sorted(ratios, reverse=True)[:1]:
+        ratios.append(("the archive as a whole", total / max(packed, 1)))
+    for what, ratio in ratios:
         if ratio > settings.max_ratio:
             raise ValueError(
-                f"{archive}: refusing to unpack: {what!s} would unpack to {ratio:.0f} times its packed size "
+                f"{archive}: refusing to unpack: {what} would unpack to {ratio:.0f} times its packed size "
                 f"(more than download.max_ratio = {settings.max_ratio:g}: a zip bomb?); raise that setting if the archive is trusted"
             )
 

@@ -21,8 +21,10 @@ import yaml
 from PIL import Image
 
 from nucseg.datasets import download_dataset, fetch, is_url, list_images, read_sample, sha256sum, source_files, unpack_zip, verify_checksum
+from nucseg.download import DownloadSettings
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO, snakemake
+
 SAMPLE_TEST = REPO / "resources" / "sample" / "sample_test.zip"
 ABC_SHA256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # sha256(b"abc")
 
@@ -240,6 +242,47 @@ def test_unpack_refuses_unsafe_member(tmp_path, member, message):
     assert not Path("/abs/path").exists()
 
 
+def zip_of_zeros(archive: Path, n_bytes: int) -> Path:
+    """A zip archive holding one member of ``n_bytes`` zero bytes (deflated about a thousandfold)."""
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("a/images/a.tif", "w", force_zip64=True) as member:
+        block = bytes(1 << 20)
+        for _ in range(n_bytes >> 20):
+            member.write(block)
+    return archive
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_written(tmp_path):
+    """Regression: a small zip holding a huge member unpacked fully (2 MB -> 2 GB, exit 0).
+    Here 200 MB of zeros in a 0.2 MB archive, refused under the default settings."""
+    work = tmp_path / "work"
+    work.mkdir()
+    archive = zip_of_zeros(work / "bomb.zip", 200 << 20)
+    assert archive.stat().st_size < 1 << 20
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match=re.escape(f"{archive}: refusing to unpack: 'a/images/a.tif' would unpack to") + r" \d+ times its packed size .*download.max_ratio = 200"):
+        unpack_zip(archive, work / "out")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_the_total_unpacked_size_is_bounded(tmp_path):
+    archive = tmp_path / "big.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a/images/a.png", bytes(range(256)) * 1000)  # 256 kB, stored: ratio 1
+        zf.writestr("b/images/b.png", bytes(range(256)) * 1000)
+    with pytest.raises(ValueError, match=re.escape(f"{archive}: refusing to unpack 0.000512 GB (more than download.max_unpacked_gb = 0.0005 GB)")):
+        unpack_zip(archive, tmp_path / "out", settings=DownloadSettings(max_unpacked_gb=0.0005))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.zip"]
+    unpack_zip(archive, tmp_path / "out", settings=DownloadSettings(max_unpacked_gb=0.001))  # within the bound
+    assert (tmp_path / "out/b/images/b.png").stat().st_size == 256_000
+
+
+def test_the_bounds_reach_the_download_stage(tmp_path):
+    archive = zip_of_zeros(tmp_path / "bomb.zip", 20 << 20)
+    with pytest.raises(ValueError, match="download.max_ratio = 50"):
+        download_dataset(str(archive), tmp_path / "ds", settings=DownloadSettings(max_ratio=50))
+    assert not (tmp_path / "ds").exists()
+
+
 # ---------------------------------------------------------------- download_dataset
 
 
@@ -425,3 +468,14 @@ def test_source_files_are_what_the_download_job_watches(tmp_path):
     assert source_files(str(folder / "*" / "*.tif"), "images") == [(folder / "well A/f1.tif").resolve()]
     # a URL is guarded by its checksum or lock file; a missing path is named by the download job
     assert source_files("https://example.org/data.zip") == source_files(str(tmp_path / "nowhere.zip")) == source_files(None) == []
+
+
+def test_a_run_until_download_does_not_print_an_earlier_summary(tmp_path):
+    """Regression: `snakemake --until download` printed the summary.csv an earlier run had left
+    as if it were its own."""
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results/summary.csv").write_text("model,dataset,n_images,challenge_score\nold,earlier_config,3,0.123\n")
+    result = snakemake(tmp_path, "--cores", "1", "--until", "download")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "results/datasets/sample_test").is_dir()
+    assert "earlier_config" not in result.stdout + result.stderr and "Summary (" not in result.stdout + result.stderr

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -45,3 +50,29 @@ def test_write_csv_round_trip(tmp_path):
     table = pd.DataFrame({"image_id": ["a", "b"], "score": [0.5, 1.0]})
     path = write_csv(table, tmp_path / "t.csv")
     pd.testing.assert_frame_equal(pd.read_csv(path), table)
+
+
+WRITER = """
+import sys, time
+from nucseg.files import atomic_dir
+with atomic_dir(sys.argv[1], overwrite=True) as tmp:
+    (tmp / "half").write_text("half-written")
+    print(tmp, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_temporaries_of_a_killed_writer_are_removed_when_the_output_is_next_written(tmp_path):
+    """Regression: kill -9 during preprocess left a hidden .train.zarr.*.part folder forever."""
+    target = tmp_path / "train.zarr"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    left = Path(writer.stdout.readline().strip())
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert left.is_dir() and left.name.startswith(".train.zarr.") and left.name.endswith(".part")
+    other = tmp_path / ".train.zarr.csv.part"  # another output's temporary: not this output's
+    other.write_text("x")
+    with atomic_dir(target, overwrite=True) as tmp:
+        (tmp / "whole").write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".train.zarr.csv.part", "train.zarr"]
+    assert (target / "whole").read_text() == "done"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import doctest
+import io
 import re
 
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
@@ -187,6 +189,77 @@ def test_read_shared_uint16_fixture(shared_data):
     assert image.shape == raw.shape[:2] + (3,) and image.dtype == np.uint8
     assert image.min() == 0 and image.max() == 255  # scaled from min to max
     assert guess_modality(image) == "fluorescence"
+
+
+def test_planar_rgb_tiff_is_read_like_its_interleaved_twin(tmp_path):
+    """Regression: a (3, H, W) TIFF with the RGB photometric tag (planar samples) was refused as
+    an unsupported shape."""
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    assert tifffile.TiffFile(tmp_path / "planar.tif").pages[0].planarconfig == 2  # really planar
+    np.testing.assert_array_equal(read_image(tmp_path / "planar.tif"), rgb)
+
+
+@pytest.mark.parametrize("how", ["stack", "appended"])
+def test_a_multi_page_tiff_is_refused_naming_its_page_count(tmp_path, how):
+    """Regression: a multi-page TIFF silently gave its first page."""
+    path = tmp_path / "stack.tif"
+    if how == "stack":
+        tifffile.imwrite(path, np.zeros((5, 8, 9), np.uint16), photometric="minisblack")
+    else:
+        tifffile.imwrite(path, np.zeros((8, 9), np.uint16))
+        tifffile.imwrite(path, np.ones((4, 9), np.uint16), append=True)
+    pages = 5 if how == "stack" else 2
+    with pytest.raises(ValueError, match=re.escape(f"{path}: TIFF of {pages} pages (a z-stack, time series or channels as pages)")):
+        read_image(path)
+
+
+def test_float_tiff_is_scaled_from_min_to_max(tmp_path):
+    tifffile.imwrite(tmp_path / "float.tif", np.array([[-1.0, 0.0], [0.5, 3.0]], np.float32))
+    np.testing.assert_array_equal(read_image(tmp_path / "float.tif")[..., 0], [[0, 64], [96, 255]])
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_grey_alpha_png_is_indexed_with_its_own_depth_and_two_channels(tmp_path, depth):
+    """Regression: a 16-bit grey+alpha PNG was read as 8-bit with 4 channels (Pillow converts it)."""
+    dtype = np.uint8 if depth == 8 else np.uint16
+    grey = (np.arange(12).reshape(3, 4) * (20 if depth == 8 else 5000)).astype(dtype)
+    alpha = np.full_like(grey, np.iinfo(dtype).max)
+    path = tmp_path / "la.png"
+    path.write_bytes(imagecodecs.png_encode(np.dstack([grey, alpha])))
+    image, info = imageio.read_image_info(path)
+    assert info == {"bit_depth": depth, "channels": 2}
+    np.testing.assert_array_equal(image, to_rgb_uint8(grey))  # every bit of the grey kept, alpha dropped
+
+
+def test_16_bit_rgb_png_keeps_its_16_bits(tmp_path):
+    rgb = (np.arange(36).reshape(3, 4, 3) * 1800).astype(np.uint16)
+    (tmp_path / "rgb16.png").write_bytes(imagecodecs.png_encode(rgb))
+    image, info = imageio.read_image_info(tmp_path / "rgb16.png")
+    assert info == {"bit_depth": 16, "channels": 3}
+    np.testing.assert_array_equal(image, to_rgb_uint8(rgb))
+
+
+def test_an_image_over_pillows_bomb_limit_is_read():
+    """Regression: a PNG of more than 179 million pixels (twice Pillow's MAX_IMAGE_PIXELS) stopped
+    with Pillow's DecompressionBombError; microscopy images are legitimately that large."""
+    im = Image.new("1", (14000, 13000), 0)
+    im.paste(1, (100, 100, 200, 200))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    assert 14000 * 13000 > 2 * Image.MAX_IMAGE_PIXELS
+    pixels = imageio.decode_image(buf.getvalue(), "huge.png")
+    assert pixels.shape == (13000, 14000) and int(pixels.sum()) == 100 * 100
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's own setting is left as it was
+
+
+def test_an_image_over_max_pixels_is_refused_before_decoding(tmp_path):
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(tmp_path / "big.png")
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((40, 50), np.uint8))
+    for name in ("big.png", "big.tif"):
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name}: image of 40 x 50 pixels is too large to read whole (more than 1,999 pixels")):
+            imageio.decode_image((tmp_path / name).read_bytes(), str(tmp_path / name), max_pixels=1999)
+        assert imageio.decode_image((tmp_path / name).read_bytes(), name, max_pixels=2000).shape == (40, 50)
 
 
 # ---------------------------------------------------------------- normalize_image

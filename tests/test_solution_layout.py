@@ -91,3 +91,25 @@ def test_solution_size_differing_from_the_image_is_named(tmp_path, sample_truth)
         preprocess_fullsize(dest, tmp_path / "full.zarr", tmp_path / "index.csv")
     assert not (tmp_path / "full.zarr").exists()
     shutil.rmtree(dest)
+
+
+def test_solution_errors_name_the_users_file_not_the_copy(tmp_path, sample_truth):
+    """Regression: errors in a solution CSV named the copy results/datasets/<name>/solution.csv,
+    a file the user never wrote, instead of the user's own file."""
+    _, truth = sample_truth
+    first, second = sorted(truth)[:2]
+    archive = make_test_archive(tmp_path, sample_truth, ids=[first])
+    mine = tmp_path / "mine" / "truth.csv"
+    mine.parent.mkdir()
+    h, w = truth[first].shape
+    mine.write_text(f"ImageId,EncodedPixels,Height,Width\n{first},{h * w - 2} 5,{h},{w}\n")
+    with pytest.raises(ValueError, match=re.escape(f"{mine}: row 2 (ImageId {first!r}): run")):
+        download_dataset(str(archive), tmp_path / "ds", solution=str(mine))
+    write_solution({first: truth[first], second: truth[second]}, mine)
+    with pytest.raises(ValueError, match=re.escape(f"{mine}: ImageId {second!r} is not an image of the dataset")):
+        download_dataset(str(archive), tmp_path / "ds", solution=str(mine))
+    # a size that differs from the image is found later, by preprocess: it names the user's file too
+    write_solution({first: np.pad(truth[first], ((0, 1), (0, 0)))}, mine)
+    dest = download_dataset(str(archive), tmp_path / "ds", solution=str(mine))
+    with pytest.raises(ValueError, match=re.escape(f"{mine}: ImageId {first!r} has size")):
+        preprocess_fullsize(dest, tmp_path / "full.zarr", tmp_path / "index.csv")
