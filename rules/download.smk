@@ -1,7 +1,8 @@
 rule download:
     # Fetch (or copy, or link) the dataset, verify its sha256, unpack it safely. The download
-    # section (retries, back-off, timeout) is read from the config by the script, not passed as
-    # params: it cannot change the files, so changing it must not rerun the data's stages.
+    # section (retries, back-off, timeout, unpacking bounds) is read from the config by the
+    # script, not passed as params: it cannot change the files (a bound only refuses an
+    # archive), so changing it must not rerun the data's stages.
     input:
         # the local archive, solution or image files: replacing or adding one reruns the data's stages
         lambda wc: dataset_files(wc.dataset),
