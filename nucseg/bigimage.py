@@ -116,6 +116,8 @@ class LazyImage:
         mirrored padding), as ``(len(index_y), len(index_x), 3) uint8``; reads their bounding window."""
         y0, y1, x0, x1 = int(index_y.min()), int(index_y.max()) + 1, int(index_x.min()), int(index_x.max()) + 1
         window = self.read(slice(y0, y1), slice(x0, x1))
+        if len(index_y) == y1 - y0 and len(index_x) == x1 - x0:  # no mirrored padding: the window itself
+            return window
         return window[np.ix_(index_y - y0, index_x - x0)]
 
 
