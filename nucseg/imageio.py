@@ -126,8 +126,9 @@ _PIL_LIMIT = threading.Lock()
 
 @contextlib.contextmanager
 def _pil_pixel_limit(max_pixels: int):
-    """Pillow refuses images over twice ``Image.MAX_IMAGE_PIXELS`` (a global): lift it to ours
-    while a file is opened (its size is checked against ``max_pixels`` before decoding)."""
+    """Pillow refuses images over twice ``Image.MAX_IMAGE_PIXELS`` (a global, checked when a file
+    is opened): lift it to ours while a file is opened (its size is then checked against
+    ``max_pixels`` before decoding), and put it back."""
     with _PIL_LIMIT:
         before = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None if before is None else max(max_pixels, before)
@@ -170,7 +171,9 @@ def decode_image(data: bytes, source: str, max_pixels: int = MAX_PIXELS) -> np.n
     if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return _decode_tiff(data, source, max_pixels)
     try:
-        with _pil_pixel_limit(max_pixels), Image.open(io.BytesIO(data)) as im:
+        with _pil_pixel_limit(max_pixels):  # held while the header is read, not while decoding
+            opened = Image.open(io.BytesIO(data))
+        with opened as im:
             _check_size(im.height, im.width, source, max_pixels)
             if _png_header(data) in ((16, 2), (16, 4), (16, 6)):
                 # Pillow reads 16-bit RGB, grey+alpha and RGBA PNGs as 8-bit: libpng keeps the 16 bits
