@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
-from scipy.spatial import ConvexHull, QhullError
 
 COLUMNS = [
     "label", "area", "centroid_y", "centroid_x", "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x",
@@ -58,33 +58,57 @@ def _perimeters(labels: np.ndarray, present: np.ndarray) -> np.ndarray:
     return sums[present]
 
 
-def _convex_areas(labels: np.ndarray, slices: list, present: np.ndarray) -> np.ndarray:
+def _ragged_arange(counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(c) for c in counts])``."""
+    starts = np.cumsum(counts) - counts
+    return np.arange(int(counts.sum())) - np.repeat(starts, counts)
+
+
+def _convex_areas(label_of_pixel: np.ndarray, yy: np.ndarray, xx: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Pixels of each object's convex hull as :func:`skimage.morphology.convex_hull_image`
-    counts them: the hull of the pixels' edge midpoints, pixel centres inside or on it."""
-    out = np.empty(present.size)
-    diamond = np.array([[-0.5, 0], [0.5, 0], [0, -0.5], [0, 0.5]])
-    for i, k in enumerate(present):
-        mask = labels[slices[k - 1]] == k
-        rows = np.flatnonzero(mask.any(axis=1))
-        first = mask[rows].argmax(axis=1)
-        last = mask.shape[1] - 1 - mask[rows, ::-1].argmax(axis=1)
-        ends = np.concatenate([np.stack([rows, first], 1), np.stack([rows, last], 1)])
-        points = (ends[:, None, :] + diamond).reshape(-1, 2)
-        try:
-            equations = ConvexHull(points).equations  # n_r * r + n_c * c + d <= 0 inside
-        except QhullError:  # degenerate (a single row or column): the hull is the object itself
-            out[i] = np.count_nonzero(mask)
-            continue
-        r = np.arange(mask.shape[0], dtype=np.float64)[:, None]
-        bound = -(equations[:, 2] + equations[:, 0] * r)  # n_c * c <= bound, per row and facet
-        nc = equations[:, 1]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            right = np.where(nc > 1e-12, bound / nc, np.inf).min(axis=1)
-            left = np.where(nc < -1e-12, bound / nc, -np.inf).max(axis=1)
-        ok = np.all(np.where(np.abs(nc) <= 1e-12, bound >= -1e-9, True), axis=1)
-        count = np.floor(right + 1e-9) - np.ceil(left - 1e-9) + 1
-        out[i] = np.sum(np.where(ok, np.maximum(count, 0), 0))
-    return out
+    counts them: the hull of the pixels' edge midpoints, pixel centres inside or on it.
+
+    The row ends of all objects are found at once; only the hull itself (OpenCV) is computed
+    object by object; the pixel centres inside are counted row by row for all objects at once.
+    """
+    # first and last pixel of every (object, row)
+    order = np.lexsort((xx, yy, label_of_pixel))
+    lab, row, col = label_of_pixel[order], yy[order], xx[order]
+    start = np.flatnonzero(np.r_[True, (lab[1:] != lab[:-1]) | (row[1:] != row[:-1])])
+    first, last = col[start], np.r_[col[start[1:] - 1], col[-1]]
+    run_label, run_row = lab[start], row[start]
+    objects = np.searchsorted(present, run_label)
+    bounds = np.flatnonzero(np.r_[True, objects[1:] != objects[:-1], True])
+    diamond = np.array([[-0.5, 0], [0.5, 0], [0, -0.5], [0, 0.5]], np.float32)
+    points = np.concatenate([np.stack([first, run_row], 1), np.stack([last, run_row], 1)]).astype(np.float32)
+    n_runs = run_row.size
+    hulls = []
+    for i in range(present.size):
+        ends = np.concatenate([points[bounds[i] : bounds[i + 1]], points[n_runs + bounds[i] : n_runs + bounds[i + 1]]])
+        hulls.append(cv2.convexHull((ends[:, None, :] + diamond).reshape(-1, 1, 2)).reshape(-1, 2))
+    sizes = np.array([len(h) for h in hulls])
+    hull = np.concatenate(hulls).astype(np.float64)
+    nxt = np.arange(hull.shape[0]) + 1
+    nxt[np.cumsum(sizes) - 1] -= sizes  # each hull's last vertex joins its first
+    x0, y0, x1, y1 = hull[:, 0], hull[:, 1], hull[nxt, 0], hull[nxt, 1]
+    edge_start = np.cumsum(sizes) - sizes
+    # every (row, edge) pair of each object, rows grouped
+    pair_count = sizes[objects]
+    pair_edge = np.repeat(edge_start[objects], pair_count) + _ragged_arange(pair_count)
+    r = np.repeat(run_row.astype(np.float64), pair_count)
+    ey0, ey1, ex0, ex1 = y0[pair_edge], y1[pair_edge], x0[pair_edge], x1[pair_edge]
+    crosses = (np.minimum(ey0, ey1) <= r + 1e-9) & (r - 1e-9 <= np.maximum(ey0, ey1))
+    flat = ey1 == ey0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = ex0 + np.clip((r - ey0) / (ey1 - ey0), 0, 1) * (ex1 - ex0)
+    lo = np.where(crosses, np.where(flat, np.minimum(ex0, ex1), x), np.inf)
+    hi = np.where(crosses, np.where(flat, np.maximum(ex0, ex1), x), -np.inf)
+    group = np.cumsum(pair_count) - pair_count
+    lo, hi = np.minimum.reduceat(lo, group), np.maximum.reduceat(hi, group)
+    count = np.maximum(np.floor(hi + 1e-9) - np.ceil(lo - 1e-9) + 1, 0)
+    # rows without pixels inside a bounding box (an object in several pieces) are not
+    # counted; watershed regions are connected, so they do not occur
+    return np.bincount(objects, weights=count, minlength=present.size)
 
 
 def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset: tuple[int, int] = (0, 0)) -> pd.DataFrame:
@@ -136,10 +160,10 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
     area = area_all[present].astype(np.float64)
     cy, cx = total(yy) / area, total(xx) / area
     # central second moments over the area: skimage's inertia tensor [[a, b], [b, c]]
-    a = total(xx * xx) / area - cx * cx
-    c = total(yy * yy) / area - cy * cy
-    b = -(total(yy * xx) / area - cy * cx)
-    a, c = np.maximum(a, 0), np.maximum(c, 0)
+    centre_y, centre_x = np.zeros(n + 1), np.zeros(n + 1)
+    centre_y[present], centre_x[present] = cy, cx
+    dy, dx = yy - centre_y[flat], xx - centre_x[flat]
+    a, c, b = total(dx * dx) / area, total(dy * dy) / area, -total(dy * dx) / area
     root = np.sqrt(((a - c) / 2) ** 2 + b * b)
     l1, l2 = np.maximum((a + c) / 2 + root, 0), np.maximum((a + c) / 2 - root, 0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -147,7 +171,7 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
     orientation = np.where(np.isclose(a, c, rtol=0, atol=1e-12), np.where(b < 0, math.pi / 4, -math.pi / 4), 0.5 * np.arctan2(-2 * b, c - a))
     slices = ndi.find_objects(labels, max_label=n)
     bbox = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in (slices[k - 1] for k in present)], dtype=np.int64)
-    convex = _convex_areas(labels, slices, present)
+    convex = _convex_areas(flat, yy, xx, present)
     table = pd.DataFrame(
         {
             "label": present.astype(np.int64),

@@ -1,0 +1,114 @@
+"""Segment at scale: throughput and peak memory of the segment stage on large probability maps.
+
+For each size (default 2048, 8192, 16384) a child process builds a float16 zarr probability
+map of size x size in 1024-pixel chunks, tiled from the real 512 x 512 fluorescence fixture's
+labels (smoothed foreground; ../shared/data/fixtures), and an RGB image store beside it, then
+runs everything after the network as the segment rule does (:func:`nucseg.postprocess.segment_image`:
+statistics, chunked watershed, measurements, label TIFF, GeoJSON, OME-Zarr) and reports
+seconds, megapixels per second and the peak resident memory of the child. The parent times
+an eager forward pass of resunet-small on a 1024 x 1024 tile (the predict stage's network,
+same thread count) and prints the segment share of predict + segment.
+
+    nice -n 10 python benchmarks/bench_segment.py 2048 8192 [--threads 1] [--no-outputs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared/data/fixtures"
+
+
+def build_inputs(folder: Path, size: int):
+    import tifffile
+    import zarr
+    from scipy import ndimage as ndi
+
+    truth = tifffile.imread(FIXTURES / "dsb2018_fluo_512_uint16_labels.tif")
+    image = tifffile.imread(FIXTURES / "dsb2018_fluo_512_uint16.tif")
+    grey = (image.astype(np.float32) / image.max() * 255).astype(np.uint8)
+    tile = 1024
+    maps = zarr.create_array(folder / "maps.zarr", shape=(1, size, size), chunks=(1, tile, tile), dtype=np.float16)
+    rgb = zarr.create_array(folder / "image.zarr", shape=(size, size, 3), chunks=(tile, tile, 3), dtype=np.uint8)
+    for y in range(0, size, tile):
+        for x in range(0, size, tile):
+            k = (y // tile + x // tile) % 4
+            block = np.block([[np.rot90(truth, k + i + j) for j in range(tile // 512)] for i in range(tile // 512)])
+            maps[0, y : y + tile, x : x + tile] = ndi.gaussian_filter((block > 0).astype(np.float32), 1.5)
+            pixels = np.block([[np.rot90(grey, k + i + j) for j in range(tile // 512)] for i in range(tile // 512)])
+            rgb[y : y + tile, x : x + tile] = np.repeat(pixels[..., None], 3, axis=2)
+    return maps, rgb
+
+
+def child(size: int, threads: int, outputs: bool) -> dict:
+    import dask.array  # noqa: F401 (imported before the clock starts, as in a long run)
+    import ome_zarr.writer  # noqa: F401
+
+    from nucseg.outputs import ImageWriters
+    from nucseg.postprocess import SegmentSettings, segment_image
+
+    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[1] / "results") as tmp:
+        tmp = Path(tmp)
+        maps, rgb = build_inputs(tmp, size)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        folders = [tmp / name for name in ("tif", "ome", "geo")]
+        for f in folders:
+            f.mkdir()
+        writers = ImageWriters(*folders, threads=threads) if outputs else ImageWriters(None, None, None)
+        with open(tmp / "objects.csv", "w") as table_file:
+            start = time.perf_counter()
+            row = segment_image(maps, ["body"], rgb, "bench", SegmentSettings(), tmp, lambda t: t.to_csv(table_file, header=False, index=False), writers, threads)
+            seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"size": size, "nuclei": row["count"], "seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before}
+
+
+def predict_seconds_per_mp(threads: int) -> float:
+    import torch
+
+    from nucseg.model import PRESETS, ResUNet
+
+    torch.set_num_threads(threads)
+    model = ResUNet(PRESETS["resunet-small"]).eval()
+    x = torch.rand(1, 3, 1024, 1024)
+    with torch.inference_mode():
+        model(x[..., :256, :256])
+        start = time.perf_counter()
+        model(x)
+        return (time.perf_counter() - start) / (1024 * 1024 / 1e6)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sizes", nargs="*", type=int, default=[2048, 8192, 16384])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-outputs", action="store_true", help="tables only (no TIFF, GeoJSON, OME-Zarr)")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.threads, not args.no_outputs)))
+        return
+    if not FIXTURES.is_dir():
+        sys.exit(f"{FIXTURES} not found (../shared/data)")
+    predict = predict_seconds_per_mp(args.threads)
+    print(f"predict (eager resunet-small forward, 1024^2 tile, {args.threads} thread(s)): {predict:.2f} s/MP")
+    print(f"{'size':>7} {'nuclei':>8} {'seconds':>8} {'s/MP':>6} {'MP/s':>6} {'peak RSS MB':>11} {'segment share':>13}")
+    for size in args.sizes:
+        cmd = [sys.executable, __file__, "--child", str(size), "--threads", str(args.threads)] + (["--no-outputs"] if args.no_outputs else [])
+        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        mp = size * size / 1e6
+        per_mp = r["seconds"] / mp
+        print(f"{size:>7} {r['nuclei']:>8} {r['seconds']:>8.1f} {per_mp:>6.2f} {1 / per_mp:>6.2f} {r['peak_rss_mb']:>11.0f} {per_mp / (per_mp + predict):>13.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
