@@ -66,8 +66,8 @@ def test_config_problems_name_each_key():
     config["models"]["paper"] = {"predict": {"tiles": 512}}  # a typo in a model's override
     assert config_problems(config, SCHEMA) == [
         "datasets.sample_train.role: 'trian' is not one of ['train', 'test'] (train (model fitting) or test (predicted and evaluated))",
-        "models.paper.predict.tiles: unknown key (models.paper.predict takes: tta, tile, margin, batch, engine, chunk, device)",
-        "segment.min_sise: unknown key (segment takes: threshold, otsu_bounds, min_size, marker_spacing, border_weight)",
+        f"models.paper.predict.tiles: unknown key (models.paper.predict takes: {', '.join(schema_section('predict'))})",
+        f"segment.min_sise: unknown key (segment takes: {', '.join(schema_section('segment'))})",
         "train.epochs: 'ten' is not of type 'integer' (maximum epochs)",
     ]
 
