@@ -75,7 +75,7 @@ def test_config_problems_name_each_key():
 def test_config_problems_at_the_top_level():
     problems = config_problems({"datasets": {}, "sample": 1}, SCHEMA)
     assert problems[0] == "the config's top level: 'models' is a required property"
-    assert problems[-1] == "sample: unknown key (the top level takes: datasets, models, download, preprocess, train, predict, segment)"
+    assert problems[-1] == f"sample: unknown key (the top level takes: {', '.join(SCHEMA['properties'])})"
 
 
 def test_a_run_without_train_or_test_set_says_what_it_needs():
