@@ -59,14 +59,19 @@ class AugmentSettings:
         Brightness (+-0.1 of the [0, 1]-mapped range, i.e. +-0.2 in normalised
         units) and contrast (x0.8-1.2) change, and, drawn separately, gamma
         (0.8-1.2).
+    colour : float
+        A hue (+-15 of 180), saturation (+-25 of 255) and value (+-10 of 255) shift, for
+        stained and bright-field images whose colour differs between sources. 0 (the
+        default) leaves the random draws of the other transforms as they were.
     """
 
     affine: float = 0.5
     distort: float = 0.25
     intensity: float = 0.5
+    colour: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("affine", "distort", "intensity"):
+        for name in ("affine", "distort", "intensity", "colour"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"augmentation probability {name} must be in [0, 1], got {value}")
@@ -90,10 +95,13 @@ def spatial_transforms(settings: AugmentSettings) -> list[A.BasicTransform]:
 
 def intensity_transforms(settings: AugmentSettings) -> list[A.BasicTransform]:
     """The intensity transforms (image only), for a float image in [0, 1]."""
-    return [
+    transforms = [
         A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.2, p=settings.intensity),
         A.RandomGamma(gamma_limit=(80, 120), p=settings.intensity),
     ]
+    if settings.colour > 0:  # last, and only when on: the draws of the others stay the same
+        transforms.append(A.HueSaturationValue(hue_shift_limit=15, sat_shift_limit=25, val_shift_limit=10, p=settings.colour))
+    return transforms
 
 
 def _seed_compose(compose: A.Compose, rng: np.random.Generator) -> None:

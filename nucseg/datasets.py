@@ -11,6 +11,10 @@ A dataset is declared by a ``source`` (an http(s) URL or a local path), a
     A folder, a glob pattern or a zip archive of PNG, JPEG or TIFF files, any
     bit depth, greyscale, RGB or RGBA; no ground truth. The image id is the
     file's path below the folder, without suffix, ``/`` written as ``__``.
+``semantic`` (images with a class per pixel: the semantic task, :mod:`nucseg.tasks.semantic`)
+    A zip archive (or folder) of ``images/<id>.<ext>`` and ``labels/<id>.<ext>``: a label
+    image of the same size holding one declared value per class (``classes`` in the
+    config); an image without a label file has no ground truth.
 
 The download stage makes ``results/datasets/<name>/``: the unpacked archive
 (``subdir`` picks a folder inside it), links to the user's files for a folder
@@ -41,7 +45,7 @@ log = logging.getLogger(__name__)
 __all__ = ["fetch", "sha256sum", "verify_checksum", "is_url", "unpack_zip", "download_dataset", "source_files", "local_image_files", "list_images", "read_sample", "load_solution", "Sample", "LAYOUTS"]
 
 CHUNK = 1 << 20
-LAYOUTS = ("dsb", "images")
+LAYOUTS = ("dsb", "images", "semantic")
 SOLUTION = "solution.csv"
 #: Beside the copy ``solution.csv``: the user's file (or URL) it was copied from, which messages name.
 SOLUTION_SOURCE = "solution.source"
@@ -271,7 +275,7 @@ def download_dataset(
             load_solution(dest, list_images(dest, layout))  # unknown ids or bad runs stop here
         ids = list_images(dest, layout)
         if not ids:
-            expected = "<id>/images/<id>.png" if layout == "dsb" else "PNG, JPEG or TIFF files"
+            expected = {"dsb": "<id>/images/<id>.png", "semantic": "images/<id>.png with labels/<id>.png"}.get(layout, "PNG, JPEG or TIFF files")
             raise ValueError(f"{source}: no image found in the {layout!r} layout ({expected})")
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
@@ -295,6 +299,8 @@ def list_images(root: str | os.PathLike, layout: str = "dsb") -> list[str]:
         if dupes:
             raise ValueError(f"{root}: several files share the image id {dupes[0]!r} (same name, other suffix)")
         return sorted(ids)
+    if layout == "semantic":
+        return list_images(root / "images", "images") if (root / "images").is_dir() else []
     raise ValueError(f"unknown dataset layout {layout!r}; choose one of {LAYOUTS}")
 
 
@@ -305,6 +311,8 @@ def _image_id(path: Path, root: Path) -> str:
 def _image_path(root: Path, image_id: str, layout: str) -> Path:
     if layout == "dsb":
         candidates = sorted((root / image_id / "images").glob(f"{image_id}.*"))
+    elif layout == "semantic":
+        candidates = [p for p in _image_files(root / "images") if _image_id(p, root / "images") == image_id]
     else:
         candidates = [p for p in _image_files(root) if _image_id(p, root) == image_id]
     if not candidates:
@@ -390,7 +398,29 @@ def _masks_to_labels(mask_dir: Path, shape: tuple[int, int]) -> tuple[np.ndarray
     return labels, int(np.count_nonzero(overlap))
 
 
-def read_sample(root: str | os.PathLike, image_id: str, layout: str = "dsb", solution: dict[str, np.ndarray] | None = None) -> Sample:
+def _semantic_labels(root: Path, image_id: str, shape: tuple[int, int], class_values: tuple[int, ...] | None) -> np.ndarray | None:
+    """The ``labels/<id>.*`` image of the semantic layout as class indices (raw values without
+    ``class_values``), or ``None`` when there is none."""
+    folder = root / "labels"
+    found = [p for p in _image_files(folder) if _image_id(p, folder) == image_id] if folder.is_dir() else []
+    if not found:
+        return None
+    path = found[0]
+    labels = decode_image(path.read_bytes(), str(path))
+    if labels.ndim == 3 and labels.shape[2] in (3, 4) and (labels[..., :3] == labels[..., :1]).all():
+        labels = labels[..., 0]  # a grey label image saved as RGB(A)
+    if labels.ndim != 2:
+        raise ValueError(f"{path}: a label image must hold one value per pixel (greyscale), got shape {labels.shape}")
+    if labels.shape != shape:
+        raise ValueError(f"{path}: label image of size {labels.shape} differs from its image's size {shape}")
+    if class_values is None:
+        return labels.astype(np.uint32)
+    from nucseg.tasks.semantic import to_class_index
+
+    return to_class_index(labels, class_values, str(path))
+
+
+def read_sample(root: str | os.PathLike, image_id: str, layout: str = "dsb", solution: dict[str, np.ndarray] | None = None, class_values: tuple[int, ...] | None = None) -> Sample:
     """Read one image and its ground truth.
 
     Ground truth comes from the image's ``masks/`` folder (``dsb`` training
@@ -401,15 +431,22 @@ def read_sample(root: str | os.PathLike, image_id: str, layout: str = "dsb", sol
     pixel; an empty mask is skipped with a warning, so numbering stays
     consecutive.
 
+    ``semantic`` layout: the ground truth is ``labels/<id>.*``, turned into class indices
+    (0..K-1, ``uint8``) by ``class_values``, the label value of each class in order.
+
     Raises
     ------
     ValueError
-        An unreadable image or mask, or a mask or solution entry whose size differs from its image.
+        An unreadable image or mask, or a mask or solution entry whose size differs from its image;
+        a semantic label image whose size differs from its image or that holds a value outside
+        ``class_values`` (the message names the file and the value).
     """
     root = Path(root)
     image, info = read_image_info(_image_path(root, image_id, layout))
     shape = image.shape[:2]
     mask_dir = root / image_id / "masks"
+    if layout == "semantic":
+        return Sample(image_id, image, _semantic_labels(root, image_id, shape, class_values), 0, info)
     if layout == "dsb" and mask_dir.is_dir():
         labels, n_overlap = _masks_to_labels(mask_dir, shape)
         return Sample(image_id, image, labels, n_overlap, info)

@@ -188,13 +188,29 @@ def choose_device(name: str = "auto") -> torch.device:
     return device
 
 
-def load_model(model_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[ResUNet, dict]:
-    """Rebuild a trained model from its folder; returns ``(model in eval mode, config dict)``."""
+def _semantic_net(config: dict) -> nn.Module:
+    from nucseg.nets import NetConfig, build_net
+
+    return build_net(NetConfig(**config["model"]))
+
+
+def load_model(model_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a trained model from its folder; returns ``(model in eval mode, config dict)``.
+
+    A semantic model (``config.json``: ``task: semantic``, :mod:`nucseg.nets`) comes wrapped in
+    :class:`nucseg.nets.SoftmaxAsLogits`, so that the predictor's sigmoid gives its class
+    probabilities; ``model.config.heads`` names its output channels either way.
+    """
     model_dir = Path(model_dir)
     try:
         config = json.loads((model_dir / "config.json").read_text())
-        model = ResUNet(ModelConfig(**config["model"]))
+        semantic = config.get("task", "instance") == "semantic"
+        model = _semantic_net(config) if semantic else ResUNet(ModelConfig(**config["model"]))
         model.load_state_dict(torch.load(model_dir / "weights.pt", map_location=device, weights_only=True))
+        if semantic:
+            from nucseg.nets import SoftmaxAsLogits
+
+            model = SoftmaxAsLogits(model)
     except pickle.UnpicklingError as exc:  # weights_only: a model folder comes from other people
         raise ValueError(f"{model_dir / 'weights.pt'}: refused: it holds pickled Python objects besides tensors, which could run code when loaded") from exc
     except (OSError, KeyError, json.JSONDecodeError, RuntimeError) as exc:

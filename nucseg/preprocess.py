@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,8 +177,13 @@ def split_by_modality(modalities: pd.Series, val_fraction: float, seed: int) -> 
     return split
 
 
-def _index_row(sample, modality: str) -> dict:
-    """The index columns every store shares."""
+def _index_row(sample, modality: str, class_names: tuple[str, ...] | None = None) -> dict:
+    """The index columns every store shares; with ``class_names`` (the semantic task) the
+    share of each class's pixels (``share_<name>``) instead of the nucleus counts."""
+    if class_names is not None:
+        row = {k: v for k, v in _index_row(sample, modality).items() if k not in ("n_nuclei", "n_overlap_px")}
+        counts = np.bincount(sample.labels.ravel(), minlength=len(class_names)) if sample.labels is not None else np.zeros(len(class_names))
+        return dict(row, **{f"share_{n}": (float(c) / max(sample.labels.size, 1) if sample.labels is not None else np.nan) for n, c in zip(class_names, counts)})
     h, w = sample.image.shape[:2]
     return dict(
         image_id=sample.image_id,
@@ -201,7 +207,28 @@ def read_id_list(path: str | os.PathLike) -> list[str]:
     return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
 
 
-def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike, settings: PreprocessSettings, layout: str = "dsb", exclude: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+def _select_ids(dataset_dir: str | os.PathLike, layout: str, exclude: list[str] | tuple[str, ...]) -> list[str]:
+    ids = list_images(dataset_dir, layout)
+    if exclude:
+        left_out = set(exclude)
+        ids = [i for i in ids if i not in left_out]
+        log.info("%s: %d images left out (exclude list)", dataset_dir, len(left_out))
+    if not ids:
+        raise ValueError(f"{dataset_dir}: no images found")
+    return ids
+
+
+def _classes(classes: Mapping[str, int] | list | None) -> tuple[tuple[str, ...] | None, tuple[int, ...] | None]:
+    """Names and label values of the semantic task's classes, or ``(None, None)``."""
+    if not classes:
+        return None, None
+    from nucseg.tasks.semantic import SemanticClasses
+
+    parsed = SemanticClasses.parse(classes)
+    return parsed.names, parsed.values
+
+
+def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike, settings: PreprocessSettings, layout: str = "dsb", exclude: list[str] | tuple[str, ...] = (), classes: Mapping[str, int] | list | None = None) -> pd.DataFrame:
     """Preprocess stage, training store: crops (or resized images) and labels into zarr.
 
     Parameters
@@ -223,19 +250,19 @@ def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathL
         Dataset layout (:data:`nucseg.datasets.LAYOUTS`).
     exclude : list of str
         Image ids left out (for example the images of a test set drawn from the same data).
+    classes : mapping of class name to label value, optional
+        The semantic task (layout ``semantic``): ``labels`` then holds class indices 0..K-1 in
+        the order of ``classes`` (a label value outside them stops the stage, naming the file
+        and the value), no ``body``/``border`` arrays are written, and the index table has the
+        share of each class's pixels (``share_<name>``) instead of ``n_nuclei, n_overlap_px``.
 
     Returns
     -------
     pandas.DataFrame
         The index table.
     """
-    ids = list_images(dataset_dir, layout)
-    if exclude:
-        left_out = set(exclude)
-        ids = [i for i in ids if i not in left_out]
-        log.info("%s: %d images left out (exclude list)", dataset_dir, len(left_out))
-    if not ids:
-        raise ValueError(f"{dataset_dir}: no images found")
+    ids = _select_ids(dataset_dir, layout, exclude)
+    names, values = _classes(classes)
     solution = load_solution(dataset_dir, ids)
     s = settings.size
     rows = []
@@ -243,13 +270,13 @@ def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathL
         root = zarr.open_group(tmp, mode="w")
         images = root.create_array("images", shape=(0, s, s, 3), dtype="uint8", chunks=(1, s, s, 3))
         labels = root.create_array("labels", shape=(0, s, s), dtype="uint32", chunks=(1, s, s))
-        targets = {name: root.create_array(name, shape=(0, s, s), dtype="uint8", chunks=(1, s, s)) for name in TARGETS}
+        targets = {} if names else {name: root.create_array(name, shape=(0, s, s), dtype="uint8", chunks=(1, s, s)) for name in TARGETS}
         ranges = []
         n = 0
         for image_id in ids:
-            sample = read_sample(dataset_dir, image_id, layout, solution)
+            sample = read_sample(dataset_dir, image_id, layout, solution, values)
             if sample.labels is None:
-                raise ValueError(f"{Path(dataset_dir) / image_id}: no ground truth (no masks folder, not in a solution CSV); a training image needs it")
+                raise ValueError(f"{Path(dataset_dir) / image_id}: no ground truth (no masks folder, labels file or solution CSV entry); a training image needs it")
             imgs, labs = make_crops(sample.image, sample.labels, settings)
             for array in [images, labels, *targets.values()]:
                 array.resize((n + len(imgs),) + array.shape[1:])
@@ -258,41 +285,41 @@ def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathL
             for name, array in targets.items():
                 array[n:] = np.stack([make_targets(lab, (name,))[0] for lab in labs]).astype(np.uint8)
             ranges += [intensity_range(sample.image)] * len(imgs)
-            rows.append(dict(_index_row(sample, guess_modality(sample.image)), first_crop=n, n_crops=len(imgs)))
+            rows.append(dict(_index_row(sample, guess_modality(sample.image), names), first_crop=n, n_crops=len(imgs)))
             n += len(imgs)
         root.create_array("intensity_range", data=np.asarray(ranges, dtype=np.float32).reshape(n, 2), chunks=(max(n, 1), 2))
         index = pd.DataFrame(rows)
         index.insert(index.columns.get_loc("first_crop"), "split", split_by_modality(index["modality"], settings.val_fraction, settings.seed))
-        root.attrs.update(dict(kind="training", size=s, mode=settings.mode, n_images=len(ids), border_radius=BORDER_RADIUS))
+        root.attrs.update(dict(kind="training", size=s, mode=settings.mode, n_images=len(ids), border_radius=BORDER_RADIUS, **({"classes": dict(zip(names, values))} if names else {})))
     write_csv(index, index_csv)
     log.info("%s: %d images -> %d examples of %dx%d (%s)", dataset_dir, len(ids), n, s, s, settings.mode)
     return index
 
 
-def preprocess_fullsize(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike, layout: str = "dsb") -> pd.DataFrame:
+def preprocess_fullsize(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike, layout: str = "dsb", exclude: list[str] | tuple[str, ...] = (), classes: Mapping[str, int] | list | None = None) -> pd.DataFrame:
     """Preprocess stage, full-size store: test images at full resolution, with labels where known.
 
     Arrays ``images/<id> (H, W, 3) uint8`` and, where there is ground truth,
     ``labels/<id> (H, W) uint32``, in chunks of up to 1024 x 1024. The index
     table has the columns of the training index up to ``n_overlap_px``, then
-    ``has_labels``.
+    ``has_labels``. ``exclude`` and ``classes`` as in :func:`preprocess_training` (the
+    semantic task's ``labels/<id>`` are ``uint8`` class indices).
     """
-    ids = list_images(dataset_dir, layout)
-    if not ids:
-        raise ValueError(f"{dataset_dir}: no images found")
+    ids = _select_ids(dataset_dir, layout, exclude)
+    names, values = _classes(classes)
     solution = load_solution(dataset_dir, ids)
     rows = []
     with atomic_dir(out_zarr, overwrite=True) as tmp:
         root = zarr.open_group(tmp, mode="w")
         img_group, lab_group = root.create_group("images"), root.create_group("labels")
         for image_id in ids:
-            sample = read_sample(dataset_dir, image_id, layout, solution)
+            sample = read_sample(dataset_dir, image_id, layout, solution, values)
             h, w = sample.image.shape[:2]
             chunk = (min(h, FULLSIZE_CHUNK), min(w, FULLSIZE_CHUNK))
             img_group.create_array(image_id, data=sample.image, chunks=chunk + (3,))
             if sample.labels is not None:
                 lab_group.create_array(image_id, data=sample.labels, chunks=chunk)
-            rows.append(dict(_index_row(sample, guess_modality(sample.image)), has_labels=sample.labels is not None))
+            rows.append(dict(_index_row(sample, guess_modality(sample.image), names), has_labels=sample.labels is not None))
         root.attrs.update(dict(kind="fullsize", n_images=len(ids)))
     index = pd.DataFrame(rows)
     write_csv(index, index_csv)

@@ -49,6 +49,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,7 +66,9 @@ from nucseg.files import atomic_dir, atomic_file
 from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
 from nucseg.losses import Loss
 from nucseg.model import PRESETS, ModelConfig, ResUNet, choose_device
+from nucseg.nets import SEMANTIC_PRESETS
 from nucseg.preprocess import make_targets
+from nucseg.tasks import Task, make_task
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +103,21 @@ class TrainSettings:
     augment_affine: float = 0.5
     augment_distort: float = 0.25
     augment_intensity: float = 0.5
+    augment_colour: float = 0.0
     invert_dark: bool = True
     sampling: str = "balanced"
     empty_weight: float = 0.25
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
+    class_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
-        if self.model not in PRESETS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(PRESETS)}")
+        if self.class_weights is not None:
+            object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+        if self.model not in PRESETS and self.model not in SEMANTIC_PRESETS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {sorted(set(PRESETS) | set(SEMANTIC_PRESETS))}")
         if self.samples_per_epoch < 0:
             raise ValueError(f"samples_per_epoch must be >= 0 (0: all examples), got {self.samples_per_epoch}")
         for name in ("epochs", "batch_size", "lr_patience", "stop_patience"):
@@ -134,7 +141,7 @@ class TrainSettings:
 
     def augment_settings(self) -> AugmentSettings | None:
         """The augmentation settings, or ``None`` when ``augment`` is off."""
-        settings = AugmentSettings(affine=self.augment_affine, distort=self.augment_distort, intensity=self.augment_intensity)
+        settings = AugmentSettings(affine=self.augment_affine, distort=self.augment_distort, intensity=self.augment_intensity, colour=self.augment_colour)
         return settings if self.augment else None
 
 
@@ -147,11 +154,13 @@ class CropDataset(Dataset):
     inference does, not those of the crop. With ``augment``
     settings, image and labels are transformed together first (generator
     seeded by ``(seed, epoch, i)``; set :attr:`epoch` before each epoch) and
-    the targets computed from the transformed labels.
+    the targets computed from the transformed labels. ``targets`` maps a label crop and
+    the heads to the target maps (the task's, :meth:`nucseg.tasks.Task.targets`; default
+    :func:`nucseg.preprocess.make_targets`).
     """
 
-    def __init__(self, stores: list[str], items: list[tuple[int, int]], heads: tuple[str, ...], augment: AugmentSettings | None, seed: int, invert: list[bool] | None = None) -> None:
-        self.stores, self.items, self.heads = stores, items, heads
+    def __init__(self, stores: list[str], items: list[tuple[int, int]], heads: tuple[str, ...], augment: AugmentSettings | None, seed: int, invert: list[bool] | None = None, targets: Callable[[np.ndarray, tuple[str, ...]], np.ndarray] = make_targets) -> None:
+        self.stores, self.items, self.heads, self.targets = stores, items, heads, targets
         self.invert = invert if invert is not None else [False] * len(items)
         self.augmenter = Augmenter(augment) if augment is not None else None
         self.seed, self.epoch = seed, 0
@@ -177,7 +186,7 @@ class CropDataset(Dataset):
             rng = np.random.default_rng((self.seed, self.epoch, i))
             image, labels = self.augmenter.spatial(image, labels, rng)
             image = self.augmenter.intensity(self._normalise(image, lo, hi, i), rng)
-        target = make_targets(labels, self.heads)
+        target = self.targets(labels, self.heads)
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(target)
 
     def _normalise(self, image: np.ndarray, lo: float, hi: float, i: int) -> np.ndarray:
@@ -186,19 +195,26 @@ class CropDataset(Dataset):
 
     def has_nuclei(self) -> np.ndarray:
         """Whether each example's labels hold any nucleus (read store by store, in blocks)."""
-        out = np.zeros(len(self.items), dtype=bool)
+        return self.per_example(lambda block: block.reshape(len(block), -1).max(axis=1) > 0)
+
+    def per_example(self, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """``fn`` of each example's labels, read store by store in blocks of 256: ``fn`` maps
+        ``(n, S, S)`` labels to ``(n, ...)`` values; returns ``(len(self), ...)``."""
+        out = None
         by_store: dict[int, list[int]] = {}
         for k, (store, _) in enumerate(self.items):
             by_store.setdefault(store, []).append(k)
         for store, ks in by_store.items():
             labels = zarr.open_group(self.stores[store], mode="r")["labels"]
             for start in range(0, labels.shape[0], 256):
-                block = labels[start : start + 256].reshape(min(256, labels.shape[0] - start), -1).max(axis=1) > 0
+                block = np.asarray(fn(labels[start : start + 256]))
+                if out is None:
+                    out = np.zeros((len(self.items),) + block.shape[1:], dtype=block.dtype)
                 for k in ks:
                     j = self.items[k][1] - start
                     if 0 <= j < len(block):
                         out[k] = block[j]
-        return out
+        return out if out is not None else np.zeros(0)
 
 
 def sample_weights(modalities: list[str], has_nuclei: np.ndarray, empty_weight: float) -> np.ndarray:
@@ -280,7 +296,7 @@ def _rng_state() -> dict:
 
 
 #: Modules whose code shapes the training run: a checkpoint written by other code is not resumed.
-TRAINING_CODE = ("train", "model", "losses", "augment", "imageio")
+TRAINING_CODE = ("train", "model", "losses", "augment", "imageio", "nets", "tasks", "tasks.instance", "tasks.semantic")
 
 
 def data_fingerprint(store: str | os.PathLike, index: str | os.PathLike) -> str:
@@ -299,15 +315,17 @@ def data_fingerprint(store: str | os.PathLike, index: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
-def checkpoint_identity(settings: TrainSettings, stores: list[str], indexes: list[str]) -> dict:
-    """What a checkpoint must match to be resumed: the settings, the very files of the training
-    data (:func:`data_fingerprint`) and the training code (JSON-normalised: tuples become lists)."""
+def checkpoint_identity(settings: TrainSettings, stores: list[str], indexes: list[str], task: Task | None = None) -> dict:
+    """What a checkpoint must match to be resumed: the settings, the task (its classes), the very
+    files of the training data (:func:`data_fingerprint`) and the training code (JSON-normalised:
+    tuples become lists)."""
+    task = task or make_task()
     identity = dict(
         settings=asdict(settings),
+        task=task.describe(),
         stores=[str(s) for s in stores],
         data=[data_fingerprint(s, i) for s, i in zip(stores, indexes)],
         code=nucseg.code_hash(*TRAINING_CODE),
-        model=settings.model_config().to_dict(),
     )
     return json.loads(json.dumps(identity))
 
@@ -335,11 +353,14 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
         optimizer.step()
 
 
-def run_epoch(model: ResUNet, loader: DataLoader, loss_fn: Loss, device: torch.device, optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler | None, desc: str = "") -> tuple[float, float]:
-    """One pass over ``loader``; trains when ``optimizer`` is given. Returns (mean loss, body pixel IoU).
+def run_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: torch.nn.Module, device: torch.device, optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler | None, desc: str = "", task: Task | None = None) -> tuple[float, float]:
+    """One pass over ``loader``; trains when ``optimizer`` is given. Returns (mean loss, pixel IoU):
+    the task's (:meth:`nucseg.tasks.Task.overlap`): the body head's IoU (instance), the mean
+    over classes of each class's IoU (semantic), pooled over the pass.
 
     Mixed precision on CUDA. A progress bar (``desc``) is shown when stderr is a terminal.
     """
+    task = task or make_task()
     model.train(optimizer is not None)
     total, n, inter, union = 0.0, 0, 0.0, 0.0
     amp = device.type == "cuda"
@@ -354,12 +375,13 @@ def run_epoch(model: ResUNet, loader: DataLoader, loss_fn: Loss, device: torch.d
                 optimizer_step(loss, optimizer, scaler)
             total += float(loss.detach()) * len(x)
             n += len(x)
-            pred, truth = logits[:, 0] > 0, y[:, 0] > 0.5
-            inter += float((pred & truth).sum())
-            union += float((pred | truth).sum())
+            i, u = task.overlap(logits.detach(), y)
+            inter, union = inter + i, union + u
             batches.set_postfix(loss=f"{total / n:.4f}", refresh=False)
     batches.close()
-    return total / max(n, 1), (inter / union if union else 1.0)
+    union = np.atleast_1d(union)
+    seen = union > 0
+    return total / max(n, 1), (float(np.mean(np.atleast_1d(inter)[seen] / union[seen])) if seen.any() else 1.0)
 
 
 LOSS_NAMES = {"bce_dice": "BCE + soft Dice", "jaccard": "soft Jaccard", "dice": "soft Dice"}
@@ -398,7 +420,7 @@ def save_curves(history: pd.DataFrame, path: Path, loss: str = "bce_dice") -> No
     plt.close(fig)
 
 
-def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLike, settings: TrainSettings, checkpoint: str | os.PathLike | None = None, threads: int | None = None) -> dict:
+def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLike, settings: TrainSettings, checkpoint: str | os.PathLike | None = None, threads: int | None = None, task: Task | None = None) -> dict:
     """Train stage: train a model and write the model folder ``out_dir``.
 
     Parameters
@@ -415,6 +437,9 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
         settings and data, training resumes from it.
     threads : int, optional
         CPU threads for torch.
+    task : Task, optional
+        What is learnt (:mod:`nucseg.tasks`): targets, network, loss, sampling weights and
+        the validation IoU. Default: the instance task.
 
     Returns
     -------
@@ -429,13 +454,15 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
     device = choose_device(settings.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fastest kernels for the fixed crop size (not bit-reproducible)
+    task = task or make_task()
     examples = split_examples(list(map(str, indexes)))
     heads = settings.heads
+    invert_dark = settings.invert_dark and task.invert_dark
 
     def dataset(split: str, augment: AugmentSettings | None) -> CropDataset:
         rows = examples[split]
-        invert_flags = [settings.invert_dark and dark for _, _, _, dark in rows]
-        return CropDataset(list(map(str, stores)), [(s, k) for s, k, _, _ in rows], heads, augment, settings.seed, invert_flags)
+        invert_flags = [invert_dark and dark for _, _, _, dark in rows]
+        return CropDataset(list(map(str, stores)), [(s, k) for s, k, _, _ in rows], heads, augment, settings.seed, invert_flags, task.targets)
 
     train_set, val_set = dataset("train", settings.augment_settings()), dataset("val", None)
     log.info("%d training and %d validation examples", len(train_set), len(val_set))
@@ -443,25 +470,23 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
     loader_args = dict(batch_size=settings.batch_size, num_workers=settings.num_workers, pin_memory=device.type == "cuda")
     per_epoch = min(settings.samples_per_epoch or len(train_set), len(train_set))
     if settings.sampling == "balanced":
-        weights = sample_weights([m for _, _, m, _ in examples["train"]], train_set.has_nuclei(), settings.empty_weight)
-        shares = pd.Series(weights).groupby([m for _, _, m, _ in examples["train"]]).sum()
-        log.info("balanced sampling, share of draws per modality: %s", ", ".join(f"{m} {v:.2f}" for m, v in shares.items()))
+        weights = task.sample_weights(train_set, examples["train"], settings)
         sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), per_epoch, replacement=True, generator=generator)
     else:
         sampler = torch.utils.data.RandomSampler(train_set, num_samples=per_epoch, generator=generator)
     train_loader = DataLoader(train_set, sampler=sampler, drop_last=per_epoch > settings.batch_size, **loader_args)
     val_loader = DataLoader(val_set, shuffle=False, **loader_args)
 
-    model_config = settings.model_config()
-    model = ResUNet(model_config).to(device)
-    loss_fn = Loss(settings.loss)
+    model, model_config, architecture = task.build_model(settings)
+    model = model.to(device)
+    loss_fn = task.loss(settings).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     scheduler = make_scheduler(optimizer, settings.lr_patience)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
 
     start, history, best, best_state, bad_epochs = 1, [], -1.0, None, 0
     ckpt_path = Path(checkpoint) if checkpoint else None
-    identity = checkpoint_identity(settings, stores, indexes) if ckpt_path else None
+    identity = checkpoint_identity(settings, stores, indexes, task) if ckpt_path else None
     ckpt = None
     if ckpt_path and ckpt_path.is_file():
         try:
@@ -489,9 +514,9 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
             break
         t0 = time.perf_counter()
         train_set.epoch = epoch
-        train_loss, train_iou = run_epoch(model, train_loader, loss_fn, device, optimizer, scaler, f"epoch {epoch}/{settings.epochs} train")
+        train_loss, train_iou = run_epoch(model, train_loader, loss_fn, device, optimizer, scaler, f"epoch {epoch}/{settings.epochs} train", task)
         if len(val_set):
-            val_loss, val_iou = run_epoch(model, val_loader, loss_fn, device, None, None, f"epoch {epoch}/{settings.epochs} val")
+            val_loss, val_iou = run_epoch(model, val_loader, loss_fn, device, None, None, f"epoch {epoch}/{settings.epochs} val", task)
         else:
             val_loss, val_iou = float("nan"), train_iou
         lr = optimizer.param_groups[0]["lr"]
@@ -520,9 +545,10 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
     best_row = table.loc[table["val_iou"].idxmax()]
     config = dict(
         nucseg_version=nucseg.__version__,
-        architecture="ResUNet",
-        model=model_config.to_dict(),
-        normalize=dict(low=NORMALIZE_LOW, high=NORMALIZE_HIGH, invert_dark=settings.invert_dark),
+        **task.describe(),
+        architecture=architecture,
+        model=model_config,
+        normalize=dict(low=NORMALIZE_LOW, high=NORMALIZE_HIGH, invert_dark=invert_dark),
         train=asdict(settings),
         device=device.type,
         # reproducing the weights on a CPU needs the same torch build, thread count and

@@ -5,6 +5,7 @@ import os
 import re
 
 import nucseg
+import nucseg.tasks
 import yaml
 from nucseg.config import SECTIONS, config_problems, type_cli_config
 from snakemake.exceptions import WorkflowError
@@ -64,7 +65,36 @@ def dataset_layout(name):
 # a folder of the user's own images, or a dsb set marked evaluate: false, is predicted,
 # segmented and measured only (evaluate: true with layout: images, and a config without a
 # test set, are refused with the config above: nucseg.config)
-EVAL_SETS = [name for name in TEST_SETS if DATASETS[name].get("evaluate", dataset_layout(name) == "dsb")]
+EVAL_SETS = [name for name in TEST_SETS if DATASETS[name].get("evaluate", dataset_layout(name) in ("dsb", "semantic"))]
+
+# The task (nucseg.tasks): instance or semantic. It decides the training targets, network and
+# loss, the segment step, the metrics, QC pictures and plots; the stages stay the same rules.
+# Rules of the stages that differ run the task's adapter (workflow_scripts/<stage>_task.py)
+# for any task but the instance one, whose adapters call the stage modules directly.
+TASK = config.get("task", "instance")
+CLASSES = [[name, value] for name, value in (config.get("classes") or {}).items()]
+try:  # the semantic task: two or more classes, distinct names, values 0..255
+    TASK_PLOTS = list(nucseg.tasks.make_task(TASK, CLASSES).plots)
+except ValueError as _exc:
+    raise WorkflowError(f"config: {_exc}") from None
+if TASK == "semantic":
+    _wrong = sorted(name for name in DATASETS if dataset_layout(name) != "semantic")
+    if _wrong:
+        raise WorkflowError(f"config: task: semantic reads datasets of layout: semantic; {_wrong} have another layout")
+elif CLASSES:
+    raise WorkflowError("config: classes are declared but task is instance (set task: semantic)")
+
+
+#: The caption of each plot in the report (report/<plot>.rst has the long one).
+PLOT_LABELS = {"challenge_score": "challenge score per image", "score_vs_threshold": "score against IoU threshold", "counts": "predicted against true counts", "class_scores": "per-class Dice and IoU"}
+#: Modules the task's stages run beyond the instance path's (part of the rules' code hashes).
+TASK_CODE = () if TASK == "instance" else ("tasks", f"tasks.{TASK}", "nets")
+
+
+def task_script(stage):
+    """The adapter of a stage that differs between tasks (segment, evaluate, qc, plots)."""
+    return f"../workflow_scripts/{stage}.py" if TASK == "instance" else f"../workflow_scripts/{stage}_task.py"
+
 
 # Models by name; each may override keys of the train, predict and segment sections.
 MODELS = {name: (overrides or {}) for name, overrides in config["models"].items()}
@@ -174,7 +204,7 @@ def evaluation_outputs():
     if not EVAL_SETS:
         return []
     tables = [SUMMARY, SUMMARY_STATS, SUMMARY_HTML] + ([COMPARISON] if len(MODELS) > 1 else [])
-    plots = expand(f"{PLOTS}/{{plot}}.png", model=MODELS, plot=["challenge_score", "score_vs_threshold", "counts"])
+    plots = expand(f"{PLOTS}/{{plot}}.png", model=MODELS, plot=TASK_PLOTS)
     qc = expand(f"{QC}/{{pick}}.png", model=MODELS, dataset=EVAL_SETS, pick=QC_PICKS)
     return tables + plots + qc
 

@@ -7,13 +7,15 @@ rule evaluate:
     output:
         f"{RESULTS}/metrics/{{model}}/{{dataset}}/per_image.csv",
     params:
-        code=nucseg.code_hash("evaluate", "metrics", "imageio", "files"),
+        task=TASK,
+        classes=CLASSES,
+        code=nucseg.code_hash("evaluate", "metrics", "imageio", "files", *TASK_CODE),
     log:
         f"{LOGS}/evaluate/{{model}}/{{dataset}}.log",
     conda:
         "../envs/nucseg.yaml"
     script:
-        "../workflow_scripts/evaluate.py"
+        task_script("evaluate")
 
 
 rule aggregate:
@@ -37,22 +39,23 @@ rule aggregate:
 
 
 rule plots:
-    # Per model: distribution of the per-image challenge score, score against IoU threshold,
-    # predicted against true nucleus counts.
+    # Per model, the task's plots (TASK_PLOTS). Instance: distribution of the per-image
+    # challenge score, score against IoU threshold, predicted against true nucleus counts.
+    # Semantic: per-class Dice and IoU over images.
     input:
         expand(f"{RESULTS}/metrics/{{model}}/{{dataset}}/per_image.csv", dataset=EVAL_SETS, allow_missing=True),
     output:
-        score=report(f"{PLOTS}/challenge_score.png", caption="../report/challenge_score.rst", category="Plots", subcategory="{model}", labels={"model": "{model}", "plot": "challenge score per image"}),
-        curve=report(f"{PLOTS}/score_vs_threshold.png", caption="../report/score_vs_threshold.rst", category="Plots", subcategory="{model}", labels={"model": "{model}", "plot": "score against IoU threshold"}),
-        counts=report(f"{PLOTS}/counts.png", caption="../report/counts.rst", category="Plots", subcategory="{model}", labels={"model": "{model}", "plot": "predicted against true counts"}),
+        **{plot: report(f"{PLOTS}/{plot}.png", caption=f"../report/{plot}.rst", category="Plots", subcategory="{model}", labels={"model": "{model}", "plot": PLOT_LABELS[plot]}) for plot in TASK_PLOTS},
     params:
-        code=nucseg.code_hash("plots", "report", "evaluate", "files"),
+        task=TASK,
+        classes=CLASSES,
+        code=nucseg.code_hash("plots", "report", "evaluate", "files", *TASK_CODE),
     log:
         f"{LOGS}/plots/{{model}}.log",
     conda:
         "../envs/nucseg.yaml"
     script:
-        "../workflow_scripts/plots.py"
+        task_script("plots")
 
 
 rule training_curves:
@@ -79,12 +82,14 @@ rule qc:
         labels=f"{RESULTS}/segmentation/{{model}}/{{dataset}}/labels",
         zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
     output:
-        **{pick: report(f"{QC}/{pick}.png", caption="../report/qc.rst", category="QC", subcategory="{model} / {dataset}", labels={"model": "{model}", "dataset": "{dataset}", "image": pick}) for pick in QC_PICKS},
+        **{pick: report(f"{QC}/{pick}.png", caption="../report/qc.rst" if TASK == "instance" else f"../report/qc_{TASK}.rst", category="QC", subcategory="{model} / {dataset}", labels={"model": "{model}", "dataset": "{dataset}", "image": pick}) for pick in QC_PICKS},
     params:
-        code=nucseg.code_hash("qc", "plots", "report", "imageio", "evaluate", "files"),
+        task=TASK,
+        classes=CLASSES,
+        code=nucseg.code_hash("qc", "plots", "report", "imageio", "evaluate", "files", *TASK_CODE),
     log:
         f"{LOGS}/qc/{{model}}/{{dataset}}.log",
     conda:
         "../envs/nucseg.yaml"
     script:
-        "../workflow_scripts/qc.py"
+        task_script("qc")

@@ -9,7 +9,8 @@ rule preprocess_train:
         settings=section_settings("preprocess"),
         layout=lambda wc: dataset_layout(wc.dataset),
         exclude=lambda wc: dataset_exclude(wc.dataset),
-        code=nucseg.code_hash("preprocess", "datasets", "rle", "imageio", "files"),
+        classes=CLASSES,
+        code=nucseg.code_hash("preprocess", "datasets", "rle", "imageio", "files", *TASK_CODE),
     log:
         f"{LOGS}/preprocess_train/{{dataset}}.log",
     benchmark:
@@ -29,7 +30,9 @@ rule preprocess_test:
         index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",
     params:
         layout=lambda wc: dataset_layout(wc.dataset),
-        code=nucseg.code_hash("preprocess", "datasets", "rle", "imageio", "files"),
+        exclude=lambda wc: dataset_exclude(wc.dataset),
+        classes=CLASSES,
+        code=nucseg.code_hash("preprocess", "datasets", "rle", "imageio", "files", *TASK_CODE),
     log:
         f"{LOGS}/preprocess_test/{{dataset}}.log",
     conda:

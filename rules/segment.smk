@@ -14,7 +14,9 @@ rule segment:
         images=f"{RESULTS}/segmentation/{{model}}/{{dataset}}/images.csv",
     params:
         settings=settings("segment"),
-        code=nucseg.code_hash("postprocess", "measure", "outputs", "imageio", "files"),
+        task=TASK,
+        classes=CLASSES,
+        code=nucseg.code_hash("postprocess", "measure", "outputs", "imageio", "files", *TASK_CODE),
     threads: 2
     log:
         f"{LOGS}/segment/{{model}}/{{dataset}}.log",
@@ -23,4 +25,5 @@ rule segment:
     conda:
         "../envs/nucseg.yaml"
     script:
-        "../workflow_scripts/segment.py"
+        # the semantic task: argmax class maps and class areas (nucseg.tasks.semantic)
+        task_script("segment")

@@ -7,9 +7,11 @@ rule train:
         directory(MODEL),
     params:
         settings=settings("train"),
+        task=TASK,
+        classes=CLASSES,
         # not an output: it survives a failed job, so a rerun resumes from it
         checkpoint=f"{RESULTS}/checkpoints/{{model}}.pt",
-        code=nucseg.code_hash("train", "model", "losses", "augment", "preprocess", "imageio", "files"),
+        code=nucseg.code_hash("train", "model", "losses", "augment", "preprocess", "imageio", "files", "nets", "tasks", "tasks.instance", "tasks.semantic"),
     threads: 4
     resources:
         gpu=1,

@@ -112,8 +112,8 @@ def test_touching_borders_by_hand():
 
 
 def test_bad_settings_are_named():
-    with pytest.raises(ValueError, match="unknown model 'unet'"):
-        TrainSettings(model="unet")
+    with pytest.raises(ValueError, match="unknown model 'tiramisu'"):
+        TrainSettings(model="tiramisu")  # unet is a semantic preset (nucseg.nets)
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         TrainSettings(epochs=0)
 

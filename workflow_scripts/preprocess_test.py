@@ -9,4 +9,6 @@ preprocess_fullsize(
     out_zarr=snakemake.output.zarr,  # noqa: F821
     index_csv=snakemake.output.index,  # noqa: F821
     layout=snakemake.params.layout,  # noqa: F821
+    exclude=snakemake.params.exclude,  # noqa: F821
+    classes=snakemake.params.classes,  # noqa: F821 (semantic task; empty: instance)
 )

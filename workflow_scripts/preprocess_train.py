@@ -10,5 +10,6 @@ preprocess_training(
     index_csv=snakemake.output.index,  # noqa: F821
     layout=snakemake.params.layout,  # noqa: F821
     exclude=snakemake.params.exclude,  # noqa: F821
+    classes=snakemake.params.classes,  # noqa: F821 (semantic task; empty: instance)
     settings=PreprocessSettings(**snakemake.params.settings),  # noqa: F821
 )

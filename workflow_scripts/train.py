@@ -1,6 +1,7 @@
 """Adapter of rule train -> nucseg.train.train_model."""
 
 from nucseg.logs import setup_logging
+from nucseg.tasks import make_task
 from nucseg.train import TrainSettings, train_model
 
 setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
@@ -11,4 +12,5 @@ train_model(
     settings=TrainSettings(**snakemake.params.settings),  # noqa: F821
     checkpoint=snakemake.params.checkpoint,  # noqa: F821
     threads=snakemake.threads,  # noqa: F821
+    task=make_task(snakemake.params.task, snakemake.params.classes),  # noqa: F821
 )

@@ -1,0 +1,183 @@
+"""Semantic segmentation on the two papers' data: floors without a network, then networks.
+
+ISBI 2012 (Bargé: U-Net against SegNet): train on slices 00-24, score slices 25-29 (a
+held-out block of consecutive slices). wbc3class (the MIDL bright-field stand-in: U-Net,
+DeepLabv3+ and the residual U-Net): train on Dataset1 without every fifth image, score those
+60 held-out images, and score the Dataset1 model on all of Dataset2 (domain shift).
+
+Floors, on the same test images: ISBI majority class (everything "cell") and Otsu's
+threshold on the grey values (dark = membrane); wbc3class k-means on RGB into three clusters
+per image, the clusters named by brightness (brightest background, darkest nucleus).
+
+Networks go through the pipeline's own stages: :func:`nucseg.preprocess.preprocess_training`
+and ``preprocess_fullsize``, :func:`nucseg.train.train_model` with the semantic task,
+:func:`nucseg.infer.predict_dataset`, then the semantic task's segment and evaluate. Scores
+are means over images of the per-image rows (pixel accuracy; Dice per class and their macro
+mean), as the aggregate stage computes them.
+
+Run it, on a busy machine, as::
+
+    nice -n 10 env OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_semantic.py [--only NAME ...]
+
+Each run's CPU budget (epochs x examples per epoch, crop size, width) is printed beside it.
+The datasets are read from ``../shared/data`` (not copied into the repository).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import zarr
+from scipy.cluster.vq import kmeans2
+from skimage.filters import threshold_otsu
+
+from nucseg.datasets import download_dataset
+from nucseg.infer import PredictSettings, predict_dataset
+from nucseg.preprocess import PreprocessSettings, preprocess_fullsize, preprocess_training, read_id_list
+from nucseg.tasks.semantic import SemanticTask, confusion_matrix, scores
+from nucseg.train import TrainSettings, train_model
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+ISBI_CLASSES = {"membrane": 0, "cell": 255}
+WBC_CLASSES = {"background": 0, "cytoplasm": 1, "nucleus": 2}
+
+#: name -> (dataset, train settings, preprocess size). Budgets sized for one busy CPU core.
+RUNS = {
+    "isbi-unet": ("isbi", dict(model="unet", width=8), 128),
+    "wbc-unet": ("wbc", dict(model="unet", width=8), 128),
+    "isbi-segnet": ("isbi", dict(model="segnet", width=8), 128),
+    "wbc-deeplabv3plus": ("wbc", dict(model="deeplabv3plus", width=8), 128),
+    "wbc-unet-colour": ("wbc", dict(model="unet", width=8, augment_colour=0.8), 128),
+    "wbc-resunet": ("wbc", dict(model="resunet-small", width=8), 128),
+}
+COMMON = dict(epochs=16, samples_per_epoch=64, batch_size=8, learning_rate=2e-3, invert_dark=False, sampling="balanced", lr_patience=4, stop_patience=8, seed=0)
+
+
+def mean_scores(rows: list[dict], keys: list[str]) -> dict:
+    table = pd.DataFrame(rows)
+    return {k: float(table[k].mean()) for k in keys}
+
+
+def image_rows(store: str, index_csv: str, classes: dict, predict) -> list[dict]:
+    """Per-image :func:`scores` of ``predict(image) -> class index map`` on a full-size store."""
+    names = tuple(classes)
+    root = zarr.open_group(store, mode="r")
+    rows = []
+    for image_id in pd.read_csv(index_csv, dtype={"image_id": str})["image_id"]:
+        image, truth = root["images"][image_id][:], root["labels"][image_id][:]
+        rows.append(scores(confusion_matrix(truth, predict(image), len(names)), names))
+    return rows
+
+
+def kmeans_classes(image: np.ndarray) -> np.ndarray:
+    """Three k-means clusters of the RGB pixels, named by brightness: background, cytoplasm, nucleus."""
+    pixels = image.reshape(-1, 3).astype(np.float64)
+    centres, assigned = kmeans2(pixels, 3, minit="++", seed=0)
+    order = np.argsort(-centres.sum(axis=1))  # brightest first
+    rank = np.empty(3, np.int64)
+    rank[order] = np.arange(3)
+    return rank[assigned].reshape(image.shape[:2]).astype(np.uint8)
+
+
+def otsu_membrane(image: np.ndarray) -> np.ndarray:
+    grey = image.mean(axis=2)
+    return (grey > threshold_otsu(grey)).astype(np.uint8)  # 0 membrane (dark), 1 cell
+
+
+def prepare(work: Path) -> dict:
+    """Unpacked datasets and their stores; returns paths by name."""
+    config = REPO / "config"
+    data = {}
+    specs = {
+        "isbi": (SHARED / "isbi2012" / "isbi2012_train.zip", None, ISBI_CLASSES, "isbi2012_heldout.txt", "isbi2012_train_slices.txt"),
+        "wbc": (SHARED / "wbc3class" / "wbc3class.zip", "Dataset1", WBC_CLASSES, "wbc3class_heldout.txt", "wbc3class_train_ids.txt"),
+        "wbc2": (SHARED / "wbc3class" / "wbc3class.zip", "Dataset2", WBC_CLASSES, None, None),
+    }
+    for name, (archive, subdir, classes, heldout, train_ids) in specs.items():
+        folder = work / name
+        out = dict(classes=classes, full=str(folder / "full.zarr"), full_index=str(folder / "full_index.csv"))
+        if not (folder / "full_index.csv").exists():
+            download_dataset(str(archive), folder / "data", layout="semantic", subdir=subdir)
+            preprocess_fullsize(folder / "data", out["full"], out["full_index"], "semantic", read_id_list(config / train_ids) if train_ids else (), classes)
+        if heldout:
+            for size in (128,):
+                store, index = folder / f"train{size}.zarr", folder / f"train{size}_index.csv"
+                if not index.exists():
+                    preprocess_training(folder / "data", store, index, PreprocessSettings(size=size, val_fraction=0.1), "semantic", read_id_list(config / heldout), classes)
+                out[f"train{size}"], out[f"train{size}_index"] = str(store), str(index)
+        data[name] = out
+    return data
+
+
+def network(name: str, data: dict, work: Path) -> list[dict]:
+    dataset, overrides, size = RUNS[name]
+    d = data[dataset]
+    task = SemanticTask.from_classes(d["classes"])
+    settings = TrainSettings(**{**COMMON, **overrides})
+    model_dir = work / "models" / name
+    t0 = time.perf_counter()
+    config = train_model([d[f"train{size}"]], [d[f"train{size}_index"]], model_dir, settings, threads=1, task=task)
+    seconds = time.perf_counter() - t0
+    budget = f"{settings.model} w{settings.width}, {config['epochs_run']} ep x {settings.samples_per_epoch} crops {size}px, {seconds / 60:.1f} min"
+    results = []
+    for test in [dataset] + (["wbc2"] if dataset == "wbc" else []):
+        t = data[test]
+        pred = work / "pred" / f"{name}_{test}.zarr"
+        predict_dataset(model_dir, t["full"], t["full_index"], pred, PredictSettings(device="cpu"), threads=1)
+        labels, areas, per_image = work / "seg" / name / test, work / "seg" / f"{name}_{test}_areas.csv", work / "seg" / f"{name}_{test}_per_image.csv"
+        task.segment(str(pred), t["full"], t["full_index"], dict(labels=str(labels), objects=str(areas)))
+        table = task.evaluate(str(labels), t["full"], t["full_index"], str(per_image), test, name)
+        results.append(dict(run=name, test=test, budget=budget, best_val_iou=config["best_val_iou"], **{k: float(table[k].mean()) for k in table.columns if k.startswith(("pixel_accuracy", "mean_dice", "dice_"))}))
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", default="/tmp/nucseg_bench_semantic", help="scratch folder (datasets unpacked, stores, models)")
+    parser.add_argument("--only", nargs="*", default=None, help=f"runs to do (default all, and the floors): {list(RUNS)}, floors")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
+    logging.getLogger("nucseg.train").setLevel(logging.INFO)
+    if not SHARED.is_dir():
+        print(f"{SHARED} not found: the benchmark needs ../shared/data")
+        return 1
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = prepare(work)
+    only = set(args.only) if args.only is not None else set(RUNS) | {"floors"}
+    results = []
+    if "floors" in only:
+        isbi = data["isbi"]
+        for method, fn in (("majority class", lambda im: np.ones(im.shape[:2], np.uint8)), ("Otsu", otsu_membrane)):
+            rows = image_rows(isbi["full"], isbi["full_index"], ISBI_CLASSES, fn)
+            results.append(dict(run=f"floor: {method}", test="isbi", budget="no training", **mean_scores(rows, ["pixel_accuracy", "mean_dice", "dice_membrane", "dice_cell"])))
+        for test in ("wbc", "wbc2"):
+            rows = image_rows(data[test]["full"], data[test]["full_index"], WBC_CLASSES, kmeans_classes)
+            results.append(dict(run="floor: k-means RGB", test=test, budget="no training", **mean_scores(rows, ["pixel_accuracy", "mean_dice", "dice_background", "dice_cytoplasm", "dice_nucleus"])))
+        print(pd.DataFrame(results).to_string(index=False), flush=True)
+    for name in RUNS:
+        if name in only:
+            shutil.rmtree(work / "models" / name, ignore_errors=True)
+            results += network(name, data, work)
+            print(pd.DataFrame(results[-2:]).to_string(index=False), flush=True)
+    table = pd.DataFrame(results)
+    out = work / f"results_{int(time.time())}.csv"
+    table.to_csv(out, index=False)
+    pd.set_option("display.width", 250)
+    print(f"\nall results ({out}):")
+    print(table.round(4).to_string(index=False))
+    print(json.dumps({"torch_threads": 1, "machine": "2-core x86_64 VM, one core busy with another training run, nice 10"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""Adapter of rule plots for tasks other than instance -> the task's plot (nucseg.tasks)."""
+
+from nucseg.logs import setup_logging
+from nucseg.tasks import make_task
+
+setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+make_task(snakemake.params.task, snakemake.params.classes).plot(  # noqa: F821
+    metric_csvs=list(snakemake.input),  # noqa: F821
+    out_pngs=dict(snakemake.output.items()),  # noqa: F821
+)
