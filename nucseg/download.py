@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nucseg
-from nucseg.files import NoSpaceError, reporting_no_space
+from nucseg.files import NoSpaceError, atomic_file, reporting_no_space
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,8 @@ def read_lock(dest: str | os.PathLike) -> str | None:
 
 def write_lock(dest: str | os.PathLike, digest: str) -> Path:
     lock = lock_path(dest)
-    tmp = lock.with_name(lock.name + ".part")
-    tmp.write_text(f"{digest}  {Path(dest).name}\n")
-    os.replace(tmp, lock)
+    with atomic_file(lock) as tmp:
+        tmp.write_text(f"{digest}  {Path(dest).name}\n")
     return lock
 
 
