@@ -1,18 +1,26 @@
 """Files from outside and exhausted resources: pickled payloads are refused, a full disk is named.
 
-The full-disk tests write onto a real, small, full file system: a 256 KiB tmpfs mounted for the
-test (it needs root, as CI has; elsewhere they are skipped with the reason). Nothing is
-simulated: the writes fail with the kernel's ENOSPC.
+The full-disk tests run against two real limits, nothing simulated:
+
+* ``tmpfs``: a 256 KiB file system mounted for the test, which fills up (the kernel's ENOSPC).
+  Mounting needs root and a container that allows it (CI runs as root); elsewhere it is skipped
+  with the reason.
+* ``fsize``: the process's file size limit (``RLIMIT_FSIZE``) lowered to 256 KiB while the
+  action runs: a write past it fails with the kernel's EFBIG (Python ignores ``SIGXFSZ``). It
+  runs everywhere, and reaches the same code as a full disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pickle
+import resource
 import subprocess
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,77 +36,99 @@ from .test_download import Server
 from .test_train import SETTINGS, synthetic_store
 
 MESSAGE = "no space left on device while writing "
+LIMIT = 256 << 10
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A real 256 KiB file system (tmpfs) at ``tmp_path / "disk"``; unmounted afterwards."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
+class Disk:
+    """``path``: a folder to write to; ``full()``: a block in which writing there runs out of room."""
+
+    def __init__(self, path: Path, kind: str):
+        self.path, self.kind = path, kind
+
+    @contextlib.contextmanager
+    def full(self):
+        if self.kind == "tmpfs":  # the file system itself is small
+            yield
+            return
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.fixture(params=["tmpfs", "fsize"])
+def disk(request, tmp_path):
+    path = tmp_path / "disk"
+    path.mkdir()
+    if request.param == "fsize":
+        yield Disk(path, "fsize")
+        return
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs (a real full disk) needs root; CI runs as root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True, text=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={LIMIT >> 10}k", "tmpfs", str(path)], capture_output=True, text=True)
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
-        yield disk
+        yield Disk(path, "tmpfs")
     finally:
-        subprocess.run(["umount", str(disk)], check=True)
+        subprocess.run(["umount", str(path)], check=True)
 
 
 def incompressible(n: int) -> bytes:
     return np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8).tobytes()
 
 
-def test_the_disk_fixture_is_really_full(full_disk):
-    with pytest.raises(OSError, match="No space left on device"):
-        (full_disk / "big").write_bytes(incompressible(1 << 20))
+def test_the_disk_is_really_full(disk):
+    with pytest.raises(OSError, match="No space left on device|File too large"), disk.full():
+        (disk.path / "big").write_bytes(incompressible(1 << 20))
 
 
-def test_atomic_file_on_a_full_disk_names_the_file_and_leaves_nothing(full_disk):
-    target = full_disk / "table.csv"
-    with pytest.raises(NoSpaceError, match=MESSAGE + str(target)), atomic_file(target) as tmp:
+def test_atomic_file_on_a_full_disk_names_the_file_and_leaves_nothing(disk):
+    target = disk.path / "table.csv"
+    with pytest.raises(NoSpaceError, match=MESSAGE + str(target)), disk.full(), atomic_file(target) as tmp:
         tmp.write_bytes(incompressible(1 << 20))
-    assert list(full_disk.iterdir()) == []
+    assert list(disk.path.iterdir()) == []
 
 
-def test_local_copy_on_a_full_disk(full_disk, tmp_path):
+def test_local_copy_on_a_full_disk(disk, tmp_path):
     """Regression: a full disk read as "truncated or corrupt zip archive" and left a .part file."""
     source = tmp_path / "data.zip"
     source.write_bytes(incompressible(1 << 20))
-    with pytest.raises(NoSpaceError, match=MESSAGE + str(full_disk / "data.zip")):
-        fetch(str(source), full_disk / "data.zip")
-    assert list(full_disk.iterdir()) == []
+    with pytest.raises(NoSpaceError, match=MESSAGE + str(disk.path / "data.zip")), disk.full():
+        fetch(str(source), disk.path / "data.zip")
+    assert list(disk.path.iterdir()) == []
 
 
-def test_http_download_on_a_full_disk_is_not_retried(full_disk):
+def test_http_download_on_a_full_disk_is_not_retried(disk):
     server = Server(incompressible(1 << 20))
     try:
-        with pytest.raises(NoSpaceError, match=MESSAGE + str(full_disk / "data.zip")):
-            fetch(server.url, full_disk / "data.zip", settings=DownloadSettings(retries=3, backoff=0.01, timeout=5, progress=False))
+        with pytest.raises(NoSpaceError, match=MESSAGE + str(disk.path / "data.zip")), disk.full():
+            fetch(server.url, disk.path / "data.zip", settings=DownloadSettings(retries=3, backoff=0.01, timeout=5, progress=False))
         assert len(server.requests) == 1  # a full disk is not worth another attempt
     finally:
         server.close()
-    assert list(full_disk.iterdir()) == []
+    assert list(disk.path.iterdir()) == []
 
 
-def test_unpacking_onto_a_full_disk(full_disk, tmp_path):
+def test_unpacking_onto_a_full_disk(disk, tmp_path):
     archive = tmp_path / "data.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr("a/images/a.png", incompressible(1 << 20))
-    with pytest.raises(NoSpaceError, match=MESSAGE + str(full_disk / "ds" / "a" / "images" / "a.png")):
-        unpack_zip(archive, full_disk / "ds")
-    assert list(full_disk.iterdir()) == []
+    with pytest.raises(NoSpaceError, match=MESSAGE + str(disk.path / "ds" / "a" / "images" / "a.png")), disk.full():
+        unpack_zip(archive, disk.path / "ds")
+    assert list(disk.path.iterdir()) == []
 
 
-def test_checkpoint_on_a_full_disk(full_disk, tmp_path):
+def test_checkpoint_on_a_full_disk(disk, tmp_path):
     """Regression: a full disk during the checkpoint gave PyTorch's inline_container.cc error with
     no path, and left ckpt.pt.part."""
     store, index = synthetic_store(tmp_path)
-    ckpt = full_disk / "ckpt.pt"
-    with pytest.raises(NoSpaceError, match=MESSAGE + str(ckpt)):
+    ckpt = disk.path / "ckpt.pt"
+    with pytest.raises(NoSpaceError, match=MESSAGE + str(ckpt)), disk.full():
         train_model([store], [index], tmp_path / "model", TrainSettings(**dict(SETTINGS, epochs=1)), checkpoint=ckpt, threads=1)
-    assert list(full_disk.iterdir()) == []
+    assert list(disk.path.iterdir()) == []
     assert not (tmp_path / "model").exists()
 
 
