@@ -31,27 +31,37 @@ log = logging.getLogger(__name__)
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
-class NoSpaceError(OSError):
-    """A write failed for want of space; the message names the file that was being written."""
+#: What each of :data:`NO_SPACE` means, in the message of :class:`NoSpaceError`.
+NO_SPACE_REASONS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large (the file system's or the process's file size limit)",
+}
 
-    def __init__(self, path: str | os.PathLike):
-        super().__init__(errno.ENOSPC, "no space left on device", str(path))
+
+class NoSpaceError(OSError):
+    """A write failed for want of room; the message names the file being written:
+    ``no space left on device while writing <path>`` (or the quota or file size limit)."""
+
+    def __init__(self, path: str | os.PathLike, code: int = errno.ENOSPC):
+        super().__init__(code, NO_SPACE_REASONS.get(code, NO_SPACE_REASONS[errno.ENOSPC]), str(path))
 
     def __str__(self) -> str:
-        return f"no space left on device while writing {self.filename}"
+        return f"{self.strerror} while writing {self.filename}"
 
 
-def is_no_space(exc: BaseException) -> bool:
-    """Whether ``exc``, or an exception it was raised from or during, is a write that found no
-    space (:data:`NO_SPACE`). Libraries wrap the ``OSError`` (PyTorch's ``torch.save`` raises
-    a ``RuntimeError`` with the ``OSError`` as its context), so the chain is searched."""
+def no_space_errno(exc: BaseException) -> int | None:
+    """The errno (one of :data:`NO_SPACE`) if ``exc``, or an exception it was raised from or
+    during, is a write that found no room, else ``None``. Libraries wrap the ``OSError``
+    (PyTorch's ``torch.save`` raises a ``RuntimeError`` with it as its context), so the chain
+    is searched."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in NO_SPACE:
-            return True
+            return exc.errno
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
 
 
 @contextlib.contextmanager
@@ -62,8 +72,9 @@ def reporting_no_space(path: str | os.PathLike) -> Iterator[None]:
     except NoSpaceError:
         raise
     except Exception as exc:
-        if is_no_space(exc):
-            raise NoSpaceError(path) from exc
+        code = no_space_errno(exc)
+        if code is not None:
+            raise NoSpaceError(path, code) from exc
         raise
 
 
