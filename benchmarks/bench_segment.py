@@ -5,9 +5,11 @@ map of size x size in 1024-pixel chunks, tiled from the real 512 x 512 fluoresce
 labels (smoothed foreground; ../shared/data/fixtures), and an RGB image store beside it, then
 runs everything after the network as the segment rule does (:func:`nucseg.postprocess.segment_image`:
 statistics, chunked watershed, measurements, label TIFF, GeoJSON, OME-Zarr) and reports
-seconds, megapixels per second and the peak resident memory of the child. The parent times
-an eager forward pass of resunet-small on a 1024 x 1024 tile (the predict stage's network,
-same thread count) and prints the segment share of predict + segment.
+seconds, megapixels per second and the peak resident memory of the child. Right before and
+after, the child times an eager forward pass of resunet-small on a 1024 x 1024 tile (the
+predict stage's network, same thread count; the mean of the two, so that both see the same
+machine load) and the segment share of predict + segment is printed. The peak RSS includes
+the forward pass (about 0.5 GB of activations at 1024 x 1024).
 
     nice -n 10 python benchmarks/bench_segment.py 2048 8192 [--threads 1] [--no-outputs]
 """
@@ -60,6 +62,7 @@ def child(size: int, threads: int, outputs: bool) -> dict:
         tmp = Path(tmp)
         maps, rgb = build_inputs(tmp, size)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        predict = [predict_seconds_per_mp(threads)]
         folders = [tmp / name for name in ("tif", "ome", "geo")]
         for f in folders:
             f.mkdir()
@@ -68,8 +71,9 @@ def child(size: int, threads: int, outputs: bool) -> dict:
             start = time.perf_counter()
             row = segment_image(maps, ["body"], rgb, "bench", SegmentSettings(), tmp, lambda t: t.to_csv(table_file, header=False, index=False), writers, threads)
             seconds = time.perf_counter() - start
+        predict.append(predict_seconds_per_mp(threads))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"size": size, "nuclei": row["count"], "seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before}
+    return {"size": size, "nuclei": row["count"], "seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before, "predict_s_per_mp": float(np.mean(predict))}
 
 
 def predict_seconds_per_mp(threads: int) -> float:
@@ -99,15 +103,15 @@ def main() -> None:
         return
     if not FIXTURES.is_dir():
         sys.exit(f"{FIXTURES} not found (../shared/data)")
-    predict = predict_seconds_per_mp(args.threads)
-    print(f"predict (eager resunet-small forward, 1024^2 tile, {args.threads} thread(s)): {predict:.2f} s/MP")
-    print(f"{'size':>7} {'nuclei':>8} {'seconds':>8} {'s/MP':>6} {'MP/s':>6} {'peak RSS MB':>11} {'segment share':>13}")
+    print(f"segment with all outputs: {not args.no_outputs}; {args.threads} thread(s); predict = eager resunet-small forward on a 1024^2 tile")
+    print(f"{'size':>7} {'nuclei':>8} {'seconds':>8} {'s/MP':>6} {'MP/s':>6} {'peak RSS MB':>11} {'predict s/MP':>12} {'segment share':>13}")
     for size in args.sizes:
         cmd = [sys.executable, __file__, "--child", str(size), "--threads", str(args.threads)] + (["--no-outputs"] if args.no_outputs else [])
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         mp = size * size / 1e6
         per_mp = r["seconds"] / mp
-        print(f"{size:>7} {r['nuclei']:>8} {r['seconds']:>8.1f} {per_mp:>6.2f} {1 / per_mp:>6.2f} {r['peak_rss_mb']:>11.0f} {per_mp / (per_mp + predict):>13.2f}", flush=True)
+        predict = r["predict_s_per_mp"]
+        print(f"{size:>7} {r['nuclei']:>8} {r['seconds']:>8.1f} {per_mp:>6.2f} {1 / per_mp:>6.2f} {r['peak_rss_mb']:>11.0f} {predict:>12.2f} {per_mp / (per_mp + predict):>13.2f}", flush=True)
 
 
 if __name__ == "__main__":

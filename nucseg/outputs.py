@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -168,12 +167,6 @@ def outline(mask: np.ndarray, origin: tuple[int, int]) -> list[list[float]] | No
     return xy.tolist()
 
 
-def _value(v):
-    if isinstance(v, (float, np.floating)):
-        return None if math.isnan(v) else float(v)
-    return int(v) if isinstance(v, (np.integer,)) else v
-
-
 def nucleus_features(labels: np.ndarray, table: pd.DataFrame, origin: tuple[int, int], offset: int = 0) -> Iterator[dict]:
     """GeoJSON features of the objects of a label window.
 
@@ -196,19 +189,19 @@ def nucleus_features(labels: np.ndarray, table: pd.DataFrame, origin: tuple[int,
     from scipy import ndimage as ndi
 
     slices = ndi.find_objects(labels)
-    for row in table.itertuples(index=False):
-        k = int(row.label)
+    names = [c for c in table.columns if c not in ("label", "image_id")]
+    values = table[names].astype(object).where(table[names].notna(), None).to_dict("records")
+    for k, measurements in zip(table["label"].to_numpy(), values):
         box = slices[k - 1]
         ring = outline(labels[box] == k, (origin[0] + box[0].start, origin[1] + box[1].start))
         if ring is None:
             continue
-        values = {name: _value(v) for name, v in row._asdict().items() if name not in ("label", "image_id")}
-        label = k + offset
+        label = int(k) + offset
         yield {
             "type": "Feature",
             "id": f"nucleus-{label}",
             "geometry": {"type": "Polygon", "coordinates": [ring]},
-            "properties": {"objectType": "detection", "name": f"nucleus {label}", "label": label, "classification": CLASSIFICATION, "measurements": values},
+            "properties": {"objectType": "detection", "name": f"nucleus {label}", "label": label, "classification": CLASSIFICATION, "measurements": measurements},
         }
 
 

@@ -51,6 +51,8 @@ METHODS = ("paper", "border")
 #: Side of the blocks in which :func:`map_statistics` reads a map (fixed, so that the
 #: statistics do not depend on the segmentation's chunk size).
 STATS_BLOCK = 2048
+#: Blocks the mean nucleus size is measured on, at most (evenly spread).
+STATS_SAMPLE = 16
 #: Label images up to this many pixels are held in memory while they are built; larger
 #: ones go to a temporary zarr store chunk by chunk.
 IN_MEMORY_PIXELS = 4096 * 4096
@@ -173,7 +175,8 @@ def map_statistics(maps, channel: int, settings: SegmentSettings) -> tuple[float
     spacing : int
         Minimum marker distance: ``marker_spacing`` times the mean nucleus radius, from the
         foreground pixels over the number of connected components (each counted in the
-        block holding its bounding box's top-left corner), at least 1.
+        block holding its bounding box's top-left corner; at most :data:`STATS_SAMPLE`
+        blocks, evenly spread), at least 1.
     """
     shape = tuple(maps.shape[1:])
     blocks = list(_blocks(shape, STATS_BLOCK))
@@ -193,7 +196,9 @@ def map_statistics(maps, channel: int, settings: SegmentSettings) -> tuple[float
             centres = (edges[:-1] + edges[1:]) / 2.0
             threshold = float(np.clip(threshold_otsu(hist=(counts, centres)), lo, hi))
     pixels = components = 0
-    for core in blocks:
+    # the mean nucleus size from at most STATS_SAMPLE blocks spread over the image (all of
+    # an image up to 8192 x 8192)
+    for core in blocks[:: -(-len(blocks) // STATS_SAMPLE)]:
         window = _grow(core, settings.overlap, shape)
         mask = _foreground(_read(maps, channel, window), threshold, settings)
         labelled, n = ndi.label(mask)

@@ -3,10 +3,19 @@
 For each model and dataset, rule ``qc`` draws three images picked by their
 challenge score (:func:`pick_images`): the best, the median and the worst.
 Each picture is the image at full resolution (small images enlarged by an
-integer factor), true outlines in green drawn just outside each true
-nucleus, predicted outlines in magenta on the edge pixels of each predicted
-nucleus (so a perfect match shows as a green line hugging a magenta one),
-with a header naming the image, its modality, size, score and counts.
+integer factor), true outlines drawn just outside each true nucleus,
+predicted outlines on the edge pixels of each predicted nucleus (so a perfect
+match shows as a green line hugging a magenta one), with a header naming the
+image, its modality, size, score and counts. Where there is ground truth,
+errors have their own colours: a true nucleus that no prediction matches
+(IoU > 0.5) is outlined in orange (a miss), a predicted nucleus that matches
+no true one in red (a false detection).
+
+Images larger than :data:`OVERVIEW_SIDE` on a side become a downsampled
+overview (every ``f``-th pixel, outlines drawn on the downsampled labels) with
+the full-resolution crops of a few chunks (:data:`CROP_SIDE` pixels, those
+holding the most nuclei) below it, their places framed in white on the
+overview; such an image is read window by window, never whole.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import zarr
+from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
 from nucseg.imageio import read_labels
@@ -26,12 +36,18 @@ from nucseg.plots import _pyplot, _save
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PICKS", "TRUTH_COLOUR", "PRED_COLOUR", "pick_images", "outline_overlay", "qc_picture", "qc_pictures"]
+__all__ = ["PICKS", "TRUTH_COLOUR", "PRED_COLOUR", "MISS_COLOUR", "FALSE_COLOUR", "pick_images", "unmatched", "outline_overlay", "large_overview", "qc_picture", "qc_pictures"]
 
 #: Names of the pictures of :func:`pick_images`, in the order they are picked.
 PICKS = ("best", "median", "worst")
 TRUTH_COLOUR = (0, 230, 0)
 PRED_COLOUR = (255, 0, 255)
+MISS_COLOUR = (255, 160, 0)
+FALSE_COLOUR = (255, 30, 30)
+#: Images longer than this on a side are drawn as an overview plus full-resolution crops.
+OVERVIEW_SIDE = 2048
+CROP_SIDE = 512
+N_CROPS = 3
 
 
 def pick_images(per_image: pd.DataFrame, score: str = "challenge_score") -> dict[str, str]:
@@ -58,6 +74,28 @@ def pick_images(per_image: pd.DataFrame, score: str = "challenge_score") -> dict
     return {"best": ids[-1], "median": ids[(len(ids) - 1) // 2], "worst": ids[0]}
 
 
+def unmatched(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of the true nuclei no prediction matches and of the predictions matching no true one.
+
+    A match is a pair with IoU above ``threshold`` (0.5: at most one partner each).
+
+    Returns
+    -------
+    missed : 1-D ndarray
+        True labels without a match.
+    false : 1-D ndarray
+        Predicted labels without a match.
+    """
+    t, p = np.asarray(truth).ravel(), np.asarray(pred).ravel()
+    both = (t > 0) & (p > 0)
+    pairs, inter = np.unique(np.stack([t[both], p[both]]), axis=1, return_counts=True)
+    ids_t, area_t = np.unique(t[t > 0], return_counts=True)
+    ids_p, area_p = np.unique(p[p > 0], return_counts=True)
+    union = area_t[np.searchsorted(ids_t, pairs[0])] + area_p[np.searchsorted(ids_p, pairs[1])] - inter
+    good = inter / np.maximum(union, 1) > threshold
+    return np.setdiff1d(ids_t, pairs[0][good]), np.setdiff1d(ids_p, pairs[1][good])
+
+
 def outline_overlay(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray) -> np.ndarray:
     """The image with true outlines (outside each nucleus) and predicted outlines (its edge pixels).
 
@@ -72,8 +110,9 @@ def outline_overlay(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarra
     Returns
     -------
     (H, W, 3) ndarray of uint8
-        A new array; the inputs are not modified. Predicted outlines are drawn
-        last, over true ones where they meet.
+        A new array; the inputs are not modified. True outlines are green, those of missed
+        nuclei (:func:`unmatched`) orange; predicted outlines magenta, those of false
+        detections red; predicted outlines are drawn last, over true ones where they meet.
     """
     rgb = np.asarray(image)
     if rgb.ndim == 2:
@@ -81,23 +120,96 @@ def outline_overlay(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarra
     if rgb.ndim != 3 or rgb.shape[2] < 3 or rgb.dtype != np.uint8:
         raise ValueError(f"image must be (H, W) or (H, W, 3) uint8, got {rgb.dtype} of shape {rgb.shape}")
     out = rgb[..., :3].copy()
-    for labels, mode, colour in ((truth, "outer", TRUTH_COLOUR), (pred, "inner", PRED_COLOUR)):
+    for labels in (truth, pred):
+        if labels is not None and labels.shape != out.shape[:2]:
+            raise ValueError(f"labels of shape {labels.shape} do not fit the image of shape {out.shape[:2]}")
+    missed = false = np.zeros(0)
+    if truth is not None:
+        missed, false = unmatched(truth, pred)
+    for labels, mode, colour, error_colour, errors in ((truth, "outer", TRUTH_COLOUR, MISS_COLOUR, missed), (pred, "inner", PRED_COLOUR, FALSE_COLOUR, false)):
         if labels is None:
             continue
-        if labels.shape != out.shape[:2]:
-            raise ValueError(f"labels of shape {labels.shape} do not fit the image of shape {out.shape[:2]}")
-        out[find_boundaries(labels, mode=mode)] = colour
+        edge = find_boundaries(labels, mode=mode)
+        out[edge] = colour
+        if errors.size:
+            # outer boundaries lie on background pixels: take the label of the neighbouring nucleus
+            owner = labels if mode == "inner" else ndi.grey_dilation(labels, size=3)
+            out[edge & np.isin(owner, errors)] = error_colour
     return out
 
 
-def qc_picture(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, title: str, path: str | os.PathLike) -> Path:
+def _crop_windows(pred_small: np.ndarray, factor: int, shape: tuple[int, int]) -> list[tuple[slice, slice]]:
+    """Up to :data:`N_CROPS` full-resolution windows of :data:`CROP_SIDE` pixels, on the grid,
+    those with the most predicted-nucleus pixels in the overview first."""
+    side = max(1, CROP_SIDE // factor)
+    h, w = pred_small.shape
+    scores = []
+    for y in range(0, h, side):
+        for x in range(0, w, side):
+            scores.append((-int(np.count_nonzero(pred_small[y : y + side, x : x + side])), y * factor, x * factor))
+    scores.sort()
+    return [(slice(y, min(y + CROP_SIDE, shape[0])), slice(x, min(x + CROP_SIDE, shape[1]))) for _, y, x in scores[:N_CROPS]]
+
+
+def large_overview(image, truth, pred) -> np.ndarray:
+    """A downsampled overview with outlines above full-resolution crops of a few chunks.
+
+    Parameters
+    ----------
+    image : (H, W[, 3]) array-like of uint8 (numpy or zarr, read by strides and windows)
+    truth : (H, W) integer array-like or None
+    pred : (H, W) integer array-like
+
+    Returns
+    -------
+    (h, w, 3) ndarray of uint8
+        The overview (every ``f``-th pixel, ``f`` the smallest integer bringing the longer side
+        to :data:`OVERVIEW_SIDE` or less), the crops' places framed in white, and below it the
+        crops side by side (:func:`outline_overlay` at full resolution), 8 white pixels apart.
+    """
+    shape = tuple(pred.shape)
+    factor = -(-max(shape) // OVERVIEW_SIDE)
+    step = (slice(None, None, factor), slice(None, None, factor))
+    pred_small = np.asarray(pred[step])
+    overview = outline_overlay(_rgb(image[step]), None if truth is None else np.asarray(truth[step]), pred_small)
+    windows = _crop_windows(pred_small, factor, shape)
+    crops = []
+    for ys, xs in windows:
+        crops.append(outline_overlay(_rgb(image[ys, xs]), None if truth is None else np.asarray(truth[ys, xs]), np.asarray(pred[ys, xs])))
+        y0, y1, x0, x1 = ys.start // factor, (ys.stop - 1) // factor, xs.start // factor, (xs.stop - 1) // factor
+        overview[[y0, y1], x0 : x1 + 1] = 255
+        overview[y0 : y1 + 1, [x0, x1]] = 255
+    gap = 8
+    row_h = max(c.shape[0] for c in crops)
+    row_w = sum(c.shape[1] for c in crops) + gap * (len(crops) - 1)
+    canvas = np.full((overview.shape[0] + gap + row_h, max(overview.shape[1], row_w), 3), 255, np.uint8)
+    canvas[: overview.shape[0], : overview.shape[1]] = overview
+    x = 0
+    for crop in crops:
+        canvas[overview.shape[0] + gap : overview.shape[0] + gap + crop.shape[0], x : x + crop.shape[1]] = crop
+        x += crop.shape[1] + gap
+    return canvas
+
+
+def _rgb(pixels) -> np.ndarray:
+    a = np.asarray(pixels)
+    return a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2)
+
+
+def qc_picture(image, truth, pred, title: str, path: str | os.PathLike) -> Path:
     """Write :func:`outline_overlay` as a PNG at full resolution, with ``title`` and a colour key above it.
 
     Images smaller than 512 pixels on their longer side are enlarged by an integer factor (pixel
-    for pixel); the picture is at least 640 pixels wide. ``title`` may have several lines.
+    for pixel); the picture is at least 640 pixels wide. Images longer than
+    :data:`OVERVIEW_SIDE` on a side are drawn as :func:`large_overview`. ``title`` may have
+    several lines.
     """
     plt = _pyplot()
-    overlay = outline_overlay(image, truth, pred)
+    if max(pred.shape) > OVERVIEW_SIDE:
+        overlay = large_overview(image, truth, pred)
+        title += f"\noverview (every {-(-max(pred.shape) // OVERVIEW_SIDE)}th pixel) above full-resolution crops of {N_CROPS} chunks of {CROP_SIDE} px (framed in white)"
+    else:
+        overlay = outline_overlay(np.asarray(image), None if truth is None else np.asarray(truth), np.asarray(pred))
     h, w = overlay.shape[:2]
     scale = max(1, 512 // max(h, w))  # enlarge small images, pixel for pixel
     if scale > 1:
@@ -117,9 +229,25 @@ def qc_picture(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, ti
 
     fig.text(6 / width, top(4), title, va="top", fontsize=9, linespacing=1.25)
     key = top(4 + (n_lines - 1) * line)
-    fig.text(6 / width, key, "true outline", color=np.array(TRUTH_COLOUR) / 255, va="top", fontsize=9, weight="bold")
-    fig.text(100 / width, key, "predicted outline", color=np.array(PRED_COLOUR) / 255, va="top", fontsize=9, weight="bold")
+    entries = [("true outline", TRUTH_COLOUR), ("predicted outline", PRED_COLOUR)]
+    if truth is not None:
+        entries += [("missed", MISS_COLOUR), ("false detection", FALSE_COLOUR)]
+    x = 6
+    for text, colour in entries:
+        fig.text(x / width, key, text, color=np.array(colour) / 255, va="top", fontsize=9, weight="bold")
+        x += 8 + 7 * len(text)
     return _save(fig, path)
+
+
+def _open_labels(path: Path):
+    """A label TIFF: in memory when small, else a lazy zarr view of its tiles."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        shape = tif.pages[0].shape
+    if max(shape) <= OVERVIEW_SIDE:
+        return read_labels(path)
+    return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
 
 
 def qc_pictures(per_image_csv: str | os.PathLike, labels_dir: str | os.PathLike, truth_zarr: str | os.PathLike, out_pngs: Mapping[str, str | os.PathLike]) -> dict[str, str]:
@@ -151,11 +279,11 @@ def qc_pictures(per_image_csv: str | os.PathLike, labels_dir: str | os.PathLike,
     for name, path in out_pngs.items():
         image_id = picks[name]
         row = rows.loc[image_id]
-        truth = store["labels"][image_id][:] if image_id in store["labels"] else None
-        pred = read_labels(Path(labels_dir) / f"{image_id}.tif")
+        truth = store["labels"][image_id] if image_id in store["labels"] else None
+        pred = _open_labels(Path(labels_dir) / f"{image_id}.tif")
         title = (f"{row['model']} / {row['dataset']}: the {name} image by challenge score\n{image_id}\n"
                  f"{row['modality']}, {int(row['height'])} x {int(row['width'])} px; challenge score {row['challenge_score']:.3f}; "
                  f"{int(row['n_true'])} true, {int(row['n_pred'])} predicted nuclei")
-        qc_picture(store["images"][image_id][:], truth, pred, title, path)
+        qc_picture(store["images"][image_id], truth, pred, title, path)
         log.info("%s: %s image %s (challenge score %.3f) -> %s", per_image_csv, name, image_id, row["challenge_score"], path)
     return picks
