@@ -6,9 +6,9 @@ temporary folder stays behind, and is removed the next time the same output is w
 (:func:`atomic_dir`). Two processes must not write the same output at the same time (Snakemake
 never runs two jobs for one output).
 
-A write that fails because the file system is full (or the process's file size limit or disk
-quota is reached) raises :class:`NoSpaceError`, whose message is
-``no space left on device while writing <path>``; what was half-written is removed.
+A write that fails because the file system is full raises :class:`NoSpaceError`, whose message
+is ``no space left on device while writing <path>`` (or, for a full disk quota or a file size
+limit, says so); what was half-written is removed.
 """
 
 from __future__ import annotations
