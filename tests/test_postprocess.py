@@ -371,3 +371,22 @@ def test_segment_dataset_names_a_missing_map(tmp_path, make_dataset):
     with pytest.raises(ValueError, match="no probability map for image 'img_z'"):
         segment_dataset(pred, full, index, tmp_path / "labels", tmp_path / "objects.csv", SegmentSettings())
     assert not (tmp_path / "labels").exists() and not (tmp_path / "objects.csv").exists()
+
+
+def test_segment_dataset_large_image_path(tmp_path, make_dataset, monkeypatch):
+    """The path of images too large for memory (label canvas in a temporary zarr store, tiled
+    TIFF and OME-Zarr read from it, 32-pixel chunks) gives the in-memory result; nothing is left
+    behind in the scratch folder."""
+    from nucseg import outputs, postprocess
+
+    pred, full, index = write_stage_inputs(tmp_path, make_dataset, ["img_a"])
+    segment_dataset(pred, full, index, tmp_path / "small", tmp_path / "small.csv", SegmentSettings())
+    monkeypatch.setattr(postprocess, "IN_MEMORY_PIXELS", 100)
+    monkeypatch.setattr(outputs, "TILED_PIXELS", 100)
+    (tmp_path / "big").mkdir()
+    segment_dataset(pred, full, index, tmp_path / "big/labels", tmp_path / "big/objects.csv", SegmentSettings(chunk=64, overlap=32), ome_zarr_dir=tmp_path / "big/ome")
+    np.testing.assert_array_equal(read_labels(tmp_path / "big/labels/img_a.tif"), read_labels(tmp_path / "small/img_a.tif"))
+    labels = zarr.open_group(tmp_path / "big/ome/img_a.ome.zarr", mode="r")["labels/nuclei/s0"]
+    np.testing.assert_array_equal(labels[:], read_labels(tmp_path / "small/img_a.tif"))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "big/objects.csv"), pd.read_csv(tmp_path / "small.csv"))
+    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["labels", "objects.csv", "ome"]
