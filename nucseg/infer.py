@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,7 +148,9 @@ def onnx_model(model: torch.nn.Module, cache_dir: str | os.PathLike | None = Non
         return _EXPORTED[key]
     start = time.perf_counter()
     buffer = io.BytesIO()
-    torch.onnx.export(model, (torch.zeros(1, model.config.in_channels, 64, 64),), buffer, input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}, opset_version=ONNX_OPSET, dynamo=False)
+    with warnings.catch_warnings():  # the tracer's notes on the model's input checks, the exporter's deprecation notice
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, model.config.in_channels, 64, 64),), buffer, input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}, opset_version=ONNX_OPSET, dynamo=False)
     data = buffer.getvalue()
     log.info("exported the model to ONNX in %.1f s", time.perf_counter() - start)
     _EXPORTED.clear()  # keep one graph: a training loop would otherwise pile them up
