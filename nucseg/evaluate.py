@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +43,19 @@ def evaluate_dataset(labels_dir: str | os.PathLike, truth_zarr: str | os.PathLik
     model : str
         Name written in the ``model`` column (the model or method that made the labels).
     """
+
+    def score(truth, pred_path: Path) -> dict:
+        scores = evaluate_image(truth, read_labels(pred_path))
+        log.info("%s: challenge score %.3f (%d true, %d predicted)", pred_path.stem, scores["challenge_score"], scores["n_true"], scores["n_pred"])
+        return scores
+
+    return score_images(labels_dir, truth_zarr, index_csv, out_csv, dataset, model, score, "give the dataset its solution CSV (solution:), or set evaluate: false on it to predict and segment it only")
+
+
+def score_images(labels_dir: str | os.PathLike, truth_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_csv: str | os.PathLike, dataset: str, model: str, score: Callable, remedy: str) -> pd.DataFrame:
+    """The per-image table of any task: ``score(truth (H, W) ndarray, path of <id>.tif) -> dict``
+    for every image of the index with ground truth, after the :data:`ID_COLUMNS`; written to
+    ``out_csv``. Without any image with ground truth it stops, saying ``remedy``."""
     index = pd.read_csv(index_csv, dtype={"image_id": str})
     truth = zarr.open_group(truth_zarr, mode="r")["labels"]
     rows = []
@@ -49,15 +63,10 @@ def evaluate_dataset(labels_dir: str | os.PathLike, truth_zarr: str | os.PathLik
         if row.image_id not in truth:
             log.warning("%s: no ground truth; not evaluated", row.image_id)
             continue
-        pred_path = Path(labels_dir) / f"{row.image_id}.tif"
-        scores = evaluate_image(truth[row.image_id][:], read_labels(pred_path))
+        scores = score(truth[row.image_id][:], Path(labels_dir) / f"{row.image_id}.tif")
         rows.append(dict(model=model, dataset=dataset, image_id=row.image_id, modality=row.modality, height=row.height, width=row.width, **scores))
-        log.info("%s: challenge score %.3f (%d true, %d predicted)", row.image_id, scores["challenge_score"], scores["n_true"], scores["n_pred"])
     if not rows:
-        raise ValueError(
-            f"{index_csv}: no image of dataset {dataset!r} has ground truth to evaluate against: give the"
-            f" dataset its solution CSV (solution:), or set evaluate: false on it to predict and segment it only"
-        )
+        raise ValueError(f"{index_csv}: no image of dataset {dataset!r} has ground truth to evaluate against: {remedy}")
     table = pd.DataFrame(rows)
     write_csv(table, out_csv)
     return table

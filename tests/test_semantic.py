@@ -264,3 +264,17 @@ def test_segment_refuses_a_model_of_other_classes(tmp_path):
     pd.DataFrame({"image_id": ["a"]}).to_csv(tmp_path / "index.csv", index=False)
     with pytest.raises(ValueError, match=r"predicts the classes \['body'\], the config declares \['membrane', 'cell'\]"):
         make_task("semantic", ISBI).segment(str(tmp_path / "pred.zarr"), "", str(tmp_path / "index.csv"), dict(labels=str(tmp_path / "l"), objects=str(tmp_path / "o.csv")))
+
+
+@pytest.mark.parametrize("name", ["isbi2012.yaml", "wbc3class.yaml"])
+def test_the_ready_semantic_configs_are_valid(name):
+    import yaml
+
+    from nucseg.config import config_problems
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "config" / name).read_text())
+    assert config_problems(config, yaml.safe_load((repo / "config/config.schema.yaml").read_text())) == []
+    assert make_task(config["task"], config["classes"]).classes.values in ((0, 255), (0, 1, 2))
+    for dataset in config["datasets"].values():
+        assert (repo / dataset["exclude"]).is_file() if "exclude" in dataset else True

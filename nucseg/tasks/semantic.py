@@ -438,23 +438,14 @@ def evaluate_dataset(labels_dir: str | os.PathLike, truth_zarr: str | os.PathLik
     out_csv : path-like
         :data:`nucseg.evaluate.ID_COLUMNS`, then the keys of :func:`scores`.
     """
-    index = pd.read_csv(index_csv, dtype={"image_id": str})
-    truth = zarr.open_group(truth_zarr, mode="r")["labels"]
-    rows = []
-    for row in index.itertuples():
-        if row.image_id not in truth:
-            log.warning("%s: no ground truth; not evaluated", row.image_id)
-            continue
-        pred = read_class_map(Path(labels_dir) / f"{row.image_id}.tif", classes)
-        cm = confusion_matrix(truth[row.image_id][:], pred, len(classes))
-        s = scores(cm, classes.names)
-        rows.append(dict(model=model, dataset=dataset, image_id=row.image_id, modality=row.modality, height=row.height, width=row.width, **s))
-        log.info("%s: pixel accuracy %.4f, mean Dice %.4f", row.image_id, s["pixel_accuracy"], s["mean_dice"])
-    if not rows:
-        raise ValueError(f"{index_csv}: no image of dataset {dataset!r} has ground truth to evaluate against")
-    table = pd.DataFrame(rows)
-    write_csv(table, out_csv)
-    return table
+    from nucseg.evaluate import score_images
+
+    def score(truth: np.ndarray, pred_path: Path) -> dict:
+        s = scores(confusion_matrix(truth, read_class_map(pred_path, classes), len(classes)), classes.names)
+        log.info("%s: pixel accuracy %.4f, mean Dice %.4f", pred_path.stem, s["pixel_accuracy"], s["mean_dice"])
+        return s
+
+    return score_images(labels_dir, truth_zarr, index_csv, out_csv, dataset, model, score, "its labels/ folder holds none of its images")
 
 
 # --- qc and plots ---------------------------------------------------------------------------
