@@ -387,7 +387,7 @@ def run_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: torch.nn.Modu
 LOSS_NAMES = {"bce_dice": "BCE + soft Dice", "jaccard": "soft Jaccard", "dice": "soft Dice"}
 
 
-def save_curves(history: pd.DataFrame, path: Path, loss: str = "bce_dice") -> None:
+def save_curves(history: pd.DataFrame, path: Path, loss: str = "bce_dice", iou_label: str = "pixel IoU (nucleus)") -> None:
     """Pixel IoU and loss against epoch, training and validation (the paper's Fig. 7).
 
     The best validation epoch is marked with a dashed line, learning-rate cuts with dotted ones.
@@ -401,7 +401,7 @@ def save_curves(history: pd.DataFrame, path: Path, loss: str = "bce_dice") -> No
     epochs = history["epoch"]
     best = epochs[history["val_iou"].idxmax()] if history["val_iou"].notna().any() else None
     cuts = epochs[history["lr"] < history["lr"].shift()]
-    for ax, metric, ylabel in zip(axes, ("iou", "loss"), ("pixel IoU (nucleus)", f"loss ({LOSS_NAMES.get(loss, loss)})")):
+    for ax, metric, ylabel in zip(axes, ("iou", "loss"), (iou_label, f"loss ({LOSS_NAMES.get(loss, loss)})")):
         ax.plot(epochs, history[f"train_{metric}"], "o-", ms=3, label="training")
         if history[f"val_{metric}"].notna().any():
             ax.plot(epochs, history[f"val_{metric}"], "o-", ms=3, label="validation")
@@ -565,6 +565,6 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
             torch.save(best_state, out)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         table.to_csv(tmp / "history.csv", index=False)
-        save_curves(table, tmp / "curves.png", settings.loss)
+        save_curves(table, tmp / "curves.png", *task.curve_labels(settings))
     log.info("best validation IoU %.4f at epoch %d; model in %s", config["best_val_iou"], config["best_epoch"], out_dir)
     return config

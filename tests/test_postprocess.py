@@ -214,8 +214,8 @@ def assert_same_objects(a: np.ndarray, b: np.ndarray) -> None:
 @pytest.mark.parametrize("heads", [("body",), pytest.param(("body", "border"), marks=pytest.mark.slow)])
 def test_chunked_equals_whole_image_on_a_real_mosaic(shared_data, heads):
     """2048 x 2048 cut into 384-pixel chunks (chunk borders through many nuclei): the same
-    nuclei as one whole-image pass, numbered 1..N without gaps, each whole. (About 15 s per
-    method on an idle 2-core machine, 70 s on a busy one: the border method runs as slow.)"""
+    nuclei as one whole-image pass, numbered 1..N without gaps, each whole. (About 70 s per
+    method on the busy 2-core machine: the border method runs with the slow tests.)"""
     _, body, border = real_mosaic(shared_data)
     maps = np.stack([body, border][: len(heads)]).astype(np.float16)  # the predict stage's dtype
     whole = segment_probability(maps[0], SegmentSettings(), None if len(heads) == 1 else maps[1])
