@@ -55,6 +55,9 @@ class InstanceTask:
         pred, truth = logits[:, 0] > 0, target[:, 0] > 0.5
         return np.array([float((pred & truth).sum())]), np.array([float((pred | truth).sum())])
 
+    def curve_labels(self, settings: Any) -> tuple[str, str]:
+        return settings.loss, "pixel IoU (nucleus)"
+
     def sample_weights(self, dataset: Any, examples: list, settings: Any) -> np.ndarray:
         from nucseg.train import sample_weights
 

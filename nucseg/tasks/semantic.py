@@ -256,6 +256,9 @@ class SemanticTask:
         union = np.array([float(((pred == c) | (truth == c)).sum()) for c in range(k)])
         return inter, union
 
+    def curve_labels(self, settings: Any) -> tuple[str, str]:
+        return "cross-entropy + soft Dice", "pixel IoU (mean over classes)"
+
     def sample_weights(self, dataset: Any, examples: list, settings: Any) -> np.ndarray:
         fractions = dataset.per_example(lambda block: class_fractions(block, len(self.classes)))
         weights = class_balanced_weights(fractions)
