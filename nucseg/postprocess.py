@@ -23,6 +23,7 @@ fits in one chunk and the same image cut into many give the same nuclei.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -290,7 +291,7 @@ def segment_probability(prob: np.ndarray, settings: SegmentSettings, border: np.
             raise ValueError(f"border map {border.shape} and probability map {prob.shape} differ in shape")
         heads.append("border")
         maps = np.stack([prob, np.asarray(border, dtype=np.float32)])
-    one = SegmentSettings(**{**settings.__dict__, "chunk": max(64, *prob.shape)})
+    one = dataclasses.replace(settings, chunk=max(64, *prob.shape))  # the whole image in one window
     labels = np.zeros(prob.shape, np.uint32)
     for result in segment_map(maps, heads, one):
         result.paste(labels)
