@@ -101,12 +101,7 @@ MODELS = {name: (overrides or {}) for name, overrides in config["models"].items(
 for _name, _overrides in MODELS.items():  # evaluate and qc read the label TIFFs
     if EVAL_SETS and not {**DEFAULTS["segment"], **(config.get("segment") or {}), **(_overrides.get("segment") or {})}["tiff"]:
         raise WorkflowError(f"config: model {_name!r} has segment.tiff: false, but evaluate and qc read the label TIFFs of {EVAL_SETS} (set tiff: true, or evaluate: false)")
-if not TRAIN_SETS and any("folder" not in overrides for overrides in MODELS.values()):
-    raise ValueError(
-        "config: 'datasets' needs at least one dataset with role: train to train the models "
-        f"{sorted(name for name, o in MODELS.items() if 'folder' not in o)} (or give each model a ready "
-        "folder, e.g. models: {pretrained: {folder: pretrained}})"
-    )
+# (a train set for the models to train: nucseg.config.config_problems checks it above)
 
 
 def ready_model(name):
