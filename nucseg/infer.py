@@ -144,17 +144,17 @@ def onnx_model(model: torch.nn.Module, cache_dir: str | os.PathLike | None = Non
     path = Path(cache_dir) / f"weights-{key}.onnx" if cache_dir else None
     if path is not None and path.is_file():
         return path.read_bytes()
-    if key in _EXPORTED:  # same weights exported earlier in this process (predict_image in a loop)
-        return _EXPORTED[key]
-    start = time.perf_counter()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the tracer's notes on the model's input checks, the exporter's deprecation notice
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, model.config.in_channels, 64, 64),), buffer, input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}, opset_version=ONNX_OPSET, dynamo=False)
-    data = buffer.getvalue()
-    log.info("exported the model to ONNX in %.1f s", time.perf_counter() - start)
-    _EXPORTED.clear()  # keep one graph: a training loop would otherwise pile them up
-    _EXPORTED[key] = data
+    data = _EXPORTED.get(key)  # the same weights exported earlier in this process (predict_image in a loop)
+    if data is None:
+        start = time.perf_counter()
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():  # the tracer's notes on the model's input checks, the exporter's deprecation notice
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.zeros(1, model.config.in_channels, 64, 64),), buffer, input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}, opset_version=ONNX_OPSET, dynamo=False)
+        data = buffer.getvalue()
+        log.info("exported the model to ONNX in %.1f s", time.perf_counter() - start)
+        _EXPORTED.clear()  # keep one graph: a training loop would otherwise pile them up
+        _EXPORTED[key] = data
     if path is not None:
         try:
             with atomic_file(path) as tmp:
