@@ -13,7 +13,7 @@ import zarr
 from nucseg.imageio import read_labels
 from nucseg.measure import COLUMNS, IMAGE_COLUMNS
 from nucseg.outputs import write_label_tiff
-from nucseg.postprocess import SegmentSettings, foreground_threshold, map_statistics, segment_dataset, segment_map, segment_probability, use_border
+from nucseg.postprocess import SegmentSettings, foreground_threshold, map_statistics, segment_dataset, segment_image, segment_map, segment_probability, use_border
 from nucseg.preprocess import preprocess_fullsize
 
 SHAPE = (64, 64)
@@ -391,3 +391,19 @@ def test_segment_dataset_large_image_path(tmp_path, make_dataset, monkeypatch):
     np.testing.assert_array_equal(labels[:], read_labels(tmp_path / "small/img_a.tif"))
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "big/objects.csv"), pd.read_csv(tmp_path / "small.csv"))
     assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["labels", "objects.csv", "ome"]
+
+
+def test_segment_image_without_nuclei(tmp_path):
+    """A map with nothing above the threshold: a zero label image in every file, an empty
+    FeatureCollection, no object rows and a per-image row of count 0."""
+    import json
+
+    from nucseg.outputs import ImageWriters
+
+    tables = []
+    row = segment_image(np.zeros((1, 300, 200), np.float16), ["body"], np.zeros((300, 200, 3), np.uint8), "empty", SegmentSettings(), tmp_path, tables.append, ImageWriters(tmp_path, tmp_path, tmp_path))
+    assert tables == [] and row["count"] == 0 and row["coverage_fraction"] == 0 and np.isnan(row["median_area"])
+    assert json.loads((tmp_path / "empty.geojson").read_text()) == {"type": "FeatureCollection", "features": []}
+    labels = read_labels(tmp_path / "empty.tif")
+    assert labels.dtype == np.uint16 and labels.shape == (300, 200) and not labels.any()
+    assert not zarr.open_group(tmp_path / "empty.ome.zarr", mode="r")["labels/nuclei/s0"][:].any()
