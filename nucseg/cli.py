@@ -162,6 +162,8 @@ def _predict(args: argparse.Namespace) -> None:
     from nucseg.infer import open_output_group
 
     out = Path(args.out)
+    if out.resolve() in {Path(p).resolve() for p in args.images}:
+        raise ValueError(f"{out}: --out is one of the input images; choose another name")
     model, predictor = _open_predictor(args)
     settings = _predict_settings(args)
     with atomic_dir(out, overwrite=True) as tmp:

@@ -122,6 +122,9 @@ def test_predict_writes_the_maps_contract(model_dir, images, tmp_path):
     root = zarr.open_group(out, mode="r")
     assert root.attrs["heads"] == ["body", "border"] and root.attrs["tta"] is False and root.attrs["engine"] == "eager"
     assert root["a"].shape == (2, 512, 512) and root["a"].dtype == np.float16
+    # never over an input
+    assert cli("predict", "--model", model_dir, "--out", out, out) == 1
+    assert zarr.open_group(out, mode="r")["a"].shape == (2, 512, 512)
 
 
 def test_score_prints_json_without_nan(tmp_path, capsys):
