@@ -17,6 +17,9 @@ score per modality, and the inference time per megapixel.
     python benchmarks/bench_accuracy.py --train
     # any other model folder, scored on the same split
     python benchmarks/bench_accuracy.py --model results/models/resunet
+    # post-processing grid (threshold, marker spacing, border weight) on the same maps: the
+    # validation split is the only data anything is tuned on
+    python benchmarks/bench_accuracy.py --tta off --grid
 
 The pipeline runs in ``--workdir`` (default ``results/accuracy``), so a rerun skips what is done.
 Nothing here is tuned on anything but this validation split.
@@ -31,6 +34,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -64,28 +68,53 @@ def segment(prob: np.ndarray, heads: list[str], method: str, settings: SegmentSe
     return segment_probability(prob[heads.index("body")], settings, border=border)
 
 
-def score(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options: list[bool], device: torch.device, settings: SegmentSettings) -> pd.DataFrame:
-    """One row per (image, tta, method): the per-image metrics plus modality and seconds/MP."""
+#: The post-processing grid of ``--grid``: (method, threshold, marker_spacing, border_weight).
+GRID = [("paper", t, s, 1.0) for t in ("otsu", 0.5) for s in (0.3, 0.5, 0.8)] + [
+    ("border", t, s, w) for t in ("otsu", 0.5) for s in (0.3, 0.5, 0.8) for w in (0.5, 1.0, 2.0)
+]
+
+
+def predictions(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options: list[bool], device: torch.device, cache: Path | None):
+    """Yield ``(row, sample, tta, maps, seconds per megapixel)`` for every validation image;
+    maps are kept in ``cache`` (float16 .npy) and read back on a rerun."""
     model, config = load_model(model_dir, device)
-    heads = list(model.config.heads)
-    methods = ["paper"] + (["border"] if "border" in heads else [])
-    rows = []
     for row in index.itertuples():
         sample = read_sample(dataset, row.image_id)
         megapixels = sample.image.shape[0] * sample.image.shape[1] / 1e6
         for tta in tta_options:
+            path = cache / f"{row.image_id}_tta{int(tta)}.npy" if cache else None
             t0 = time.perf_counter()
-            prob = predict_image(model, sample.image, PredictSettings(tta=tta), config.get("normalize"), device)
-            seconds = time.perf_counter() - t0
-            for method in methods:
-                metrics = evaluate_image(sample.labels, segment(prob, heads, method, settings))
-                rows.append(dict(image_id=row.image_id, modality=row.modality, tta=tta, method=method, s_per_mp=seconds / megapixels, **metrics))
+            if path is not None and path.is_file():
+                prob, seconds = np.load(path).astype(np.float32), float("nan")
+            else:
+                prob = predict_image(model, sample.image, PredictSettings(tta=tta), config.get("normalize"), device)
+                seconds = time.perf_counter() - t0
+                if path is not None:
+                    np.save(path, prob.astype(np.float16))
+            yield row, sample, tta, prob, seconds / megapixels, list(model.config.heads)
+
+
+def score(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options: list[bool], device: torch.device, settings: SegmentSettings, cache: Path | None = None, grid: bool = False) -> pd.DataFrame:
+    """One row per (image, tta, method[, grid point]): the per-image metrics plus modality and seconds/MP."""
+    rows = []
+    for row, sample, tta, prob, s_per_mp, heads in predictions(model_dir, dataset, index, tta_options, device, cache):
+        if grid:
+            points = [p for p in GRID if p[0] == "paper" or "border" in heads]
+        else:
+            points = [(m, settings.threshold, settings.marker_spacing, settings.border_weight) for m in ["paper"] + (["border"] if "border" in heads else [])]
+        for method, threshold, spacing, weight in points:
+            point = replace(settings, method=method, threshold=threshold, marker_spacing=spacing, border_weight=weight)
+            metrics = evaluate_image(sample.labels, segment(prob, heads, method, point))
+            rows.append(dict(image_id=row.image_id, modality=row.modality, tta=tta, method=method, threshold=str(threshold), marker_spacing=spacing,
+                             border_weight=weight if method == "border" else np.nan, s_per_mp=s_per_mp, **metrics))
     return pd.DataFrame(rows)
 
 
 def summarise(scores: pd.DataFrame) -> pd.DataFrame:
     """Means over images per configuration, the challenge score per modality beside them."""
-    keys = ["method", "tta"]
+    keys = [k for k in ("method", "tta", "threshold", "marker_spacing", "border_weight") if k in scores and scores[k].nunique(dropna=False) > 1] or ["method", "tta"]
+    if "border_weight" in keys:
+        scores = scores.assign(border_weight=scores["border_weight"].fillna(0.0))
     table = scores.groupby(keys).agg(
         images=("image_id", "size"),
         challenge=("challenge_score", "mean"),
@@ -112,6 +141,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (training and scoring)")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N validation images (0: all)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the per-image scores here")
+    parser.add_argument("--grid", action="store_true", help="score the post-processing grid (GRID) instead of the default settings")
+    parser.add_argument("--cache", type=Path, default=None, help="keep the probability maps here (float16 .npy), reused by a rerun of the same model")
     parser.add_argument("--skip-pipeline", action="store_true", help="use --workdir as it is (the pipeline already ran there)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -136,7 +167,9 @@ def main() -> None:
     tta_options = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
     device = choose_device("auto")
     t0 = time.perf_counter()
-    scores = score(model_dir, args.workdir / "results" / "datasets" / DATASET, val, tta_options, device, SegmentSettings())
+    if args.cache:
+        args.cache.mkdir(parents=True, exist_ok=True)
+    scores = score(model_dir, args.workdir / "results" / "datasets" / DATASET, val, tta_options, device, SegmentSettings(), args.cache, args.grid)
     if args.csv:
         scores.to_csv(args.csv, index=False)
     table = summarise(scores)
@@ -144,6 +177,8 @@ def main() -> None:
     print(f"\nmodel: {model_dir}")
     print(f"validation: {len(val)} full-size images of {DATASET} ({', '.join(f'{m} {n}' for m, n in counts.items())}), split of config/pretrained.yaml")
     print(f"segment settings: {SegmentSettings()}")
+    if args.grid:
+        table = table.sort_values("challenge", ascending=False)
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"pipeline {train_s:.0f} s, scoring {time.perf_counter() - t0:.0f} s")
     print(f"machine: {platform.machine()}, cpu_count={os.cpu_count()}, torch threads={torch.get_num_threads()}, device={device.type}, "
