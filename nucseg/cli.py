@@ -222,6 +222,7 @@ def _positive(text: str) -> int:
 
 def _add_predict_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
     from nucseg.infer import ENGINES, PredictSettings
+    from nucseg.model import DEVICES
 
     defaults = PredictSettings()
     parser.add_argument("images", nargs="+", help="PNG, JPEG, TIFF (8/16-bit, float, BigTIFF, tiled: read tile by tile), zarr or OME-Zarr images")
@@ -232,7 +233,7 @@ def _add_predict_arguments(parser: argparse.ArgumentParser, out_help: str) -> No
     parser.add_argument("--margin", type=int, default=defaults.margin, help=f"half the blended overlap of windows, a multiple of 16 (default {defaults.margin})")
     parser.add_argument("--batch", type=_positive, default=defaults.batch, help=f"windows per forward pass (default {defaults.batch}); raise it on a GPU")
     parser.add_argument("--engine", default=defaults.engine, choices=ENGINES, help="eager: plain PyTorch; onnx: ONNX Runtime (CPU, faster); auto: onnx on CPU, eager on CUDA")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: PyTorch's, all cores)")
 
 

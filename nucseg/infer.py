@@ -38,7 +38,7 @@ from scipy.special import expit
 from nucseg.bigimage import LazyImage, image_statistics
 from nucseg.files import atomic_dir, atomic_file
 from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
-from nucseg.model import choose_device, load_model
+from nucseg.model import DEVICES, choose_device, load_model
 from nucseg.tiling import stream_tiled
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class PredictSettings:
             raise ValueError(f"predict chunk must be >= 1, got {self.chunk}")
         if self.engine not in ENGINES:
             raise ValueError(f"predict engine must be one of {list(ENGINES)}, got {self.engine!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in DEVICES:
             raise ValueError(f"predict device must be auto, cpu or cuda, got {self.device!r}")
 
 

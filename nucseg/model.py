@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 MULTIPLE = 32
 HEADS = ("body", "border")
+#: Where a model runs (``train.device``, ``predict.device``): ``auto`` is CUDA when PyTorch sees it.
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ from nucseg.augment import Augmenter, AugmentSettings
 from nucseg.files import atomic_dir, atomic_file
 from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
 from nucseg.losses import Loss
-from nucseg.model import PRESETS, ModelConfig, ResUNet, choose_device
+from nucseg.model import DEVICES, PRESETS, ModelConfig, ResUNet, choose_device
 from nucseg.nets import SEMANTIC_PRESETS
 from nucseg.preprocess import make_targets
 from nucseg.tasks import Task, make_task
@@ -125,7 +125,7 @@ class TrainSettings:
                 raise ValueError(f"train setting {name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in DEVICES:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.sampling not in SAMPLING:
             raise ValueError(f"train sampling must be one of {list(SAMPLING)}, got {self.sampling!r}")
