@@ -235,7 +235,7 @@ def qc_picture(image, truth, pred, title: str, path: str | os.PathLike) -> Path:
     x = 6
     for text, colour in entries:
         fig.text(x / width, key, text, color=np.array(colour) / 255, va="top", fontsize=9, weight="bold")
-        x += 8 + 7 * len(text)
+        x += 20 + 7 * len(text)
     return _save(fig, path)
 
 
