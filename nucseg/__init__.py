@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import os
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -40,8 +41,10 @@ def imported_modules(source: str | os.PathLike) -> list[str]:
     """The ``nucseg`` modules a Python file uses, directly or through each other.
 
     Follows every ``import nucseg.x`` / ``from nucseg.x import ...`` / ``from nucseg import x``
-    (at any depth of the file, function bodies included) and then the imports of those modules,
-    to the closure. Returns module names relative to the package (``"train"``,
+    of the file (at any depth, function bodies included) and then the module-level imports of
+    those modules, to the closure. A package module imports what shapes its results at module
+    level; a function-level import loads an optional library or code another task needs, and
+    is not followed (so that, say, a QC colour does not retrain a model). Returns module names relative to the package (``"train"``,
     ``"tasks.semantic"``), sorted. The workflow hashes them (:func:`code_hash`) so that a rule
     reruns when any code its adapter script runs changes, without a hand-written list that can
     go stale.
@@ -79,7 +82,11 @@ def _nucseg_imports(text: str, package: Path, current: str | None = None) -> set
                     found.add(name)
                 return
 
-    for node in ast.walk(ast.parse(text)):
+    tree = ast.parse(text)
+    # a script: every import, at any depth; a module of the package: its module-level imports
+    # (function-level imports load optional heavy libraries or another task's code on demand)
+    nodes = ast.walk(tree) if current is None else _module_level(tree)
+    for node in nodes:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith(f"{__name__}."):
@@ -101,6 +108,16 @@ def _nucseg_imports(text: str, package: Path, current: str | None = None) -> set
                 elif module:
                     add(module)
     return found
+
+
+def _module_level(tree: ast.Module) -> Iterator[ast.AST]:
+    """The statements of a module outside functions and classes (inside if/try blocks too)."""
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, (ast.If, ast.Try)):
+            todo.extend(node.body + node.orelse + getattr(node, "finalbody", []) + [s for h in getattr(node, "handlers", []) for s in h.body])
 
 
 def script_code_hash(script: str | os.PathLike) -> str:

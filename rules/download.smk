@@ -16,7 +16,7 @@ rule download:
         solution_sha256=lambda wc: DATASETS[wc.dataset].get("solution_sha256"),
         subdir=lambda wc: DATASETS[wc.dataset].get("subdir"),
         cache_dir=f"{RESULTS}/downloads",
-        code=nucseg.code_hash("datasets", "download", "rle", "files", "imageio"),
+        code=script_code("../workflow_scripts/download.py"),
     log:
         f"{LOGS}/download/{{dataset}}.log",
     conda:

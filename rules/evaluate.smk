@@ -9,7 +9,7 @@ rule evaluate:
     params:
         task=TASK,
         classes=CLASSES,
-        code=nucseg.code_hash("evaluate", "metrics", "imageio", "files", *TASK_CODE),
+        code=script_code(task_script("evaluate")),
     log:
         f"{LOGS}/evaluate/{{model}}/{{dataset}}.log",
     conda:
@@ -29,7 +29,7 @@ rule aggregate:
         html=report(SUMMARY_HTML, caption="../report/summary_html.rst", category="Summary", labels={"table": "summary tables (view)"}),
         **({"comparison": report(COMPARISON, caption="../report/comparison.rst", category="Summary", labels={"table": "models side by side"})} if len(MODELS) > 1 else {}),
     params:
-        code=nucseg.code_hash("report", "evaluate", "files"),
+        code=script_code("../workflow_scripts/aggregate.py"),
     log:
         f"{LOGS}/aggregate/aggregate.log",
     conda:
@@ -49,7 +49,7 @@ rule plots:
     params:
         task=TASK,
         classes=CLASSES,
-        code=nucseg.code_hash("plots", "report", "evaluate", "files", *TASK_CODE),
+        code=script_code(task_script("plots")),
     log:
         f"{LOGS}/plots/{{model}}.log",
     conda:
@@ -65,7 +65,7 @@ rule training_curves:
     output:
         report(f"{PLOTS}/training_curves.png", caption="../report/training_curves.rst", category="Training", labels={"model": "{model}"}),
     params:
-        code=nucseg.code_hash("plots"),
+        code=script_code("../workflow_scripts/training_curves.py"),
     log:
         f"{LOGS}/training_curves/{{model}}.log",
     conda:
@@ -86,7 +86,7 @@ rule qc:
     params:
         task=TASK,
         classes=CLASSES,
-        code=nucseg.code_hash("qc", "plots", "report", "imageio", "evaluate", "files", *TASK_CODE),
+        code=script_code(task_script("qc")),
     log:
         f"{LOGS}/qc/{{model}}/{{dataset}}.log",
     conda:

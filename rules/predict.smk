@@ -8,7 +8,7 @@ rule predict:
         directory(f"{RESULTS}/predictions/{{model}}/{{dataset}}.zarr"),
     params:
         settings=settings("predict"),
-        code=nucseg.code_hash("infer", "tiling", "bigimage", "model", "imageio", "files", *TASK_CODE),
+        code=script_code("../workflow_scripts/predict.py"),
     threads: 4
     resources:
         gpu=1,

@@ -10,7 +10,7 @@ rule preprocess_train:
         layout=lambda wc: dataset_layout(wc.dataset),
         exclude=lambda wc: dataset_exclude(wc.dataset),
         classes=CLASSES,
-        code=nucseg.code_hash("preprocess", "datasets", "rle", "imageio", "files", *TASK_CODE),
+        code=script_code("../workflow_scripts/preprocess_train.py"),
     log:
         f"{LOGS}/preprocess_train/{{dataset}}.log",
     benchmark:
@@ -32,7 +32,7 @@ rule preprocess_test:
         layout=lambda wc: dataset_layout(wc.dataset),
         exclude=lambda wc: dataset_exclude(wc.dataset),
         classes=CLASSES,
-        code=nucseg.code_hash("preprocess", "datasets", "rle", "imageio", "files", *TASK_CODE),
+        code=script_code("../workflow_scripts/preprocess_test.py"),
     log:
         f"{LOGS}/preprocess_test/{{dataset}}.log",
     conda:

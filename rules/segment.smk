@@ -16,7 +16,7 @@ rule segment:
         settings=settings("segment"),
         task=TASK,
         classes=CLASSES,
-        code=nucseg.code_hash("postprocess", "measure", "outputs", "imageio", "files", *TASK_CODE),
+        code=script_code(task_script("segment")),
     threads: 2
     log:
         f"{LOGS}/segment/{{model}}/{{dataset}}.log",

@@ -11,7 +11,7 @@ rule train:
         classes=CLASSES,
         # not an output: it survives a failed job, so a rerun resumes from it
         checkpoint=f"{RESULTS}/checkpoints/{{model}}.pt",
-        code=nucseg.code_hash("train", "model", "losses", "augment", "preprocess", "imageio", "files", "nets", "tasks", "tasks.instance", "tasks.semantic"),
+        code=script_code("../workflow_scripts/train.py"),
     threads: 4
     resources:
         gpu=1,

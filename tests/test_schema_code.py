@@ -1,5 +1,7 @@
 """Allowed values have one home: the schema's enums equal the package's own constants."""
 
+import re
+
 import pytest
 import yaml
 
@@ -34,3 +36,30 @@ def enum(section: str, key: str) -> list:
 ])
 def test_schema_enum_equals_the_code(section, key, code):
     assert sorted(enum(section, key)) == code
+
+
+def test_rule_code_hashes_cover_what_each_adapter_imports():
+    """Each rule's rerun trigger follows its adapter's imports (nucseg.imported_modules)."""
+    import nucseg
+
+    train = nucseg.imported_modules(REPO / "workflow_scripts/train.py")
+    assert {"train", "model", "losses", "augment", "preprocess", "imageio", "tasks"} <= set(train)
+    assert "plots" not in train and "qc" not in train  # a curve colour does not retrain
+    predict = nucseg.imported_modules(REPO / "workflow_scripts/predict.py")
+    assert {"infer", "tiling", "bigimage", "model"} <= set(predict) and "train" not in predict
+    assert set(nucseg.imported_modules(REPO / "workflow_scripts/segment.py")) >= {"postprocess", "measure"}
+    for rules in (REPO / "rules").glob("*.smk"):
+        text = rules.read_text()
+        assert "nucseg.code_hash(" not in text, f"{rules.name}: a hand-written module list"
+        assert text.count("code=script_code(") == len(re.findall(r"(?m)^rule ", text)), rules.name
+
+
+def test_script_code_hash_changes_with_an_imported_module(tmp_path):
+    import nucseg
+
+    script = tmp_path / "adapter.py"
+    script.write_text("from nucseg.postprocess import segment_dataset\n")
+    assert "measure" in nucseg.imported_modules(script)  # through postprocess
+    before = nucseg.script_code_hash(script)
+    script.write_text("from nucseg.postprocess import segment_dataset\n# a comment\n")
+    assert nucseg.script_code_hash(script) != before
