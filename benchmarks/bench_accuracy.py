@@ -55,8 +55,21 @@ DATASET = "stage1_train_fixed"
 
 def run_pipeline(workdir: Path, target: str, cores: int) -> None:
     """The workflow with config/pretrained.yaml, up to ``target``, in ``workdir``."""
-    command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(CONFIG), "--replace-workflow-config", target]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        str(cores),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(CONFIG),
+        "--replace-workflow-config",
+        target,
+    ]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
 
@@ -94,7 +107,16 @@ def predictions(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options
             yield row, sample, tta, prob, seconds / megapixels, list(model.config.heads)
 
 
-def score(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options: list[bool], device: torch.device, settings: SegmentSettings, cache: Path | None = None, grid: bool = False) -> pd.DataFrame:
+def score(
+    model_dir: Path,
+    dataset: Path,
+    index: pd.DataFrame,
+    tta_options: list[bool],
+    device: torch.device,
+    settings: SegmentSettings,
+    cache: Path | None = None,
+    grid: bool = False,
+) -> pd.DataFrame:
     """One row per (image, tta, method[, grid point]): the per-image metrics plus modality and seconds/MP."""
     rows = []
     for row, sample, tta, prob, s_per_mp, heads in predictions(model_dir, dataset, index, tta_options, device, cache):
@@ -105,14 +127,28 @@ def score(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options: list
         for method, threshold, spacing, weight in points:
             point = replace(settings, method=method, threshold=threshold, marker_spacing=spacing, border_weight=weight)
             metrics = evaluate_image(sample.labels, segment(prob, heads, method, point))
-            rows.append(dict(image_id=row.image_id, modality=row.modality, tta=tta, method=method, threshold=str(threshold), marker_spacing=spacing,
-                             border_weight=weight if method == "border" else np.nan, s_per_mp=s_per_mp, **metrics))
+            rows.append(
+                dict(
+                    image_id=row.image_id,
+                    modality=row.modality,
+                    tta=tta,
+                    method=method,
+                    threshold=str(threshold),
+                    marker_spacing=spacing,
+                    border_weight=weight if method == "border" else np.nan,
+                    s_per_mp=s_per_mp,
+                    **metrics,
+                )
+            )
     return pd.DataFrame(rows)
 
 
 def summarise(scores: pd.DataFrame) -> pd.DataFrame:
     """Means over images per configuration, the challenge score per modality beside them."""
-    keys = [k for k in ("method", "tta", "threshold", "marker_spacing", "border_weight") if k in scores and scores[k].nunique(dropna=False) > 1] or ["method", "tta"]
+    keys = [k for k in ("method", "tta", "threshold", "marker_spacing", "border_weight") if k in scores and scores[k].nunique(dropna=False) > 1] or [
+        "method",
+        "tta",
+    ]
     if "border_weight" in keys:
         scores = scores.assign(border_weight=scores["border_weight"].fillna(0.0))
     table = scores.groupby(keys).agg(
@@ -181,8 +217,10 @@ def main() -> None:
         table = table.sort_values("challenge", ascending=False)
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"pipeline {train_s:.0f} s, scoring {time.perf_counter() - t0:.0f} s")
-    print(f"machine: {platform.machine()}, cpu_count={os.cpu_count()}, torch threads={torch.get_num_threads()}, device={device.type}, "
-          f"torch={torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), python={platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, cpu_count={os.cpu_count()}, torch threads={torch.get_num_threads()}, device={device.type}, "
+        f"torch={torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), python={platform.python_version()}"
+    )
 
 
 if __name__ == "__main__":

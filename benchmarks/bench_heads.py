@@ -31,9 +31,9 @@ import torch
 from nucseg.datasets import read_sample, unpack_zip
 from nucseg.infer import PredictSettings, predict_image
 from nucseg.metrics import evaluate_image
+from nucseg.model import choose_device, load_model
 from nucseg.postprocess import SegmentSettings, segment_probability
 from nucseg.preprocess import PreprocessSettings, preprocess_training
-from nucseg.model import choose_device, load_model
 from nucseg.train import TrainSettings, train_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "stage1_train_fixed.zip"
@@ -110,12 +110,17 @@ def main() -> None:
         print(f"{name}: {results[name]}", flush=True)
 
     print()
-    print(f"budget: {args.model}, {args.epochs} epochs x {args.steps_per_epoch} steps x 8 crops of 128x128 = {args.epochs * args.steps_per_epoch} steps "
-          f"({args.epochs * args.steps_per_epoch * 8} examples), Adam 1e-3, default augmentation, seed 0; best epoch by validation crop IoU")
+    print(
+        f"budget: {args.model}, {args.epochs} epochs x {args.steps_per_epoch} steps x 8 crops of 128x128 = {args.epochs * args.steps_per_epoch} steps "
+        f"({args.epochs * args.steps_per_epoch * 8} examples), Adam 1e-3, default augmentation, seed 0; best epoch by validation crop IoU"
+    )
     print(f"validation: {len(val_ids)} full-size images, no TTA, default segment settings")
     out = pd.DataFrame(results).T[["pixel_iou", "obj_f1", "challenge_score", "val_crop_iou", "best_epoch", "train_s", "eval_s"]]
     print(out.to_string(float_format=lambda v: f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"))
-    print(f"machine: {platform.processor() or platform.machine()}, cpu_count={os.cpu_count()}, torch threads={torch.get_num_threads()}, device={device.type}, torch={torch.__version__}, python={platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, cpu_count={os.cpu_count()}, torch threads={torch.get_num_threads()}, "
+        f"device={device.type}, torch={torch.__version__}, python={platform.python_version()}"
+    )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,10 @@ def main() -> None:
             extra = f", {row['images']} images, {row['nuclei']} nuclei" if "images" in row else ""
             print(f"{stage:17s} {row['seconds']:7.1f} s   peak RSS {row['peak_rss_mb']:6.0f} MB{extra}")
         print(f"store sizes: train.zarr {du_mb(work + '/train.zarr'):.0f} MB, full.zarr {du_mb(work + '/full.zarr'):.0f} MB")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python {platform.python_version()}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, Python {platform.python_version()}"
+    )
 
 
 if __name__ == "__main__":

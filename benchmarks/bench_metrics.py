@@ -68,14 +68,19 @@ def main() -> None:
         evaluate_image(truth, pred)
         times.append(time.perf_counter() - start)
 
-    print(f"image {SHAPE[0]}x{SHAPE[1]}, n_true={row['n_true']}, n_pred={row['n_pred']}, "
-          f"obj_f1={row['obj_f1']:.3f}, challenge_score={row['challenge_score']:.3f}")
-    print(f"evaluate_image median over {args.repeats} repeats: "
-          f"{1000 * float(np.median(times)):.1f} ms "
-          f"(min {1000 * min(times):.1f} ms, max {1000 * max(times):.1f} ms)")
-    print(f"machine: processor={platform.processor() or platform.machine()!r}, "
-          f"cpu_count={os.cpu_count()}, python={platform.python_version()}, "
-          f"numpy={np.__version__}")
+    print(
+        f"image {SHAPE[0]}x{SHAPE[1]}, n_true={row['n_true']}, n_pred={row['n_pred']}, obj_f1={row['obj_f1']:.3f}, challenge_score={row['challenge_score']:.3f}"
+    )
+    print(
+        f"evaluate_image median over {args.repeats} repeats: "
+        f"{1000 * float(np.median(times)):.1f} ms "
+        f"(min {1000 * min(times):.1f} ms, max {1000 * max(times):.1f} ms)"
+    )
+    print(
+        f"machine: processor={platform.processor() or platform.machine()!r}, "
+        f"cpu_count={os.cpu_count()}, python={platform.python_version()}, "
+        f"numpy={np.__version__}"
+    )
 
 
 if __name__ == "__main__":

@@ -70,10 +70,16 @@ def main() -> None:
 
     import snakemake
 
-    print(f"no-op rerun (snakemake --cores 2, nothing to do), {args.repeats} repeats: median {statistics.median(times):.2f} s (min {min(times):.2f} s, max {max(times):.2f} s)")
+    print(
+        f"no-op rerun (snakemake --cores 2, nothing to do), {args.repeats} repeats: "
+        f"median {statistics.median(times):.2f} s (min {min(times):.2f} s, max {max(times):.2f} s)"
+    )
     print(f"of which starting Python and Snakemake (snakemake --version): median {statistics.median(startup):.2f} s")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"machine: processor={platform.machine()!r}, cpu_count={os.cpu_count()}, load average {load}, python={platform.python_version()}, snakemake={snakemake.__version__}")
+    print(
+        f"machine: processor={platform.machine()!r}, cpu_count={os.cpu_count()}, load average {load}, "
+        f"python={platform.python_version()}, snakemake={snakemake.__version__}"
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = REPO.parent / "shared" / "data" / "dsb2018" / "stage1_train_fixed.zip"
-RUN = "import resource, sys; from nucseg.cli import main; rc = main(sys.argv[1:]); print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+RUN = (
+    "import resource, sys; from nucseg.cli import main; rc = main(sys.argv[1:]); "
+    "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+)
 
 
 def fluorescence_tiles(n: int = 64) -> list[np.ndarray]:
@@ -100,11 +103,30 @@ def scale(args, tmp: Path, model: Path, tiles: list[np.ndarray]) -> None:
         write_mosaic(path, side, tiles)
         for command in args.commands:
             out = tmp / (f"{command}_{side}" + (".zarr" if command == "predict" else ""))
-            common = ["--model", str(model), "--out", str(out), "--tile", str(args.tile), "--margin", str(args.margin), "--batch", str(args.batch), "--engine", args.engine, "--threads", str(args.threads)]
+            common = [
+                "--model",
+                str(model),
+                "--out",
+                str(out),
+                "--tile",
+                str(args.tile),
+                "--margin",
+                str(args.margin),
+                "--batch",
+                str(args.batch),
+                "--engine",
+                args.engine,
+                "--threads",
+                str(args.threads),
+            ]
             seconds, rss, rc = run_cli([command, *common, str(path)])
             mp = side * side / 1e6
             first.setdefault(command, (seconds / mp, rss))
-            print(f"{command:8} {side:6d} {mp:10.1f} {seconds:8.1f} {seconds / mp:6.2f} {rss:11.0f} {rc:3d}   (s/MP x{seconds / mp / first[command][0]:.2f}, RSS x{rss / first[command][1]:.2f} of the smallest)", flush=True)
+            print(
+                f"{command:8} {side:6d} {mp:10.1f} {seconds:8.1f} {seconds / mp:6.2f} {rss:11.0f} {rc:3d}   "
+                f"(s/MP x{seconds / mp / first[command][0]:.2f}, RSS x{rss / first[command][1]:.2f} of the smallest)",
+                flush=True,
+            )
         path.unlink()
 
 
@@ -148,7 +170,12 @@ def throughput(args, tmp: Path, model_dir: Path, tiles: list[np.ndarray]) -> Non
             predictor = open_predictor(model_dir, settings, args.threads)
             group = zarr.open_group(tmp / f"p_{engine}_{tta}.zarr", mode="w")
             counter = iter(range(1000))
-            rows.append((f"predict stage end to end, {engine} (file -> zarr)", best_of(lambda: predict_to_zarr(predictor, open_image(path), group, f"i{next(counter)}", settings), args.repeat)))
+            rows.append(
+                (
+                    f"predict stage end to end, {engine} (file -> zarr)",
+                    best_of(lambda: predict_to_zarr(predictor, open_image(path), group, f"i{next(counter)}", settings), args.repeat),
+                )
+            )
         for what, seconds in rows:
             print(f"{what:44} {str(tta):>4} {seconds:7.2f} {mp / seconds:6.2f} {base / seconds:15.2f}", flush=True)
 

@@ -69,7 +69,9 @@ def child(size: int, threads: int, outputs: bool) -> dict:
         writers = ImageWriters(*folders, threads=threads) if outputs else ImageWriters(None, None, None)
         with open(tmp / "objects.csv", "w") as table_file:
             start = time.perf_counter()
-            row = segment_image(maps, ["body"], rgb, "bench", SegmentSettings(), tmp, lambda t: t.to_csv(table_file, header=False, index=False), writers, threads)
+            row = segment_image(
+                maps, ["body"], rgb, "bench", SegmentSettings(), tmp, lambda t: t.to_csv(table_file, header=False, index=False), writers, threads
+            )
             seconds = time.perf_counter() - start
         predict.append(predict_seconds_per_mp(threads))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -111,7 +113,11 @@ def main() -> None:
         mp = size * size / 1e6
         per_mp = r["seconds"] / mp
         predict = r["predict_s_per_mp"]
-        print(f"{size:>7} {r['nuclei']:>8} {r['seconds']:>8.1f} {per_mp:>6.2f} {1 / per_mp:>6.2f} {r['peak_rss_mb']:>11.0f} {predict:>12.2f} {per_mp / (per_mp + predict):>13.2f}", flush=True)
+        print(
+            f"{size:>7} {r['nuclei']:>8} {r['seconds']:>8.1f} {per_mp:>6.2f} {1 / per_mp:>6.2f} "
+            f"{r['peak_rss_mb']:>11.0f} {predict:>12.2f} {per_mp / (per_mp + predict):>13.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

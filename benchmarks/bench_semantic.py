@@ -123,7 +123,9 @@ def prepare(work: Path) -> dict:
             for size in (128,):
                 store, index = folder / f"train{size}.zarr", folder / f"train{size}_index.csv"
                 if not index.exists():
-                    preprocess_training(folder / "data", store, index, PreprocessSettings(size=size, val_fraction=0.1), "semantic", read_id_list(config / heldout), classes)
+                    preprocess_training(
+                        folder / "data", store, index, PreprocessSettings(size=size, val_fraction=0.1), "semantic", read_id_list(config / heldout), classes
+                    )
                 out[f"train{size}"], out[f"train{size}_index"] = str(store), str(index)
         data[name] = out
     folder = work / "wbc2s"
@@ -162,7 +164,15 @@ def network(name: str, data: dict, work: Path, reuse: bool = False) -> list[dict
         labels, areas, per_image = work / "seg" / name / test, work / "seg" / f"{name}_{test}_areas.csv", work / "seg" / f"{name}_{test}_per_image.csv"
         task.segment(str(pred), t["full"], t["full_index"], dict(labels=str(labels), objects=str(areas)))
         table = task.evaluate(str(labels), t["full"], t["full_index"], str(per_image), test, name)
-        results.append(dict(run=name, test=test, budget=budget, best_val_iou=config["best_val_iou"], **{k: float(table[k].mean()) for k in table.columns if k.startswith(("pixel_accuracy", "mean_dice", "dice_"))}))
+        results.append(
+            dict(
+                run=name,
+                test=test,
+                budget=budget,
+                best_val_iou=config["best_val_iou"],
+                **{k: float(table[k].mean()) for k in table.columns if k.startswith(("pixel_accuracy", "mean_dice", "dice_"))},
+            )
+        )
     return results
 
 
@@ -186,10 +196,24 @@ def main() -> int:
         isbi = data["isbi"]
         for method, fn in (("majority class", lambda im: np.ones(im.shape[:2], np.uint8)), ("Otsu", otsu_membrane)):
             rows = image_rows(isbi["full"], isbi["full_index"], ISBI_CLASSES, fn)
-            results.append(dict(run=f"floor: {method}", test="isbi", budget="no training", **mean_scores(rows, ["pixel_accuracy", "mean_dice", "dice_membrane", "dice_cell"])))
+            results.append(
+                dict(
+                    run=f"floor: {method}",
+                    test="isbi",
+                    budget="no training",
+                    **mean_scores(rows, ["pixel_accuracy", "mean_dice", "dice_membrane", "dice_cell"]),
+                )
+            )
         for test in ("wbc", "wbc2", "wbc2s"):
             rows = image_rows(data[test]["full"], data[test]["full_index"], WBC_CLASSES, kmeans_classes)
-            results.append(dict(run="floor: k-means RGB", test=test, budget="no training", **mean_scores(rows, ["pixel_accuracy", "mean_dice", "dice_background", "dice_cytoplasm", "dice_nucleus"])))
+            results.append(
+                dict(
+                    run="floor: k-means RGB",
+                    test=test,
+                    budget="no training",
+                    **mean_scores(rows, ["pixel_accuracy", "mean_dice", "dice_background", "dice_cytoplasm", "dice_nucleus"]),
+                )
+            )
         print(pd.DataFrame(results).to_string(index=False), flush=True)
     for name in RUNS:
         if name in only:

@@ -20,8 +20,7 @@ import time
 import torch
 
 from nucseg.losses import Loss
-from nucseg.model import PRESETS, ResUNet
-from nucseg.model import choose_device
+from nucseg.model import PRESETS, ResUNet, choose_device
 from nucseg.train import optimizer_step
 
 
@@ -73,8 +72,10 @@ def main() -> None:
         med = statistics.median(times)
         print(f"{name:<15} {params / 1e6:>7.2f}M {args.batch / med:>9.1f} {med:>8.3f} {min(times):>7.3f} {max(times):>7.3f}")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {where}; machine: processor={platform.processor() or platform.machine()!r}, cpu_count={os.cpu_count()}, "
-          f"python={platform.python_version()}, torch={torch.__version__}")
+    print(
+        f"device: {where}; machine: processor={platform.processor() or platform.machine()!r}, cpu_count={os.cpu_count()}, "
+        f"python={platform.python_version()}, torch={torch.__version__}"
+    )
 
 
 if __name__ == "__main__":

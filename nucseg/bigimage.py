@@ -120,7 +120,6 @@ class LazyImage:
             return window
         return window[np.ix_(index_y - y0, index_x - x0)]
 
-
     def rgb(self) -> "RGBView":
         """The image as a read-only ``(H, W, 3) uint8`` array-like, sliced lazily (dask, measurements)."""
         return RGBView(self)

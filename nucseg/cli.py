@@ -71,7 +71,9 @@ def output_names(images: list[str], out: Path, suffixes: tuple[str, ...] = (".ti
     for name, path in zip(names, paths):
         clash = [out / f"{name}{suffix}" for suffix in suffixes if (out / f"{name}{suffix}").resolve() in inputs]
         if clash or names.count(name) > 1:
-            raise ValueError(f"{path}: its output name {name!r} would overwrite {clash[0] if clash else 'another output'}; rename the input or choose another --out")
+            raise ValueError(
+                f"{path}: its output name {name!r} would overwrite {clash[0] if clash else 'another output'}; rename the input or choose another --out"
+            )
     return names
 
 
@@ -226,13 +228,24 @@ def _add_predict_arguments(parser: argparse.ArgumentParser, out_help: str) -> No
 
     defaults = PredictSettings()
     parser.add_argument("images", nargs="+", help="PNG, JPEG, TIFF (8/16-bit, float, BigTIFF, tiled: read tile by tile), zarr or OME-Zarr images")
-    parser.add_argument("--model", default=None, help="model folder (results/model/<name> of a workflow run; default: the pretrained model shipped with nucseg)")
+    parser.add_argument(
+        "--model", default=None, help="model folder (results/model/<name> of a workflow run; default: the pretrained model shipped with nucseg)"
+    )
     parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--tta", action="store_true", help="8-fold test-time augmentation (8x slower)")
-    parser.add_argument("--tile", type=_positive, default=defaults.tile, help=f"window stride in pixels, a multiple of 32 (default {defaults.tile}); lower it to fit a small GPU")
-    parser.add_argument("--margin", type=int, default=defaults.margin, help=f"half the blended overlap of windows, a multiple of 16 (default {defaults.margin})")
+    parser.add_argument(
+        "--tile",
+        type=_positive,
+        default=defaults.tile,
+        help=f"window stride in pixels, a multiple of 32 (default {defaults.tile}); lower it to fit a small GPU",
+    )
+    parser.add_argument(
+        "--margin", type=int, default=defaults.margin, help=f"half the blended overlap of windows, a multiple of 16 (default {defaults.margin})"
+    )
     parser.add_argument("--batch", type=_positive, default=defaults.batch, help=f"windows per forward pass (default {defaults.batch}); raise it on a GPU")
-    parser.add_argument("--engine", default=defaults.engine, choices=ENGINES, help="eager: plain PyTorch; onnx: ONNX Runtime (CPU, faster); auto: onnx on CPU, eager on CUDA")
+    parser.add_argument(
+        "--engine", default=defaults.engine, choices=ENGINES, help="eager: plain PyTorch; onnx: ONNX Runtime (CPU, faster); auto: onnx on CPU, eager on CUDA"
+    )
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: PyTorch's, all cores)")
 

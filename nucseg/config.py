@@ -97,13 +97,24 @@ def _cross_field_problems(config: dict) -> list[tuple[list, str]]:
         if not isinstance(values, dict):
             continue
         bounds = values.get("otsu_bounds")
-        if path[-1] == "segment" and isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds) and bounds[0] > bounds[1]:
+        if (
+            path[-1] == "segment"
+            and isinstance(bounds, list)
+            and len(bounds) == 2
+            and all(isinstance(b, (int, float)) for b in bounds)
+            and bounds[0] > bounds[1]
+        ):
             key = path + ["otsu_bounds"]
             problems.append((key, f"{_location(key)}: {bounds} is inverted: write the lower bound first ([{bounds[1]}, {bounds[0]}])"))
         heads = values.get("heads")
         if path[-1] == "train" and isinstance(heads, list) and heads and heads[0] != "body":
             key = path + ["heads"]
-            problems.append((key, f"{_location(key)}: {heads} must start with body ([body] or [body, border]): the body head is the nucleus foreground every model predicts"))
+            problems.append(
+                (
+                    key,
+                    f"{_location(key)}: {heads} must start with body ([body] or [body, border]): the body head is the nucleus foreground every model predicts",
+                )
+            )
     return problems
 
 
@@ -124,10 +135,15 @@ def _dataset_problems(config: dict) -> list[tuple[list, str]]:
     if not roles["test"]:
         problems.append((["datasets"], f"datasets: a run needs at least one dataset with role: test (the images it segments); {found}"))
     if not roles["train"] and (to_train or not models):
-        problems.append((["datasets"], (
-            f"datasets: a run needs at least one dataset with role: train to train its models ({', '.join(to_train) or 'none given'}); "
-            f"{found}. To segment with a ready model and no training, give the model a folder: models: {{pretrained: {{folder: pretrained}}}}"
-        )))
+        problems.append(
+            (
+                ["datasets"],
+                (
+                    f"datasets: a run needs at least one dataset with role: train to train its models ({', '.join(to_train) or 'none given'}); "
+                    f"{found}. To segment with a ready model and no training, give the model a folder: models: {{pretrained: {{folder: pretrained}}}}"
+                ),
+            )
+        )
     for name, d in datasets.items():
         if isinstance(d, dict) and d.get("evaluate") is True and d.get("layout") == "images":
             problems.append((["datasets", name, "evaluate"], f"datasets.{name}.evaluate: true, but layout: images has no ground truth to score against"))

@@ -42,7 +42,21 @@ from nucseg.imageio import IMAGE_SUFFIXES, decode_image, read_image_info
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fetch", "sha256sum", "verify_checksum", "is_url", "unpack_zip", "download_dataset", "source_files", "local_image_files", "list_images", "read_sample", "load_solution", "Sample", "LAYOUTS"]
+__all__ = [
+    "fetch",
+    "sha256sum",
+    "verify_checksum",
+    "is_url",
+    "unpack_zip",
+    "download_dataset",
+    "source_files",
+    "local_image_files",
+    "list_images",
+    "read_sample",
+    "load_solution",
+    "Sample",
+    "LAYOUTS",
+]
 
 CHUNK = 1 << 20
 LAYOUTS = ("dsb", "images", "semantic")
@@ -384,7 +398,7 @@ def _masks_to_labels(mask_dir: Path, shape: tuple[int, int]) -> tuple[np.ndarray
             continue
         mask = decode_image(mask_path.read_bytes(), str(mask_path))
         if mask.ndim == 3:  # a grey+alpha or RGB(A) mask: any colour channel counts, alpha does not
-            mask = mask[..., :1 if mask.shape[2] == 2 else 3].max(axis=2)
+            mask = mask[..., : 1 if mask.shape[2] == 2 else 3].max(axis=2)
         if mask.shape != shape:
             raise ValueError(f"{mask_path}: mask of size {mask.shape} differs from its image's size {shape}")
         inside = mask > 0
@@ -420,7 +434,9 @@ def _semantic_labels(root: Path, image_id: str, shape: tuple[int, int], class_va
     return to_class_index(labels, class_values, str(path))
 
 
-def read_sample(root: str | os.PathLike, image_id: str, layout: str = "dsb", solution: dict[str, np.ndarray] | None = None, class_values: tuple[int, ...] | None = None) -> Sample:
+def read_sample(
+    root: str | os.PathLike, image_id: str, layout: str = "dsb", solution: dict[str, np.ndarray] | None = None, class_values: tuple[int, ...] | None = None
+) -> Sample:
     """Read one image and its ground truth.
 
     Ground truth comes from the image's ``masks/`` folder (``dsb`` training

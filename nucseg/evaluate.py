@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 ID_COLUMNS = ["model", "dataset", "image_id", "modality", "height", "width"]
 
 
-def evaluate_dataset(labels_dir: str | os.PathLike, truth_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_csv: str | os.PathLike, dataset: str, model: str = "model") -> pd.DataFrame:
+def evaluate_dataset(
+    labels_dir: str | os.PathLike, truth_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_csv: str | os.PathLike, dataset: str, model: str = "model"
+) -> pd.DataFrame:
     """Evaluate stage: per-image metrics CSV for one dataset.
 
     Parameters
@@ -49,10 +51,28 @@ def evaluate_dataset(labels_dir: str | os.PathLike, truth_zarr: str | os.PathLik
         log.info("%s: challenge score %.3f (%d true, %d predicted)", pred_path.stem, scores["challenge_score"], scores["n_true"], scores["n_pred"])
         return scores
 
-    return score_images(labels_dir, truth_zarr, index_csv, out_csv, dataset, model, score, "give the dataset its solution CSV (solution:), or set evaluate: false on it to predict and segment it only")
+    return score_images(
+        labels_dir,
+        truth_zarr,
+        index_csv,
+        out_csv,
+        dataset,
+        model,
+        score,
+        "give the dataset its solution CSV (solution:), or set evaluate: false on it to predict and segment it only",
+    )
 
 
-def score_images(labels_dir: str | os.PathLike, truth_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_csv: str | os.PathLike, dataset: str, model: str, score: Callable, remedy: str) -> pd.DataFrame:
+def score_images(
+    labels_dir: str | os.PathLike,
+    truth_zarr: str | os.PathLike,
+    index_csv: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    dataset: str,
+    model: str,
+    score: Callable,
+    remedy: str,
+) -> pd.DataFrame:
     """The per-image table of any task: ``score(truth (H, W) ndarray, path of <id>.tif) -> dict``
     for every image of the index with ground truth, after the :data:`ID_COLUMNS`; written to
     ``out_csv``. Without any image with ground truth it stops, saying ``remedy``."""

@@ -132,10 +132,16 @@ def export_bioimageio(model_dir: str | os.PathLike, out_zip: str | os.PathLike, 
         y, x = bio.AxisId("y"), bio.AxisId("x")
         descr = bio.ModelDescr(
             name="nucseg residual U-Net nuclei",
-            description="Nucleus (body) and touching-border probabilities for 2-D microscopy images of any modality (fluorescence, bright-field, stained histology); residual U-Net trained by the nucseg pipeline on the 2018 Data Science Bowl data.",
+            description=(
+                "Nucleus (body) and touching-border probabilities for 2-D microscopy images of any modality (fluorescence, "
+                "bright-field, stained histology); residual U-Net trained by the nucseg pipeline on the 2018 Data Science Bowl data."
+            ),
             authors=[bio.Author(name="nucseg developers")],
             cite=[
-                bio.CiteEntry(text="Caicedo et al. 2019, Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. Nature Methods 16", doi=bio.Doi("10.1038/s41592-019-0612-7")),
+                bio.CiteEntry(
+                    text="Caicedo et al. 2019, Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. Nature Methods 16",
+                    doi=bio.Doi("10.1038/s41592-019-0612-7"),
+                ),
             ],
             license=bio.LicenseId("MIT"),
             documentation=bio.FileDescr(source=doc),
@@ -145,9 +151,12 @@ def export_bioimageio(model_dir: str | os.PathLike, out_zip: str | os.PathLike, 
                 bio.InputTensorDescr(
                     id=bio.TensorId("raw"),
                     description="RGB image, values 0-255 (grey images: the same value in all three channels); normalised inside the model",
-                    axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(c) for c in ("r", "g", "b")]),
-                          bio.SpaceInputAxis(id=y, size=bio.ParameterizedSize(min=64, step=MULTIPLE)),
-                          bio.SpaceInputAxis(id=x, size=bio.ParameterizedSize(min=64, step=MULTIPLE))],
+                    axes=[
+                        bio.BatchAxis(),
+                        bio.ChannelAxis(channel_names=[bio.Identifier(c) for c in ("r", "g", "b")]),
+                        bio.SpaceInputAxis(id=y, size=bio.ParameterizedSize(min=64, step=MULTIPLE)),
+                        bio.SpaceInputAxis(id=x, size=bio.ParameterizedSize(min=64, step=MULTIPLE)),
+                    ],
                     test_tensor=bio.FileDescr(source=tmp / "test_input.npy"),
                     preprocessing=[bio.EnsureDtypeDescr(kwargs=bio.EnsureDtypeKwargs(dtype="float32"))],
                 )
@@ -156,9 +165,12 @@ def export_bioimageio(model_dir: str | os.PathLike, out_zip: str | os.PathLike, 
                 bio.OutputTensorDescr(
                     id=bio.TensorId("probabilities"),
                     description=f"probability maps, one channel per head: {', '.join(heads)}",
-                    axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(h) for h in heads]),
-                          bio.SpaceOutputAxis(id=y, size=bio.SizeReference(tensor_id=bio.TensorId("raw"), axis_id=y)),
-                          bio.SpaceOutputAxis(id=x, size=bio.SizeReference(tensor_id=bio.TensorId("raw"), axis_id=x))],
+                    axes=[
+                        bio.BatchAxis(),
+                        bio.ChannelAxis(channel_names=[bio.Identifier(h) for h in heads]),
+                        bio.SpaceOutputAxis(id=y, size=bio.SizeReference(tensor_id=bio.TensorId("raw"), axis_id=y)),
+                        bio.SpaceOutputAxis(id=x, size=bio.SizeReference(tensor_id=bio.TensorId("raw"), axis_id=x)),
+                    ],
                     test_tensor=bio.FileDescr(source=tmp / "test_output.npy"),
                     data=bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
                 )

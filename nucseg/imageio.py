@@ -26,7 +26,7 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from nucseg.files import atomic_file
 

@@ -150,7 +150,16 @@ def onnx_model(model: torch.nn.Module, cache_dir: str | os.PathLike | None = Non
         buffer = io.BytesIO()
         with warnings.catch_warnings():  # the tracer's notes on the model's input checks, the exporter's deprecation notice
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (torch.zeros(1, model.config.in_channels, 64, 64),), buffer, input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}, opset_version=ONNX_OPSET, dynamo=False)
+            torch.onnx.export(
+                model,
+                (torch.zeros(1, model.config.in_channels, 64, 64),),
+                buffer,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}},
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+            )
         data = buffer.getvalue()
         log.info("exported the model to ONNX in %.1f s", time.perf_counter() - start)
         _EXPORTED.clear()  # keep one graph: a training loop would otherwise pile them up
@@ -258,7 +267,9 @@ def predict_to_zarr(predictor: Predictor, image: LazyImage, group: zarr.Group, n
     return array
 
 
-def predict_image(model: torch.nn.Module, image: np.ndarray, settings: PredictSettings, normalize: dict | None = None, device: torch.device | None = None) -> np.ndarray:
+def predict_image(
+    model: torch.nn.Module, image: np.ndarray, settings: PredictSettings, normalize: dict | None = None, device: torch.device | None = None
+) -> np.ndarray:
     """Probability maps of one image in memory (tests, benchmarks; files go through :func:`predict_to_zarr`).
 
     Parameters
@@ -305,7 +316,9 @@ def open_predictor(model_dir: str | os.PathLike, settings: PredictSettings, thre
         raise ValueError(f"--device/predict.device {settings.device}: {exc}") from exc
     model, config = load_model(model_dir, device)
     engine = make_engine(model, settings, device, cache_dir=model_dir)
-    log.info("predicting with %s on %s, tile %d, margin %d, batch %d, tta %s", engine.name, device.type, settings.tile, settings.margin, settings.batch, settings.tta)
+    log.info(
+        "predicting with %s on %s, tile %d, margin %d, batch %d, tta %s", engine.name, device.type, settings.tile, settings.margin, settings.batch, settings.tta
+    )
     return Predictor(engine, list(model.config.heads), config.get("normalize"), settings.tta)
 
 
@@ -317,7 +330,14 @@ def open_output_group(path: str | os.PathLike, predictor: Predictor, model_dir: 
     return root
 
 
-def predict_dataset(model_dir: str | os.PathLike, images_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_zarr: str | os.PathLike, settings: PredictSettings, threads: int | None = None) -> None:
+def predict_dataset(
+    model_dir: str | os.PathLike,
+    images_zarr: str | os.PathLike,
+    index_csv: str | os.PathLike,
+    out_zarr: str | os.PathLike,
+    settings: PredictSettings,
+    threads: int | None = None,
+) -> None:
     """Predict stage: probability maps for every image of a full-size store.
 
     Writes ``out_zarr`` (atomically) with one array per image ``<id>``: ``(K, H, W)`` float16 in

@@ -19,9 +19,23 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 COLUMNS = [
-    "label", "area", "centroid_y", "centroid_x", "bbox_min_y", "bbox_min_x", "bbox_max_y", "bbox_max_x",
-    "equivalent_diameter", "eccentricity", "solidity", "mean_intensity",
-    "perimeter", "orientation", "major_axis_length", "minor_axis_length", "integrated_intensity",
+    "label",
+    "area",
+    "centroid_y",
+    "centroid_x",
+    "bbox_min_y",
+    "bbox_min_x",
+    "bbox_max_y",
+    "bbox_max_x",
+    "equivalent_diameter",
+    "eccentricity",
+    "solidity",
+    "mean_intensity",
+    "perimeter",
+    "orientation",
+    "major_axis_length",
+    "minor_axis_length",
+    "integrated_intensity",
 ]
 
 #: Columns of the per-image table (:meth:`ImageSummary.row`).

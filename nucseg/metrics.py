@@ -66,9 +66,7 @@ def _as_image(x: ArrayLike, name: str, *, allow_bool: bool) -> NDArray[Any]:
     if arr.dtype == np.bool_:
         if not allow_bool:
             raise TypeError(
-                f"{name} has dtype bool; object-level metrics need {kind} "
-                "(0 = background, one positive label per object), e.g. "
-                "skimage.measure.label(mask)"
+                f"{name} has dtype bool; object-level metrics need {kind} (0 = background, one positive label per object), e.g. skimage.measure.label(mask)"
             )
     elif not np.issubdtype(arr.dtype, np.integer):
         raise TypeError(f"{name} must be {kind}, got dtype {arr.dtype}")
@@ -79,32 +77,22 @@ def _as_image(x: ArrayLike, name: str, *, allow_bool: bool) -> NDArray[Any]:
     if arr.dtype != np.bool_ and np.issubdtype(arr.dtype, np.signedinteger):
         lowest = int(arr.min())
         if lowest < 0:
-            raise ValueError(
-                f"{name} has a negative label ({lowest}); labels must be >= 0 "
-                "with 0 for background"
-            )
+            raise ValueError(f"{name} has a negative label ({lowest}); labels must be >= 0 with 0 for background")
     return arr
 
 
-def _as_pair(
-    truth: ArrayLike, pred: ArrayLike, *, allow_bool: bool = False
-) -> tuple[NDArray[Any], NDArray[Any]]:
+def _as_pair(truth: ArrayLike, pred: ArrayLike, *, allow_bool: bool = False) -> tuple[NDArray[Any], NDArray[Any]]:
     """Validate a truth/prediction pair of images of the same shape."""
     t = _as_image(truth, "truth", allow_bool=allow_bool)
     p = _as_image(pred, "pred", allow_bool=allow_bool)
     if t.shape != p.shape:
-        raise ValueError(
-            f"truth and pred must have the same shape, got truth {t.shape} "
-            f"and pred {p.shape}"
-        )
+        raise ValueError(f"truth and pred must have the same shape, got truth {t.shape} and pred {p.shape}")
     return t, p
 
 
 def _as_threshold(threshold: Any) -> float:
     """Validate one IoU threshold in [0, 1]."""
-    if isinstance(threshold, (bool, np.bool_)) or not isinstance(
-        threshold, (int, float, np.integer, np.floating)
-    ):
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)):
         raise TypeError(f"threshold must be a real number, got {type(threshold).__name__}")
     value = float(threshold)
     if not 0.0 <= value <= 1.0:  # also rejects NaN
@@ -115,9 +103,7 @@ def _as_threshold(threshold: Any) -> float:
 def _as_thresholds(thresholds: ArrayLike) -> NDArray[np.float64]:
     """Validate a non-empty 1-D sequence of IoU thresholds in [0, 1]."""
     arr = np.asarray(thresholds)
-    if arr.dtype == np.bool_ or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"thresholds must be real numbers, got dtype {arr.dtype}")
     arr = np.atleast_1d(arr.astype(np.float64))
     if arr.ndim != 1 or arr.size == 0:
@@ -275,8 +261,7 @@ def _overlap(truth: NDArray[Any], pred: NDArray[Any]) -> _Overlap:
         t_labels = t_present.astype(truth.dtype)
     if p_labels is None:
         p_labels = p_present.astype(pred.dtype)
-    return _Overlap(t_labels, p_labels, t_area, p_area, t_pos[r[both]], p_pos[c[both]],
-                    inter[both], truth.size)
+    return _Overlap(t_labels, p_labels, t_area, p_area, t_pos[r[both]], p_pos[c[both]], inter[both], truth.size)
 
 
 def _sparse_overlap(
@@ -294,8 +279,7 @@ def _sparse_overlap(
     key = (t_idx[both].astype(np.intp) - 1) * n_p + (p_idx[both].astype(np.intp) - 1)
     pairs, inter = np.unique(key, return_counts=True)
     rows, cols = np.divmod(pairs, n_p)
-    return _Overlap(t_labels, p_labels, t_area, p_area, rows.astype(np.intp),
-                    cols.astype(np.intp), inter.astype(np.int64), n_pixels)
+    return _Overlap(t_labels, p_labels, t_area, p_area, rows.astype(np.intp), cols.astype(np.intp), inter.astype(np.int64), n_pixels)
 
 
 # ---------------------------------------------------------------------------
@@ -323,9 +307,7 @@ def _pixel_from_counts(inter: int, fg_true: int, fg_pred: int, n_pixels: int) ->
     }
 
 
-def _match_pairs(
-    ov: _Overlap, pair_iou: NDArray[np.float64], threshold: float
-) -> NDArray[np.float64]:
+def _match_pairs(ov: _Overlap, pair_iou: NDArray[np.float64], threshold: float) -> NDArray[np.float64]:
     """IoUs of the one-to-one matches at ``threshold`` (IoU strictly greater).
 
     For ``threshold >= 0.5`` every pair above it is already one-to-one (see
@@ -356,9 +338,7 @@ def _match_pairs(
     return iou[ai[keep], aj[keep]]
 
 
-def _match_counts(
-    ov: _Overlap, pair_iou: NDArray[np.float64], threshold: float
-) -> dict[str, float]:
+def _match_counts(ov: _Overlap, pair_iou: NDArray[np.float64], threshold: float) -> dict[str, float]:
     """Object counts and scores at one threshold (see :func:`matching`)."""
     matched = _match_pairs(ov, pair_iou, threshold)
     tp = int(matched.size)
@@ -376,9 +356,7 @@ def _match_counts(
     }
 
 
-def _challenge_from_overlap(
-    ov: _Overlap, pair_iou: NDArray[np.float64], thresholds: NDArray[np.float64]
-) -> NDArray[np.float64]:
+def _challenge_from_overlap(ov: _Overlap, pair_iou: NDArray[np.float64], thresholds: NDArray[np.float64]) -> NDArray[np.float64]:
     """Per-threshold TP / (TP + FP + FN), shape (n_thresholds,), float64."""
     total = ov.n_true + ov.n_pred
     if total == 0:
@@ -475,8 +453,7 @@ def pixel_scores(truth: ArrayLike, pred: ArrayLike) -> dict[str, float]:
     t_fg = t if t.dtype == np.bool_ else t > 0
     p_fg = p if p.dtype == np.bool_ else p > 0
     inter = int(np.count_nonzero(t_fg & p_fg))
-    return _pixel_from_counts(inter, int(np.count_nonzero(t_fg)),
-                              int(np.count_nonzero(p_fg)), t.size)
+    return _pixel_from_counts(inter, int(np.count_nonzero(t_fg)), int(np.count_nonzero(p_fg)), t.size)
 
 
 def matching(truth: ArrayLike, pred: ArrayLike, threshold: float = 0.5) -> dict[str, float]:
@@ -637,8 +614,7 @@ def evaluate_image(truth: ArrayLike, pred: ArrayLike) -> dict[str, float]:
     ov = _overlap(t, p)
     pair_iou = ov.pair_iou()
     row: dict[str, float] = {"n_true": ov.n_true, "n_pred": ov.n_pred}
-    row.update(_pixel_from_counts(int(ov.inter.sum()), int(ov.area_true.sum()),
-                                  int(ov.area_pred.sum()), ov.n_pixels))
+    row.update(_pixel_from_counts(int(ov.inter.sum()), int(ov.area_true.sum()), int(ov.area_pred.sum()), ov.n_pixels))
     obj = _match_counts(ov, pair_iou, 0.5)
     for key in ("tp", "fp", "fn", "precision", "recall", "f1"):
         row[f"obj_{key}"] = obj[key]

@@ -44,7 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nucseg.model import MULTIPLE, PRESETS as RESUNET_PRESETS, ModelConfig, ResidualBlock, ResUNet
+from nucseg.model import MULTIPLE, ModelConfig, ResidualBlock, ResUNet
+from nucseg.model import PRESETS as RESUNET_PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,11 @@ class DilatedResidualBlock(nn.Module):
     def __init__(self, cin: int, cout: int, dilation: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=dilation, dilation=dilation, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=dilation, dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout),
         )
         self.shortcut = nn.Identity() if cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
 
@@ -259,7 +263,13 @@ ARCHITECTURES = {"unet": UNet, "segnet": SegNet, "deeplabv3plus": DeepLabV3Plus,
 def build_net(config: NetConfig) -> nn.Module:
     """A fresh network of ``config`` (weights initialised by PyTorch's defaults from the global seed)."""
     model = ARCHITECTURES[config.architecture](config)
-    log.info("%s (width %d, %d classes): %.2f million parameters", config.architecture, config.width, len(config.classes), sum(p.numel() for p in model.parameters()) / 1e6)
+    log.info(
+        "%s (width %d, %d classes): %.2f million parameters",
+        config.architecture,
+        config.width,
+        len(config.classes),
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
     return model
 
 

@@ -201,7 +201,13 @@ def nucleus_features(labels: np.ndarray, table: pd.DataFrame, origin: tuple[int,
             "type": "Feature",
             "id": f"nucleus-{label}",
             "geometry": {"type": "Polygon", "coordinates": [ring]},
-            "properties": {"objectType": "detection", "name": f"nucleus {label}", "label": label, "classification": CLASSIFICATION, "measurements": measurements},
+            "properties": {
+                "objectType": "detection",
+                "name": f"nucleus {label}",
+                "label": label,
+                "classification": CLASSIFICATION,
+                "measurements": measurements,
+            },
         }
 
 

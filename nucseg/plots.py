@@ -83,7 +83,15 @@ def score_histogram(per_image: pd.DataFrame, path: str | os.PathLike) -> Path:
     datasets = sorted(per_image["dataset"].astype(str).unique())
     for k, dataset in enumerate(datasets):
         scores = per_image.loc[per_image["dataset"].astype(str) == dataset, "challenge_score"].dropna()
-        ax.hist(scores, bins=bins, histtype="stepfilled" if len(datasets) == 1 else "step", lw=1.5, alpha=0.8 if len(datasets) == 1 else 1.0, color=f"C{k}", label=f"{dataset} ({len(scores)} images)")
+        ax.hist(
+            scores,
+            bins=bins,
+            histtype="stepfilled" if len(datasets) == 1 else "step",
+            lw=1.5,
+            alpha=0.8 if len(datasets) == 1 else 1.0,
+            color=f"C{k}",
+            label=f"{dataset} ({len(scores)} images)",
+        )
     scores = per_image["challenge_score"].dropna()
     ax.axvline(scores.mean(), color="black", lw=1.2, label=f"mean {scores.mean():.3f}")
     ax.axvline(scores.median(), color="black", lw=1.2, ls="--", label=f"median {scores.median():.3f}")
@@ -143,7 +151,15 @@ def count_scatter(per_image: pd.DataFrame, path: str | os.PathLike) -> Path:
             if part.empty:
                 continue
             label = modality if len(datasets) == 1 else f"{modality}, {dataset}"
-            ax.scatter(part["n_true"], part["n_pred"], s=28, marker=DATASET_MARKERS[j % len(DATASET_MARKERS)], color=_colour(modality, k), alpha=0.8, label=f"{label} ({len(part)})")
+            ax.scatter(
+                part["n_true"],
+                part["n_pred"],
+                s=28,
+                marker=DATASET_MARKERS[j % len(DATASET_MARKERS)],
+                color=_colour(modality, k),
+                alpha=0.8,
+                label=f"{label} ({len(part)})",
+            )
     ax.plot([0, top * 1.1], [0, top * 1.1], color="grey", lw=1, ls="--", label="predicted = true")
     if top > 100:
         ax.set_xscale("symlog", linthresh=10)
@@ -193,3 +209,39 @@ def copy_training_curves(model_dir: str | os.PathLike, out_png: str | os.PathLik
     with atomic_file(out_png) as tmp:
         shutil.copyfile(source, tmp)
     return Path(out_png)
+
+
+LOSS_NAMES = {"bce_dice": "BCE + soft Dice", "jaccard": "soft Jaccard", "dice": "soft Dice"}
+
+
+def save_curves(history: pd.DataFrame, path: Path, loss: str = "bce_dice", iou_label: str = "pixel IoU (nucleus)") -> None:
+    """Pixel IoU and loss against epoch, training and validation (the paper's Fig. 7).
+
+    The best validation epoch is marked with a dashed line, learning-rate cuts with dotted ones.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = history["epoch"]
+    best = epochs[history["val_iou"].idxmax()] if history["val_iou"].notna().any() else None
+    cuts = epochs[history["lr"] < history["lr"].shift()]
+    for ax, metric, ylabel in zip(axes, ("iou", "loss"), (iou_label, f"loss ({LOSS_NAMES.get(loss, loss)})")):
+        ax.plot(epochs, history[f"train_{metric}"], "o-", ms=3, label="training")
+        if history[f"val_{metric}"].notna().any():
+            ax.plot(epochs, history[f"val_{metric}"], "o-", ms=3, label="validation")
+        if best is not None:
+            ax.axvline(best, color="grey", ls="--", lw=1, label=f"best (epoch {best})")
+        for k, epoch in enumerate(cuts):
+            ax.axvline(epoch, color="grey", ls=":", lw=1, label="learning rate x0.1" if k == 0 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0].set_title("accuracy metric")
+    axes[1].set_title("loss function")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -429,7 +429,17 @@ def label_canvas(shape: tuple[int, int], scratch: str | os.PathLike) -> Iterator
         yield zarr.create_array(Path(tmp) / "labels.zarr", shape=shape, chunks=(1024, 1024), dtype=np.uint32, fill_value=0)
 
 
-def segment_image(maps, heads: list[str], image, image_id: str, settings: SegmentSettings, scratch: str | os.PathLike, on_objects: Callable[[pd.DataFrame], None], writers, threads: int = 1) -> dict:
+def segment_image(
+    maps,
+    heads: list[str],
+    image,
+    image_id: str,
+    settings: SegmentSettings,
+    scratch: str | os.PathLike,
+    on_objects: Callable[[pd.DataFrame], None],
+    writers,
+    threads: int = 1,
+) -> dict:
     """Segment one image chunk by chunk, measure its nuclei and write its files.
 
     Parameters
@@ -473,7 +483,18 @@ def segment_image(maps, heads: list[str], image, image_id: str, settings: Segmen
     return row
 
 
-def segment_dataset(pred_zarr: str | os.PathLike, images_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_dir: str | os.PathLike, objects_csv: str | os.PathLike, settings: SegmentSettings, images_csv: str | os.PathLike | None = None, ome_zarr_dir: str | os.PathLike | None = None, geojson_dir: str | os.PathLike | None = None, threads: int = 1) -> pd.DataFrame:
+def segment_dataset(
+    pred_zarr: str | os.PathLike,
+    images_zarr: str | os.PathLike,
+    index_csv: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    objects_csv: str | os.PathLike,
+    settings: SegmentSettings,
+    images_csv: str | os.PathLike | None = None,
+    ome_zarr_dir: str | os.PathLike | None = None,
+    geojson_dir: str | os.PathLike | None = None,
+    threads: int = 1,
+) -> pd.DataFrame:
     """Segment stage for a dataset: label TIFFs, OME-Zarr, GeoJSON, object and image tables.
 
     Parameters
@@ -517,7 +538,9 @@ def segment_dataset(pred_zarr: str | os.PathLike, images_zarr: str | os.PathLike
         ome_tmp = stack.enter_context(atomic_dir(ome_zarr_dir, overwrite=True)) if ome_zarr_dir is not None else None
         geo_tmp = stack.enter_context(atomic_dir(geojson_dir, overwrite=True)) if geojson_dir is not None else None
         objects_tmp = stack.enter_context(atomic_file(objects_csv))
-        writers = ImageWriters(labels_tmp if settings.tiff else None, ome_tmp if settings.ome_zarr else None, geo_tmp if settings.geojson else None, threads=threads)
+        writers = ImageWriters(
+            labels_tmp if settings.tiff else None, ome_tmp if settings.ome_zarr else None, geo_tmp if settings.geojson else None, threads=threads
+        )
         with open(objects_tmp, "w", newline="") as table_file:
             table_file.write(",".join(["image_id", *COLUMNS]) + "\n")
             for image_id in ids:
@@ -526,7 +549,19 @@ def segment_dataset(pred_zarr: str | os.PathLike, images_zarr: str | os.PathLike
                 maps = preds[image_id]
                 if maps.shape[1:] != images[image_id].shape[:2]:
                     raise ValueError(f"{pred_zarr}: map of {image_id!r} has shape {maps.shape}, the image {images[image_id].shape}")
-                rows.append(segment_image(maps, heads, images[image_id], image_id, settings, Path(objects_tmp).parent, lambda t: t.to_csv(table_file, header=False, index=False), writers, threads))
+                rows.append(
+                    segment_image(
+                        maps,
+                        heads,
+                        images[image_id],
+                        image_id,
+                        settings,
+                        Path(objects_tmp).parent,
+                        lambda t: t.to_csv(table_file, header=False, index=False),
+                        writers,
+                        threads,
+                    )
+                )
     table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
     if images_csv is not None:
         write_csv(table, images_csv)

@@ -183,7 +183,9 @@ def _index_row(sample, modality: str, class_names: tuple[str, ...] | None = None
     if class_names is not None:
         row = {k: v for k, v in _index_row(sample, modality).items() if k not in ("n_nuclei", "n_overlap_px")}
         counts = np.bincount(sample.labels.ravel(), minlength=len(class_names)) if sample.labels is not None else np.zeros(len(class_names))
-        return dict(row, **{f"share_{n}": (float(c) / max(sample.labels.size, 1) if sample.labels is not None else np.nan) for n, c in zip(class_names, counts)})
+        return dict(
+            row, **{f"share_{n}": (float(c) / max(sample.labels.size, 1) if sample.labels is not None else np.nan) for n, c in zip(class_names, counts)}
+        )
     h, w = sample.image.shape[:2]
     return dict(
         image_id=sample.image_id,
@@ -228,7 +230,15 @@ def _classes(classes: Mapping[str, int] | list | None) -> tuple[tuple[str, ...] 
     return parsed.names, parsed.values
 
 
-def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike, settings: PreprocessSettings, layout: str = "dsb", exclude: list[str] | tuple[str, ...] = (), classes: Mapping[str, int] | list | None = None) -> pd.DataFrame:
+def preprocess_training(
+    dataset_dir: str | os.PathLike,
+    out_zarr: str | os.PathLike,
+    index_csv: str | os.PathLike,
+    settings: PreprocessSettings,
+    layout: str = "dsb",
+    exclude: list[str] | tuple[str, ...] = (),
+    classes: Mapping[str, int] | list | None = None,
+) -> pd.DataFrame:
     """Preprocess stage, training store: crops (or resized images) and labels into zarr.
 
     Parameters
@@ -276,7 +286,9 @@ def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathL
         for image_id in ids:
             sample = read_sample(dataset_dir, image_id, layout, solution, values)
             if sample.labels is None:
-                raise ValueError(f"{Path(dataset_dir) / image_id}: no ground truth (no masks folder, labels file or solution CSV entry); a training image needs it")
+                raise ValueError(
+                    f"{Path(dataset_dir) / image_id}: no ground truth (no masks folder, labels file or solution CSV entry); a training image needs it"
+                )
             imgs, labs = make_crops(sample.image, sample.labels, settings)
             for array in [images, labels, *targets.values()]:
                 array.resize((n + len(imgs),) + array.shape[1:])
@@ -290,13 +302,29 @@ def preprocess_training(dataset_dir: str | os.PathLike, out_zarr: str | os.PathL
         root.create_array("intensity_range", data=np.asarray(ranges, dtype=np.float32).reshape(n, 2), chunks=(max(n, 1), 2))
         index = pd.DataFrame(rows)
         index.insert(index.columns.get_loc("first_crop"), "split", split_by_modality(index["modality"], settings.val_fraction, settings.seed))
-        root.attrs.update(dict(kind="training", size=s, mode=settings.mode, n_images=len(ids), border_radius=BORDER_RADIUS, **({"classes": dict(zip(names, values))} if names else {})))
+        root.attrs.update(
+            dict(
+                kind="training",
+                size=s,
+                mode=settings.mode,
+                n_images=len(ids),
+                border_radius=BORDER_RADIUS,
+                **({"classes": dict(zip(names, values))} if names else {}),
+            )
+        )
     write_csv(index, index_csv)
     log.info("%s: %d images -> %d examples of %dx%d (%s)", dataset_dir, len(ids), n, s, s, settings.mode)
     return index
 
 
-def preprocess_fullsize(dataset_dir: str | os.PathLike, out_zarr: str | os.PathLike, index_csv: str | os.PathLike, layout: str = "dsb", exclude: list[str] | tuple[str, ...] = (), classes: Mapping[str, int] | list | None = None) -> pd.DataFrame:
+def preprocess_fullsize(
+    dataset_dir: str | os.PathLike,
+    out_zarr: str | os.PathLike,
+    index_csv: str | os.PathLike,
+    layout: str = "dsb",
+    exclude: list[str] | tuple[str, ...] = (),
+    classes: Mapping[str, int] | list | None = None,
+) -> pd.DataFrame:
     """Preprocess stage, full-size store: test images at full resolution, with labels where known.
 
     Arrays ``images/<id> (H, W, 3) uint8`` and, where there is ground truth,

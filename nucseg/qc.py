@@ -36,7 +36,19 @@ from nucseg.plots import _pyplot, _save
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PICKS", "TRUTH_COLOUR", "PRED_COLOUR", "MISS_COLOUR", "FALSE_COLOUR", "pick_images", "unmatched", "outline_overlay", "large_overview", "qc_picture", "qc_pictures"]
+__all__ = [
+    "PICKS",
+    "TRUTH_COLOUR",
+    "PRED_COLOUR",
+    "MISS_COLOUR",
+    "FALSE_COLOUR",
+    "pick_images",
+    "unmatched",
+    "outline_overlay",
+    "large_overview",
+    "qc_picture",
+    "qc_pictures",
+]
 
 #: Names of the pictures of :func:`pick_images`, in the order they are picked.
 PICKS = ("best", "median", "worst")
@@ -69,7 +81,9 @@ def pick_images(per_image: pd.DataFrame, score: str = "challenge_score") -> dict
     """
     if per_image.empty:
         raise ValueError("no per-image rows to pick quality-control images from")
-    ranked = per_image.assign(_score=per_image[score].fillna(-np.inf), image_id=per_image["image_id"].astype(str)).sort_values(["_score", "image_id"], kind="stable")
+    ranked = per_image.assign(_score=per_image[score].fillna(-np.inf), image_id=per_image["image_id"].astype(str)).sort_values(
+        ["_score", "image_id"], kind="stable"
+    )
     ids = ranked["image_id"].tolist()
     return {"best": ids[-1], "median": ids[(len(ids) - 1) // 2], "worst": ids[0]}
 
@@ -207,7 +221,8 @@ def qc_picture(image, truth, pred, title: str, path: str | os.PathLike) -> Path:
     plt = _pyplot()
     if max(pred.shape) > OVERVIEW_SIDE:
         overlay = large_overview(image, truth, pred)
-        title += f"\noverview (every {-(-max(pred.shape) // OVERVIEW_SIDE)}th pixel) above full-resolution crops of {N_CROPS} chunks of {CROP_SIDE} px (framed in white)"
+        step = -(-max(pred.shape) // OVERVIEW_SIDE)
+        title += f"\noverview (every {step}th pixel) above full-resolution crops of {N_CROPS} chunks of {CROP_SIDE} px (framed in white)"
     else:
         overlay = outline_overlay(np.asarray(image), None if truth is None else np.asarray(truth), np.asarray(pred))
     h, w = overlay.shape[:2]
@@ -250,7 +265,9 @@ def _open_labels(path: Path):
     return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
 
 
-def qc_pictures(per_image_csv: str | os.PathLike, labels_dir: str | os.PathLike, truth_zarr: str | os.PathLike, out_pngs: Mapping[str, str | os.PathLike]) -> dict[str, str]:
+def qc_pictures(
+    per_image_csv: str | os.PathLike, labels_dir: str | os.PathLike, truth_zarr: str | os.PathLike, out_pngs: Mapping[str, str | os.PathLike]
+) -> dict[str, str]:
     """QC stage: pictures of the best, median and worst image of one model on one dataset.
 
     Parameters
@@ -281,9 +298,11 @@ def qc_pictures(per_image_csv: str | os.PathLike, labels_dir: str | os.PathLike,
         row = rows.loc[image_id]
         truth = store["labels"][image_id] if image_id in store["labels"] else None
         pred = _open_labels(Path(labels_dir) / f"{image_id}.tif")
-        title = (f"{row['model']} / {row['dataset']}: the {name} image by challenge score\n{image_id}\n"
-                 f"{row['modality']}, {int(row['height'])} x {int(row['width'])} px; challenge score {row['challenge_score']:.3f}; "
-                 f"{int(row['n_true'])} true, {int(row['n_pred'])} predicted nuclei")
+        title = (
+            f"{row['model']} / {row['dataset']}: the {name} image by challenge score\n{image_id}\n"
+            f"{row['modality']}, {int(row['height'])} x {int(row['width'])} px; challenge score {row['challenge_score']:.3f}; "
+            f"{int(row['n_true'])} true, {int(row['n_pred'])} predicted nuclei"
+        )
         qc_picture(store["images"][image_id], truth, pred, title, path)
         log.info("%s: %s image %s (challenge score %.3f) -> %s", per_image_csv, name, image_id, row["challenge_score"], path)
     return picks

@@ -241,6 +241,7 @@ def tables_html(summary: pd.DataFrame, stats: pd.DataFrame | None = None, compar
     (:func:`compare_models`), and mean / median / std / count of the main
     metrics per modality (from :func:`summary_stats`), numbers to 3 decimals.
     """
+
     def table(frame: pd.DataFrame, n_text: int) -> str:
         return frame.to_html(index=False, border=0, classes=f"t text{n_text}", na_rep="", float_format=lambda v: f"{v:.3f}")
 
@@ -251,17 +252,23 @@ def tables_html(summary: pd.DataFrame, stats: pd.DataFrame | None = None, compar
     if stats is not None:
         shown = stats[stats["metric"].isin(["n_true", "n_pred", "pixel_iou", "obj_f1", "challenge_score"])]
         parts += ["<h2>Statistics over images, overall and per modality</h2>", table(shown, 4)]
-    style = ("body{font-family:sans-serif;font-size:14px;margin:1em}"
-             "table.t{border-collapse:collapse;margin-bottom:1.5em}"
-             "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
-             "table.t th,table.text2 td:nth-child(-n+2),table.text4 td:nth-child(-n+4){text-align:left}")
+    style = (
+        "body{font-family:sans-serif;font-size:14px;margin:1em}"
+        "table.t{border-collapse:collapse;margin-bottom:1.5em}"
+        "table.t td,table.t th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}"
+        "table.t th,table.text2 td:nth-child(-n+2),table.text4 td:nth-child(-n+4){text-align:left}"
+    )
     title = html.escape("nucseg: summary tables")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head>"
-            f"<body>{''.join(parts)}<p>All statistics: summary_stats.csv; per image: "
-            f"metrics/&lt;model&gt;/&lt;dataset&gt;/per_image.csv.</p></body></html>\n")
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head>"
+        f"<body>{''.join(parts)}<p>All statistics: summary_stats.csv; per image: "
+        f"metrics/&lt;model&gt;/&lt;dataset&gt;/per_image.csv.</p></body></html>\n"
+    )
 
 
-def format_summary(summary: pd.DataFrame, columns: tuple[str, ...] = ("n_images", "n_true", "n_pred", "pixel_iou", "pixel_f1", "obj_f1", "challenge_score")) -> str:
+def format_summary(
+    summary: pd.DataFrame, columns: tuple[str, ...] = ("n_images", "n_true", "n_pred", "pixel_iou", "pixel_f1", "obj_f1", "challenge_score")
+) -> str:
     """A short plain-text view of the summary's main columns, for the end of a run."""
     shown = summary.set_index(["model", "dataset"])[[c for c in columns if c in summary.columns]]
     return shown.to_string(float_format=lambda v: f"{v:.3f}")

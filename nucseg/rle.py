@@ -281,7 +281,7 @@ def write_solution(labels_by_id: Mapping[str, ArrayLike], path: str | os.PathLik
         for k, value in enumerate(values):
             if value == 0:
                 continue
-            pixels = order[bounds[k]:bounds[k + 1]]  # column-major numbers, ascending (stable sort)
+            pixels = order[bounds[k] : bounds[k + 1]]  # column-major numbers, ascending (stable sort)
             rle = _encode_pixels(pixels)
             rows.append((image_id, rle, h, w))
             written = True

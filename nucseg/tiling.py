@@ -18,7 +18,7 @@ as no later window touches them: memory holds one row of windows, never the whol
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,7 +209,18 @@ class _Blender:
             self.pending = [block[:, keep:]] if keep < ready else []
 
 
-def stream_tiled(fn: Callable[[np.ndarray], np.ndarray], read: Callable[[np.ndarray, np.ndarray], np.ndarray], shape: tuple[int, int], n_out: int, sink: Callable[[int, np.ndarray], None], tile: int = 1024, margin: int = 64, batch: int = 1, flush_rows: int = 1, multiple: int = MULTIPLE) -> None:
+def stream_tiled(
+    fn: Callable[[np.ndarray], np.ndarray],
+    read: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    shape: tuple[int, int],
+    n_out: int,
+    sink: Callable[[int, np.ndarray], None],
+    tile: int = 1024,
+    margin: int = 64,
+    batch: int = 1,
+    flush_rows: int = 1,
+    multiple: int = MULTIPLE,
+) -> None:
     """Apply ``fn`` over batches of blended overlapping windows of an image, streaming the result.
 
     Parameters
@@ -247,7 +258,9 @@ def stream_tiled(fn: Callable[[np.ndarray], np.ndarray], read: Callable[[np.ndar
         blender.release(following.y if following else blender.base + blender.acc.shape[1], last=following is None)
 
 
-def process_tiled(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, n_out: int, tile: int = 1024, margin: int = 64, batch: int = 1, multiple: int = MULTIPLE) -> np.ndarray:
+def process_tiled(
+    fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, n_out: int, tile: int = 1024, margin: int = 64, batch: int = 1, multiple: int = MULTIPLE
+) -> np.ndarray:
     """:func:`stream_tiled` over an image in memory.
 
     Parameters

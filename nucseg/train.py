@@ -64,8 +64,7 @@ import nucseg
 from nucseg.augment import Augmenter, AugmentSettings
 from nucseg.files import atomic_dir, atomic_file
 from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
-from nucseg.losses import Loss
-from nucseg.model import DEVICES, PRESETS, ModelConfig, ResUNet, choose_device
+from nucseg.model import DEVICES, PRESETS, ModelConfig, choose_device
 from nucseg.nets import SEMANTIC_PRESETS
 from nucseg.preprocess import make_targets
 from nucseg.tasks import Task, make_task
@@ -159,7 +158,16 @@ class CropDataset(Dataset):
     :func:`nucseg.preprocess.make_targets`).
     """
 
-    def __init__(self, stores: list[str], items: list[tuple[int, int]], heads: tuple[str, ...], augment: AugmentSettings | None, seed: int, invert: list[bool] | None = None, targets: Callable[[np.ndarray, tuple[str, ...]], np.ndarray] = make_targets) -> None:
+    def __init__(
+        self,
+        stores: list[str],
+        items: list[tuple[int, int]],
+        heads: tuple[str, ...],
+        augment: AugmentSettings | None,
+        seed: int,
+        invert: list[bool] | None = None,
+        targets: Callable[[np.ndarray, tuple[str, ...]], np.ndarray] = make_targets,
+    ) -> None:
         self.stores, self.items, self.heads, self.targets = stores, items, heads, targets
         self.invert = invert if invert is not None else [False] * len(items)
         self.augmenter = Augmenter(augment) if augment is not None else None
@@ -353,7 +361,16 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
         optimizer.step()
 
 
-def run_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: torch.nn.Module, device: torch.device, optimizer: torch.optim.Optimizer | None, scaler: torch.amp.GradScaler | None, desc: str = "", task: Task | None = None) -> tuple[float, float]:
+def run_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    loss_fn: torch.nn.Module,
+    device: torch.device,
+    optimizer: torch.optim.Optimizer | None,
+    scaler: torch.amp.GradScaler | None,
+    desc: str = "",
+    task: Task | None = None,
+) -> tuple[float, float]:
     """One pass over ``loader``; trains when ``optimizer`` is given. Returns (mean loss, pixel IoU):
     the task's (:meth:`nucseg.tasks.Task.overlap`): the body head's IoU (instance), the mean
     over classes of each class's IoU (semantic), pooled over the pass.
@@ -384,43 +401,15 @@ def run_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: torch.nn.Modu
     return total / max(n, 1), (float(np.mean(np.atleast_1d(inter)[seen] / union[seen])) if seen.any() else 1.0)
 
 
-LOSS_NAMES = {"bce_dice": "BCE + soft Dice", "jaccard": "soft Jaccard", "dice": "soft Dice"}
-
-
-def save_curves(history: pd.DataFrame, path: Path, loss: str = "bce_dice", iou_label: str = "pixel IoU (nucleus)") -> None:
-    """Pixel IoU and loss against epoch, training and validation (the paper's Fig. 7).
-
-    The best validation epoch is marked with a dashed line, learning-rate cuts with dotted ones.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    epochs = history["epoch"]
-    best = epochs[history["val_iou"].idxmax()] if history["val_iou"].notna().any() else None
-    cuts = epochs[history["lr"] < history["lr"].shift()]
-    for ax, metric, ylabel in zip(axes, ("iou", "loss"), (iou_label, f"loss ({LOSS_NAMES.get(loss, loss)})")):
-        ax.plot(epochs, history[f"train_{metric}"], "o-", ms=3, label="training")
-        if history[f"val_{metric}"].notna().any():
-            ax.plot(epochs, history[f"val_{metric}"], "o-", ms=3, label="validation")
-        if best is not None:
-            ax.axvline(best, color="grey", ls="--", lw=1, label=f"best (epoch {best})")
-        for k, epoch in enumerate(cuts):
-            ax.axvline(epoch, color="grey", ls=":", lw=1, label="learning rate x0.1" if k == 0 else None)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    axes[0].set_title("accuracy metric")
-    axes[1].set_title("loss function")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLike, settings: TrainSettings, checkpoint: str | os.PathLike | None = None, threads: int | None = None, task: Task | None = None) -> dict:
+def train_model(
+    stores: list[str],
+    indexes: list[str],
+    out_dir: str | os.PathLike,
+    settings: TrainSettings,
+    checkpoint: str | os.PathLike | None = None,
+    threads: int | None = None,
+    task: Task | None = None,
+) -> dict:
     """Train stage: train a model and write the model folder ``out_dir``.
 
     Parameters
@@ -526,16 +515,39 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
-        history.append(dict(epoch=epoch, lr=lr, train_loss=train_loss, train_iou=train_iou, val_loss=val_loss, val_iou=val_iou, seconds=time.perf_counter() - t0))
-        log.info("epoch %d/%d  lr %.1e  loss %.4f  IoU %.4f  val loss %.4f  val IoU %.4f  (%.1f s)", epoch, settings.epochs, lr, train_loss, train_iou, val_loss, val_iou, history[-1]["seconds"])
+        history.append(
+            dict(epoch=epoch, lr=lr, train_loss=train_loss, train_iou=train_iou, val_loss=val_loss, val_iou=val_iou, seconds=time.perf_counter() - t0)
+        )
+        log.info(
+            "epoch %d/%d  lr %.1e  loss %.4f  IoU %.4f  val loss %.4f  val IoU %.4f  (%.1f s)",
+            epoch,
+            settings.epochs,
+            lr,
+            train_loss,
+            train_iou,
+            val_loss,
+            val_iou,
+            history[-1]["seconds"],
+        )
         if ckpt_path:
             # through a file object: a full disk then raises an OSError that names the file
             # (torch.save given a path reports only an inline_container.cc position)
             with atomic_file(ckpt_path) as tmp, open(tmp, "wb") as out:
                 torch.save(
-                    dict(identity=identity, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         scaler=scaler.state_dict() if scaler else None, generator=generator.get_state(), rng=_rng_state(),
-                         history=history, best=best, best_state=best_state, bad_epochs=bad_epochs),
+                    dict(
+                        identity=identity,
+                        epoch=epoch,
+                        model=model.state_dict(),
+                        optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(),
+                        scaler=scaler.state_dict() if scaler else None,
+                        generator=generator.get_state(),
+                        rng=_rng_state(),
+                        history=history,
+                        best=best,
+                        best_state=best_state,
+                        bad_epochs=bad_epochs,
+                    ),
                     out,
                 )
     if bad_epochs >= settings.stop_patience:
@@ -565,6 +577,8 @@ def train_model(stores: list[str], indexes: list[str], out_dir: str | os.PathLik
             torch.save(best_state, out)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         table.to_csv(tmp / "history.csv", index=False)
+        from nucseg.plots import save_curves  # not a module-level import: a plot change does not retrain
+
         save_curves(table, tmp / "curves.png", *task.curve_labels(settings))
     log.info("best validation IoU %.4f at epoch %d; model in %s", config["best_val_iou"], config["best_epoch"], out_dir)
     return config

@@ -22,7 +22,7 @@ import torch
 
 import nucseg
 from nucseg.files import atomic_dir
-from nucseg.train import save_curves
+from nucseg.plots import save_curves
 
 
 def main() -> None:

@@ -32,7 +32,11 @@ def test_histogram_percentile_is_numpys():
 def test_tiff_windows_equal_the_decoded_image(raw, tmp_path, kind):
     path = tmp_path / f"{kind}.tif"
     data = {"float": raw.astype(np.float32) / 3.5, "rgb_planar": np.stack([raw, raw // 2, raw // 3])}.get(kind, raw)
-    options = {"tiled": dict(tile=(128, 128), compression="zlib"), "bigtiff": dict(bigtiff=True), "rgb_planar": dict(photometric="rgb", planarconfig="separate")}.get(kind, {})
+    options = {
+        "tiled": dict(tile=(128, 128), compression="zlib"),
+        "bigtiff": dict(bigtiff=True),
+        "rgb_planar": dict(photometric="rgb", planarconfig="separate"),
+    }.get(kind, {})
     tifffile.imwrite(path, data, **options)
     image = open_image(path)
     whole = read_image(path)
@@ -66,7 +70,14 @@ def test_statistics_in_bounded_memory_equal_the_whole_images(monkeypatch):
         assert sub.stride == 3 and sub.dark_nuclei == stats.dark_nuclei
 
 
-@pytest.mark.parametrize("data, message", [(np.zeros((2, 30, 30), np.uint8), "1, 3 or 4 channels"), (np.full((20, 20), np.nan, np.float32), "NaN"), (np.zeros((3, 4, 20, 20), np.uint8), "one 2-D plane")])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (np.zeros((2, 30, 30), np.uint8), "1, 3 or 4 channels"),
+        (np.full((20, 20), np.nan, np.float32), "NaN"),
+        (np.zeros((3, 4, 20, 20), np.uint8), "one 2-D plane"),
+    ],
+)
 def test_bad_images_are_named(tmp_path, data, message):
     path = tmp_path / "bad.tif"
     tifffile.imwrite(path, data)

@@ -48,10 +48,13 @@ def test_config_schema_and_code_give_the_same_defaults(section):
     code = class_defaults(CLASSES[section])
     assert set(code) - NOT_IN_CONFIG.get(section, set()) == set(schema)
     for key, spec in schema.items():
-        assert CONFIG[section][key] == spec["default"] == code[key], f"{section}.{key}: config.yaml {CONFIG[section][key]!r}, schema {spec['default']!r}, {CLASSES[section].__name__} {code[key]!r}"
+        assert CONFIG[section][key] == spec["default"] == code[key], (
+            f"{section}.{key}: config.yaml {CONFIG[section][key]!r}, schema {spec['default']!r}, {CLASSES[section].__name__} {code[key]!r}"
+        )
 
 
 # Checking a config: one line per problem, naming the key by its dotted path.
+
 
 @pytest.mark.parametrize("name", ["config.yaml", "full_challenge.yaml"])
 def test_the_shipped_configs_are_valid(name):
@@ -90,14 +93,19 @@ def test_a_run_without_train_or_test_set_says_what_it_needs():
     config["models"] = {"pretrained": {"folder": "pretrained"}}  # a ready model needs no train set
     assert not [line for line in config_problems(config, SCHEMA) if line.startswith("datasets")]
     config["datasets"]["sample_test"]["role"] = "train"
-    assert "datasets: a run needs at least one dataset with role: test (the images it segments); this config has train: sample_test; test: none" in config_problems(config, SCHEMA)
+    assert (
+        "datasets: a run needs at least one dataset with role: test (the images it segments); this config has train: sample_test; test: none"
+        in config_problems(config, SCHEMA)
+    )
 
 
 def test_a_value_of_none_of_the_allowed_kinds_says_which_are_allowed():
     """Regression: 'segment.threshold: 1.5 is not valid under any of the given schemas'."""
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     config["segment"]["threshold"] = 1.5
-    assert config_problems(config, SCHEMA) == ["segment.threshold: 1.5 is not allowed: use 'otsu', or a number greater than 0 and less than 1 (foreground threshold)"]
+    assert config_problems(config, SCHEMA) == [
+        "segment.threshold: 1.5 is not allowed: use 'otsu', or a number greater than 0 and less than 1 (foreground threshold)"
+    ]
 
 
 def test_rules_between_keys_are_checked_with_the_config():
@@ -121,11 +129,19 @@ def test_rules_between_keys_are_checked_with_the_config():
 def test_command_line_lists_are_typed_like_scalars():
     """Regression: --config segment='{otsu_bounds: [0.2, 0.8]}' gave ['0.2', '0.8'] and the
     error "'0.2' is not of type 'number'"."""
-    config = {"segment": {"otsu_bounds": ["0.2", "0.8"], "threshold": "otsu", "min_size": "5"}, "train": {"heads": ["body", "border"], "width": "null"},
-              "datasets": {"a": {"sha256": "1234", "evaluate": "false"}}, "models": {"m": {"segment": {"otsu_bounds": "[0.1, 0.9]"}}}}
+    config = {
+        "segment": {"otsu_bounds": ["0.2", "0.8"], "threshold": "otsu", "min_size": "5"},
+        "train": {"heads": ["body", "border"], "width": "null"},
+        "datasets": {"a": {"sha256": "1234", "evaluate": "false"}},
+        "models": {"m": {"segment": {"otsu_bounds": "[0.1, 0.9]"}}},
+    }
     type_cli_config(config)
-    assert config == {"segment": {"otsu_bounds": [0.2, 0.8], "threshold": "otsu", "min_size": 5}, "train": {"heads": ["body", "border"], "width": None},
-                      "datasets": {"a": {"sha256": "1234", "evaluate": False}}, "models": {"m": {"segment": {"otsu_bounds": [0.1, 0.9]}}}}
+    assert config == {
+        "segment": {"otsu_bounds": [0.2, 0.8], "threshold": "otsu", "min_size": 5},
+        "train": {"heads": ["body", "border"], "width": None},
+        "datasets": {"a": {"sha256": "1234", "evaluate": False}},
+        "models": {"m": {"segment": {"otsu_bounds": [0.1, 0.9]}}},
+    }
 
 
 def test_the_workflow_checks_the_command_line_config_before_any_job(tmp_path):

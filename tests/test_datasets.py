@@ -259,7 +259,10 @@ def test_a_zip_bomb_is_refused_before_anything_is_written(tmp_path):
     archive = zip_of_zeros(work / "bomb.zip", 200 << 20)
     assert archive.stat().st_size < 1 << 20
     before = sorted(tmp_path.rglob("*"))
-    with pytest.raises(ValueError, match=re.escape(f"{archive}: refusing to unpack: 'a/images/a.tif' would unpack to") + r" \d+ times its packed size .*download.max_ratio = 200"):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"{archive}: refusing to unpack: 'a/images/a.tif' would unpack to") + r" \d+ times its packed size .*download.max_ratio = 200",
+    ):
         unpack_zip(archive, work / "out")
     assert sorted(tmp_path.rglob("*")) == before
 

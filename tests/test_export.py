@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nucseg.cli import main
-from nucseg.export import export_bioimageio, sample_image, run_model_test
+from nucseg.export import export_bioimageio, run_model_test, sample_image
 from nucseg.infer import PredictSettings, predict_image
 from nucseg.model import ModelConfig, ResUNet, load_model
 

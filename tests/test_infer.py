@@ -17,7 +17,7 @@ import zarr
 
 from nucseg.bigimage import LazyImage, open_image
 from nucseg.imageio import decode_image, has_dark_nuclei, normalize_image, to_rgb_uint8
-from nucseg.infer import EagerEngine, OnnxEngine, PredictSettings, Predictor, onnx_model, predict_dataset, predict_image, predict_to_zarr
+from nucseg.infer import EagerEngine, OnnxEngine, Predictor, PredictSettings, onnx_model, predict_dataset, predict_image, predict_to_zarr
 from nucseg.model import ModelConfig, ResUNet
 from nucseg.tiling import plan_windows
 
@@ -198,7 +198,10 @@ def test_image_must_be_rgb_uint8(tiny_model):
         predict_image(tiny_model, np.zeros((8, 8), np.uint8), PredictSettings())
 
 
-@pytest.mark.parametrize("field, value, message", [("tile", 48, "multiple of 32"), ("margin", 40, "multiple of 16"), ("batch", 0, "batch"), ("engine", "tensorrt", "engine"), ("chunk", 0, "chunk")])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("tile", 48, "multiple of 32"), ("margin", 40, "multiple of 16"), ("batch", 0, "batch"), ("engine", "tensorrt", "engine"), ("chunk", 0, "chunk")],
+)
 def test_settings_refuse_bad_values_naming_them(field, value, message):
     with pytest.raises(ValueError, match=message):
         PredictSettings(**{field: value})

@@ -122,8 +122,44 @@ def test_equal_to_regionprops_on_real_labels(shared_data):
     labels = tifffile.imread(shared_data / "fixtures/dsb2018_fluo_512_uint16_labels.tif")
     image = tifffile.imread(shared_data / "fixtures/dsb2018_fluo_512_uint16.tif")
     table = measure_objects(labels, image)
-    ref = pd.DataFrame(regionprops_table(labels, intensity_image=image.astype(float), properties=["label", "area", "centroid", "bbox", "eccentricity", "solidity", "perimeter", "orientation", "axis_major_length", "axis_minor_length", "intensity_mean", "equivalent_diameter_area"]))
-    pairs = {"label": "label", "area": "area", "centroid_y": "centroid-0", "centroid_x": "centroid-1", "bbox_min_y": "bbox-0", "bbox_min_x": "bbox-1", "bbox_max_y": "bbox-2", "bbox_max_x": "bbox-3", "eccentricity": "eccentricity", "solidity": "solidity", "perimeter": "perimeter", "orientation": "orientation", "major_axis_length": "axis_major_length", "minor_axis_length": "axis_minor_length", "mean_intensity": "intensity_mean", "equivalent_diameter": "equivalent_diameter_area"}
+    ref = pd.DataFrame(
+        regionprops_table(
+            labels,
+            intensity_image=image.astype(float),
+            properties=[
+                "label",
+                "area",
+                "centroid",
+                "bbox",
+                "eccentricity",
+                "solidity",
+                "perimeter",
+                "orientation",
+                "axis_major_length",
+                "axis_minor_length",
+                "intensity_mean",
+                "equivalent_diameter_area",
+            ],
+        )
+    )
+    pairs = {
+        "label": "label",
+        "area": "area",
+        "centroid_y": "centroid-0",
+        "centroid_x": "centroid-1",
+        "bbox_min_y": "bbox-0",
+        "bbox_min_x": "bbox-1",
+        "bbox_max_y": "bbox-2",
+        "bbox_max_x": "bbox-3",
+        "eccentricity": "eccentricity",
+        "solidity": "solidity",
+        "perimeter": "perimeter",
+        "orientation": "orientation",
+        "major_axis_length": "axis_major_length",
+        "minor_axis_length": "axis_minor_length",
+        "mean_intensity": "intensity_mean",
+        "equivalent_diameter": "equivalent_diameter_area",
+    }
     assert len(table) == 125
     for ours, theirs in pairs.items():
         np.testing.assert_allclose(table[ours].to_numpy(float), ref[theirs].to_numpy(float), rtol=1e-9, atol=1e-9, err_msg=ours)
@@ -137,7 +173,16 @@ def test_image_summary_by_chunks():
     summary.add(pd.DataFrame({"area": pd.Series([], dtype=np.int64)}))
     row = summary.row()
     assert list(row) == IMAGE_COLUMNS
-    assert row == {"image_id": "img", "height": 1000, "width": 2000, "count": 3, "density_per_megapixel": 1.5, "mean_area": 20.0, "median_area": 20.0, "coverage_fraction": 60 / 2e6}
+    assert row == {
+        "image_id": "img",
+        "height": 1000,
+        "width": 2000,
+        "count": 3,
+        "density_per_megapixel": 1.5,
+        "mean_area": 20.0,
+        "median_area": 20.0,
+        "coverage_fraction": 60 / 2e6,
+    }
     summary.add(pd.DataFrame({"area": [100]}))
     assert summary.row()["median_area"] == 25.0  # 10, 20, 30, 100
     empty = ImageSummary("none", 10, 10).row()

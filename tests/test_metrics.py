@@ -63,10 +63,22 @@ def test_challenge_thresholds() -> None:
 def test_evaluate_image_keys_in_order() -> None:
     row = evaluate_image(picture(TWO_SQUARES), picture(TWO_SQUARES_SHIFTED))
     assert list(row) == [
-        "n_true", "n_pred",
-        "pixel_iou", "pixel_precision", "pixel_recall", "pixel_f1", "pixel_accuracy",
-        "obj_tp", "obj_fp", "obj_fn", "obj_precision", "obj_recall", "obj_f1",
-        "mean_matched_iou", *AP_KEYS, "challenge_score",
+        "n_true",
+        "n_pred",
+        "pixel_iou",
+        "pixel_precision",
+        "pixel_recall",
+        "pixel_f1",
+        "pixel_accuracy",
+        "obj_tp",
+        "obj_fp",
+        "obj_fn",
+        "obj_precision",
+        "obj_recall",
+        "obj_f1",
+        "mean_matched_iou",
+        *AP_KEYS,
+        "challenge_score",
     ]
     assert all(isinstance(row[k], int) for k in ("n_true", "n_pred", "obj_tp", "obj_fp", "obj_fn"))
     assert all(isinstance(v, float) for k, v in row.items() if k.startswith(("pixel", "ap_")))
@@ -98,8 +110,7 @@ def test_shifted_squares(dtype: type) -> None:
     # Pixels: 8 true, 8 predicted, 4 shared, 32 in all.
     # IoU 4/12, precision 4/8, recall 4/8, F1 8/16, accuracy (4 + 32 - 12)/32 = 24/32.
     px = pixel_scores(truth, pred)
-    assert px == pytest.approx({"pixel_iou": 1 / 3, "pixel_precision": 0.5, "pixel_recall": 0.5,
-                                "pixel_f1": 0.5, "pixel_accuracy": 0.75})
+    assert px == pytest.approx({"pixel_iou": 1 / 3, "pixel_precision": 0.5, "pixel_recall": 0.5, "pixel_f1": 0.5, "pixel_accuracy": 0.75})
     row = evaluate_image(truth, pred)
     assert (row["n_true"], row["n_pred"]) == (2, 2)
     assert (row["obj_tp"], row["obj_fp"], row["obj_fn"]) == (0, 2, 2)
@@ -130,9 +141,7 @@ def test_empty_vs_empty() -> None:
     assert (m["tp"], m["fp"], m["fn"]) == (0, 0, 0)
     assert m["precision"] == m["recall"] == m["f1"] == 1.0
     assert math.isnan(m["mean_matched_iou"])
-    assert pixel_scores(empty, empty) == {"pixel_iou": 1.0, "pixel_precision": 1.0,
-                                          "pixel_recall": 1.0, "pixel_f1": 1.0,
-                                          "pixel_accuracy": 1.0}
+    assert pixel_scores(empty, empty) == {"pixel_iou": 1.0, "pixel_precision": 1.0, "pixel_recall": 1.0, "pixel_f1": 1.0, "pixel_accuracy": 1.0}
     row = evaluate_image(empty, empty)
     assert row["n_true"] == row["n_pred"] == 0
     assert row["challenge_score"] == 1.0 and all(row[k] == 1.0 for k in AP_KEYS)
@@ -152,9 +161,7 @@ def test_empty_truth_some_prediction() -> None:
     assert m["precision"] == m["recall"] == m["f1"] == 0.0
     # Pixels: no true foreground, 8 predicted out of 32 -> recall 0 (convention),
     # precision 0/8, accuracy 24/32.
-    assert pixel_scores(empty, pred) == {"pixel_iou": 0.0, "pixel_precision": 0.0,
-                                         "pixel_recall": 0.0, "pixel_f1": 0.0,
-                                         "pixel_accuracy": 0.75}
+    assert pixel_scores(empty, pred) == {"pixel_iou": 0.0, "pixel_precision": 0.0, "pixel_recall": 0.0, "pixel_f1": 0.0, "pixel_accuracy": 0.75}
 
 
 def test_some_truth_empty_prediction() -> None:
@@ -173,13 +180,16 @@ def test_some_truth_empty_prediction() -> None:
 
 @pytest.mark.parametrize("dtype", INT_DTYPES)
 def test_one_nucleus_removed(dtype: type) -> None:
-    truth = picture([
-        "11.22.33",
-        "11.22.33",
-        "........",
-        "44.55...",
-        "44.55...",
-    ], dtype)
+    truth = picture(
+        [
+            "11.22.33",
+            "11.22.33",
+            "........",
+            "44.55...",
+            "44.55...",
+        ],
+        dtype,
+    )
     n = 5
     pred = truth.copy()
     pred[pred == 3] = 0
@@ -195,19 +205,23 @@ def test_one_nucleus_removed(dtype: type) -> None:
 
 
 def test_split_nucleus_at_exactly_half() -> None:
-    truth = picture([
-        "1111.2",
-        "1111.2",
-        "......",
-        "33....",
-    ])
+    truth = picture(
+        [
+            "1111.2",
+            "1111.2",
+            "......",
+            "33....",
+        ]
+    )
     # Nucleus 1 (2x4 = 8 px) split into two 2x2 halves 4 and 5.
-    pred = picture([
-        "4455.2",
-        "4455.2",
-        "......",
-        "33....",
-    ])
+    pred = picture(
+        [
+            "4455.2",
+            "4455.2",
+            "......",
+            "33....",
+        ]
+    )
     # IoU(1, 4) = IoU(1, 5) = 4 / 8 = 0.5 exactly; 2 and 3 are perfect.
     # Rows truth (1, 2, 3), columns pred (2, 3, 4, 5).
     expected = np.array([[0, 0, 0.5, 0.5], [1, 0, 0, 0], [0, 1, 0, 0]])
@@ -225,16 +239,20 @@ def test_split_nucleus_at_exactly_half() -> None:
 
 
 def test_merged_nuclei() -> None:
-    truth = picture([
-        "1112",
-        "1112",
-        "....",
-    ])
-    pred = picture([
-        "7777",
-        "7777",
-        "....",
-    ])
+    truth = picture(
+        [
+            "1112",
+            "1112",
+            "....",
+        ]
+    )
+    pred = picture(
+        [
+            "7777",
+            "7777",
+            "....",
+        ]
+    )
     # IoU(1, 7) = 6/8 = 0.75, IoU(2, 7) = 2/8 = 0.25.
     np.testing.assert_array_equal(iou_matrix(truth, pred), [[0.75], [0.25]])
     # t = 0.50 .. 0.70: 1-7 matches, 2 missed: TP 1, FP 0, FN 1 -> 1/2.
@@ -296,7 +314,7 @@ def test_low_threshold_maximises_number_of_matches() -> None:
 
 def test_non_consecutive_labels() -> None:
     truth = picture(TWO_SQUARES) * 20 + 3  # labels 23 and 43 ...
-    truth[truth == 3] = 0                    # ... on background 0
+    truth[truth == 3] = 0  # ... on background 0
     pred = picture(TWO_SQUARES_SHIFTED)
     pred = np.where(pred == 1, 1000, np.where(pred == 2, 7, 0)).astype(np.int32)
     # Rows: truth 23 (left), 43 (right); columns sorted: pred 7 (right), 1000 (left).
@@ -412,15 +430,13 @@ def test_other_bad_inputs() -> None:
 # ---------------------------------------------------------------------------
 
 
-def _random_labels(
-    rng: np.random.Generator, shape: tuple[int, int], pool: np.ndarray
-) -> np.ndarray:
+def _random_labels(rng: np.random.Generator, shape: tuple[int, int], pool: np.ndarray) -> np.ndarray:
     """Overlapping random rectangles with labels drawn from ``pool``."""
     out = np.zeros(shape, dtype=pool.dtype)
     for label in rng.choice(pool, size=rng.integers(0, 9), replace=False):
         r, c = rng.integers(0, shape[0] - 2), rng.integers(0, shape[1] - 2)
         h, w = rng.integers(2, 9), rng.integers(2, 9)
-        out[r:r + h, c:c + w] = label
+        out[r : r + h, c : c + w] = label
     return out
 
 
@@ -444,15 +460,14 @@ def _reference(truth: np.ndarray, pred: np.ndarray, threshold: float) -> tuple[n
 @pytest.mark.parametrize(
     ("pool", "dense_limit"),
     [
-        (np.arange(1, 12, dtype=np.int32), None),          # raw labels index the table
-        (np.arange(1, 400, 7, dtype=np.uint16), None),     # sparse labels
-        (np.arange(1, 400, 7, dtype=np.uint16), 500),      # relabel via lookup table
-        (np.arange(1, 400, 7, dtype=np.uint16), 4),        # np.unique + sparse pairs
+        (np.arange(1, 12, dtype=np.int32), None),  # raw labels index the table
+        (np.arange(1, 400, 7, dtype=np.uint16), None),  # sparse labels
+        (np.arange(1, 400, 7, dtype=np.uint16), 500),  # relabel via lookup table
+        (np.arange(1, 400, 7, dtype=np.uint16), 4),  # np.unique + sparse pairs
         (np.arange(1, 12, dtype=np.uint64) << np.uint64(40), None),  # huge labels
     ],
 )
-def test_matches_brute_force(seed: int, pool: np.ndarray, dense_limit: int | None,
-                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_matches_brute_force(seed: int, pool: np.ndarray, dense_limit: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     if dense_limit is not None:
         monkeypatch.setattr(metrics, "_DENSE_LIMIT", dense_limit)
     rng = np.random.default_rng(seed)

@@ -59,7 +59,9 @@ def test_truth_against_itself_scores_one(solution):
     for image_id, labels in truth.items():
         row = evaluate_image(labels, labels)
         assert_scores(row, constant(1.0))
-        assert_scores(row, dict(pixel_iou=1.0, pixel_precision=1.0, pixel_recall=1.0, pixel_f1=1.0, pixel_accuracy=1.0, obj_precision=1.0, obj_recall=1.0, obj_f1=1.0))
+        assert_scores(
+            row, dict(pixel_iou=1.0, pixel_precision=1.0, pixel_recall=1.0, pixel_f1=1.0, pixel_accuracy=1.0, obj_precision=1.0, obj_recall=1.0, obj_f1=1.0)
+        )
         n = int(labels.max())
         assert (row["n_true"], row["n_pred"], row["obj_tp"], row["obj_fp"], row["obj_fn"]) == (n, n, n, 0, 0)
         if n:

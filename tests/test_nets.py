@@ -57,8 +57,16 @@ def test_wrapped_nets_export_to_onnx(architecture):
     ort = pytest.importorskip("onnxruntime")
     net = SoftmaxAsLogits(build_net(NetConfig(architecture, 4, ("a", "b")))).eval()
     buffer = io.BytesIO()
-    torch.onnx.export(net, (torch.zeros(1, 3, 64, 64),), buffer, input_names=["image"], output_names=["logits"],
-                      dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, 3, 64, 64),),
+        buffer,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}},
+        opset_version=17,
+        dynamo=False,
+    )
     session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
     x = torch.randn(1, 3, 96, 64)
     with torch.no_grad():
@@ -70,7 +78,9 @@ def test_load_model_rebuilds_a_semantic_folder(tmp_path):
     config = NetConfig("deeplabv3plus", 4, ("background", "nucleus"))
     net = build_net(config).eval()
     torch.save(net.state_dict(), tmp_path / "weights.pt")
-    (tmp_path / "config.json").write_text(json.dumps(dict(task="semantic", classes={"background": 0, "nucleus": 1}, architecture="deeplabv3plus", model=config.to_dict(), normalize={})))
+    (tmp_path / "config.json").write_text(
+        json.dumps(dict(task="semantic", classes={"background": 0, "nucleus": 1}, architecture="deeplabv3plus", model=config.to_dict(), normalize={}))
+    )
     model, loaded = load_model(tmp_path)
     assert loaded["task"] == "semantic" and model.config.heads == ("background", "nucleus")
     x = torch.randn(1, 3, 32, 32)

@@ -15,7 +15,18 @@ THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 def per_image(n=6, model="unet", dataset="stage1", big=False):
     rng = np.random.default_rng(0)
     ap = np.sort(rng.uniform(0, 1, size=(n, 10)), axis=1)[:, ::-1]
-    table = pd.DataFrame(dict(model=model, dataset=dataset, image_id=[f"{i:03d}" for i in range(n)], modality=["fluorescence", "histology", "brightfield"] * (n // 3), height=256, width=256, n_true=rng.integers(1, 1000 if big else 60, n), n_pred=rng.integers(0, 60, n)))
+    table = pd.DataFrame(
+        dict(
+            model=model,
+            dataset=dataset,
+            image_id=[f"{i:03d}" for i in range(n)],
+            modality=["fluorescence", "histology", "brightfield"] * (n // 3),
+            height=256,
+            width=256,
+            n_true=rng.integers(1, 1000 if big else 60, n),
+            n_pred=rng.integers(0, 60, n),
+        )
+    )
     for k, t in enumerate(THRESHOLDS):
         table[f"ap_{t:.2f}"] = ap[:, k]
     table["challenge_score"] = ap.mean(axis=1)

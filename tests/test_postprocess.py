@@ -13,7 +13,16 @@ import zarr
 from nucseg.imageio import read_labels
 from nucseg.measure import COLUMNS, IMAGE_COLUMNS
 from nucseg.outputs import write_label_tiff
-from nucseg.postprocess import SegmentSettings, foreground_threshold, map_statistics, segment_dataset, segment_image, segment_map, segment_probability, use_border
+from nucseg.postprocess import (
+    SegmentSettings,
+    foreground_threshold,
+    map_statistics,
+    segment_dataset,
+    segment_image,
+    segment_map,
+    segment_probability,
+    use_border,
+)
 from nucseg.preprocess import preprocess_fullsize
 
 SHAPE = (64, 64)
@@ -331,7 +340,17 @@ def write_stage_inputs(tmp_path, make_dataset, image_ids, heads=("body",)):
 def test_segment_dataset_writes_labels_and_objects(tmp_path, make_dataset, heads):
     pred, full, index = write_stage_inputs(tmp_path, make_dataset, ["img_a", "img_b"], heads)
     out = {name: tmp_path / name for name in ("labels", "ome_zarr", "geojson")}
-    per_image = segment_dataset(pred, full, index, out["labels"], tmp_path / "objects.csv", SegmentSettings(), images_csv=tmp_path / "images.csv", ome_zarr_dir=out["ome_zarr"], geojson_dir=out["geojson"])
+    per_image = segment_dataset(
+        pred,
+        full,
+        index,
+        out["labels"],
+        tmp_path / "objects.csv",
+        SegmentSettings(),
+        images_csv=tmp_path / "images.csv",
+        ome_zarr_dir=out["ome_zarr"],
+        geojson_dir=out["geojson"],
+    )
     assert sorted(p.name for p in out["labels"].iterdir()) == ["img_a.tif", "img_b.tif"]
     assert sorted(p.name for p in out["ome_zarr"].iterdir()) == ["img_a.ome.zarr", "img_b.ome.zarr"]
     assert sorted(p.name for p in out["geojson"].iterdir()) == ["img_a.geojson", "img_b.geojson"]
@@ -353,7 +372,17 @@ def test_segment_dataset_outputs_switched_off(tmp_path, make_dataset):
     pred, full, index = write_stage_inputs(tmp_path, make_dataset, ["img_a"])
     out = {name: tmp_path / name for name in ("labels", "ome_zarr", "geojson")}
     settings = SegmentSettings(tiff=False, ome_zarr=False, geojson=False)
-    segment_dataset(pred, full, index, out["labels"], tmp_path / "objects.csv", settings, images_csv=tmp_path / "images.csv", ome_zarr_dir=out["ome_zarr"], geojson_dir=out["geojson"])
+    segment_dataset(
+        pred,
+        full,
+        index,
+        out["labels"],
+        tmp_path / "objects.csv",
+        settings,
+        images_csv=tmp_path / "images.csv",
+        ome_zarr_dir=out["ome_zarr"],
+        geojson_dir=out["geojson"],
+    )
     assert all(folder.is_dir() and not any(folder.iterdir()) for folder in out.values())
     assert len(pd.read_csv(tmp_path / "objects.csv")) == 2
 
@@ -385,7 +414,9 @@ def test_segment_dataset_large_image_path(tmp_path, make_dataset, monkeypatch):
     monkeypatch.setattr(postprocess, "IN_MEMORY_PIXELS", 100)
     monkeypatch.setattr(outputs, "TILED_PIXELS", 100)
     (tmp_path / "big").mkdir()
-    segment_dataset(pred, full, index, tmp_path / "big/labels", tmp_path / "big/objects.csv", SegmentSettings(chunk=64, overlap=32), ome_zarr_dir=tmp_path / "big/ome")
+    segment_dataset(
+        pred, full, index, tmp_path / "big/labels", tmp_path / "big/objects.csv", SegmentSettings(chunk=64, overlap=32), ome_zarr_dir=tmp_path / "big/ome"
+    )
     np.testing.assert_array_equal(read_labels(tmp_path / "big/labels/img_a.tif"), read_labels(tmp_path / "small/img_a.tif"))
     labels = zarr.open_group(tmp_path / "big/ome/img_a.ome.zarr", mode="r")["labels/nuclei/s0"]
     np.testing.assert_array_equal(labels[:], read_labels(tmp_path / "small/img_a.tif"))
@@ -401,7 +432,16 @@ def test_segment_image_without_nuclei(tmp_path):
     from nucseg.outputs import ImageWriters
 
     tables = []
-    row = segment_image(np.zeros((1, 300, 200), np.float16), ["body"], np.zeros((300, 200, 3), np.uint8), "empty", SegmentSettings(), tmp_path, tables.append, ImageWriters(tmp_path, tmp_path, tmp_path))
+    row = segment_image(
+        np.zeros((1, 300, 200), np.float16),
+        ["body"],
+        np.zeros((300, 200, 3), np.uint8),
+        "empty",
+        SegmentSettings(),
+        tmp_path,
+        tables.append,
+        ImageWriters(tmp_path, tmp_path, tmp_path),
+    )
     assert tables == [] and row["count"] == 0 and row["coverage_fraction"] == 0 and np.isnan(row["median_area"])
     assert json.loads((tmp_path / "empty.geojson").read_text()) == {"type": "FeatureCollection", "features": []}
     labels = read_labels(tmp_path / "empty.tif")

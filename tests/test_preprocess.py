@@ -14,7 +14,6 @@ from nucseg import preprocess
 from nucseg.datasets import read_sample
 from nucseg.imageio import intensity_range, normalize_image
 from nucseg.preprocess import (
-    touching_borders,
     PreprocessSettings,
     crop_starts,
     make_crops,
@@ -22,6 +21,7 @@ from nucseg.preprocess import (
     preprocess_fullsize,
     preprocess_training,
     split_by_modality,
+    touching_borders,
 )
 from nucseg.train import CropDataset, split_items
 
@@ -228,7 +228,9 @@ def test_preprocess_training_store_and_index(small_dataset, tmp_path):
         np.testing.assert_array_equal(root["images"][row.first_crop : row.first_crop + row.n_crops], imgs)
         np.testing.assert_array_equal(root["labels"][row.first_crop : row.first_crop + row.n_crops], labs)
         # every crop carries the percentiles of its whole source image
-        np.testing.assert_array_equal(root["intensity_range"][row.first_crop : row.first_crop + row.n_crops], np.float32([intensity_range(sample.image)] * row.n_crops))
+        np.testing.assert_array_equal(
+            root["intensity_range"][row.first_crop : row.first_crop + row.n_crops], np.float32([intensity_range(sample.image)] * row.n_crops)
+        )
     assert root["intensity_range"].dtype == np.float32
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "index.csv", "train.zarr"]
 

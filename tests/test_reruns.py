@@ -78,7 +78,7 @@ def test_job_table_is_parsed():
     assert scheduled_rules("Nothing to be done (all requested files are present and up to date).") == {}
     dot = 'digraph {\n\t0[label = "all", color = "0.1"];\n\t1[label = "segment", color = "0.2"];\n\t2[label = "evaluate"];\n\t1 -> 2\n\t2 -> 0\n}'
     assert rule_graph_edges(dot) == {("segment", "evaluate"), ("evaluate", "all")}
-    jobs = "rule segment:\n    input: a\n    output: b\n    reason: Params have changed since last execution: x\n    wildcards: m=1\n\nrule evaluate:\n    reason: Input files updated by another job: b\n"
+    jobs = "rule segment:\n    input: a\n    output: b\n    reason: Params have changed since last execution: x\n    wildcards: m=1\n\nrule evaluate:\n    reason: Input files updated by another job: b\n"  # noqa: E501 (Snakemake's output, verbatim)
     assert job_reasons(jobs) == {"segment": "Params have changed since last execution: x", "evaluate": "Input files updated by another job: b"}
 
 
@@ -91,7 +91,12 @@ def test_job_table_is_parsed():
         pytest.param("predict={tta: true}", "predict", {"predict", "segment", "evaluate", "aggregate"}, id="predict-setting"),
         pytest.param("train={epochs: 14}", "train", {"train", "predict", "segment", "evaluate", "aggregate"}, id="train-setting"),
         pytest.param("train={learning_rate: 0.002}", "train", {"train", "predict", "segment", "evaluate", "aggregate"}, id="train-learning-rate"),
-        pytest.param("preprocess={val_fraction: 0.2}", "preprocess_train", {"preprocess_train", "train", "predict", "segment", "evaluate", "aggregate"}, id="preprocess-setting"),
+        pytest.param(
+            "preprocess={val_fraction: 0.2}",
+            "preprocess_train",
+            {"preprocess_train", "train", "predict", "segment", "evaluate", "aggregate"},
+            id="preprocess-setting",
+        ),
     ],
 )
 def test_a_changed_setting_schedules_its_stage_and_what_follows_only(sample_run, downstream, override, changed, named):

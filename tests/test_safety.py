@@ -137,6 +137,7 @@ def test_checkpoint_on_a_full_disk(disk, tmp_path):
 
 # Pickled payloads: a model folder or checkpoint holding objects is refused, never run.
 
+
 class Payload:
     """Unpickling this runs ``os.mkdir(path)``: the stand-in for any code a file could run."""
 

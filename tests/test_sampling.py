@@ -52,12 +52,15 @@ def test_sampling_setting_is_checked():
 @pytest.fixture
 def mixed_dataset(tmp_path, make_dataset, two_square_sample):
     image, labels = two_square_sample
-    return make_dataset(tmp_path / "ds", {
-        "fluo1": (image, labels),
-        "fluo2": (np.roll(image, 3, axis=1), np.roll(labels, 3, axis=1)),
-        "bf1": ((255 - image).astype(np.uint8), labels),
-        "empty": (np.full((40, 48), 12, np.uint8), np.zeros((40, 48), np.uint32)),
-    })
+    return make_dataset(
+        tmp_path / "ds",
+        {
+            "fluo1": (image, labels),
+            "fluo2": (np.roll(image, 3, axis=1), np.roll(labels, 3, axis=1)),
+            "bf1": ((255 - image).astype(np.uint8), labels),
+            "empty": (np.full((40, 48), 12, np.uint8), np.zeros((40, 48), np.uint32)),
+        },
+    )
 
 
 def test_training_crops_of_dark_nuclei_images_are_inverted(tmp_path, mixed_dataset):
@@ -79,7 +82,7 @@ def test_balanced_training_runs_and_is_seeded(tmp_path, mixed_dataset):
 
     settings = TrainSettings(width=4, epochs=1, batch_size=2, samples_per_epoch=4, device="cpu", sampling="balanced")
     a = train_model([str(out)], [str(index_csv)], tmp_path / "a", settings, threads=1)
-    b = train_model([str(out)], [str(index_csv)], tmp_path / "b", settings, threads=1)
+    train_model([str(out)], [str(index_csv)], tmp_path / "b", settings, threads=1)
     assert a["normalize"]["invert_dark"] is True
     wa, wb = torch.load(tmp_path / "a" / "weights.pt"), torch.load(tmp_path / "b" / "weights.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -196,7 +196,12 @@ def test_semantic_labels_outside_the_classes_stop_preprocess_naming_file_and_val
             labels[0, :3] = 128
         return labels
 
-    archive = _crops_zip(shared_data / "isbi2012" / "isbi2012_train.zip", {"good": ("slice_00", (0, 64, 0, 64)), "bad": ("slice_01", (0, 64, 0, 64))}, tmp_path / "bad.zip", tamper)
+    archive = _crops_zip(
+        shared_data / "isbi2012" / "isbi2012_train.zip",
+        {"good": ("slice_00", (0, 64, 0, 64)), "bad": ("slice_01", (0, 64, 0, 64))},
+        tmp_path / "bad.zip",
+        tamper,
+    )
     root = download_dataset(str(archive), tmp_path / "bad", layout="semantic")
     with pytest.raises(ValueError, match=r"labels/bad\.png: label value 128 \(3 pixels\) is not one of the declared classes' values \[0, 255\]"):
         preprocess_training(root, tmp_path / "t.zarr", tmp_path / "t.csv", PreprocessSettings(size=64), "semantic", classes=ISBI)
@@ -220,7 +225,9 @@ def test_semantic_stores_train_predict_segment_evaluate(isbi_zip, tmp_path):
     """The shared stages on five 96 x 96 real EM crops: one tiny U-Net epoch, then the task's
     class maps, class areas and per-image scores (values, not quality, are checked)."""
     root = download_dataset(str(isbi_zip), tmp_path / "isbi", layout="semantic")
-    index = preprocess_training(root, tmp_path / "train.zarr", tmp_path / "train.csv", PreprocessSettings(size=64, val_fraction=0.25), "semantic", exclude=["s27"], classes=ISBI)
+    index = preprocess_training(
+        root, tmp_path / "train.zarr", tmp_path / "train.csv", PreprocessSettings(size=64, val_fraction=0.25), "semantic", exclude=["s27"], classes=ISBI
+    )
     assert {"share_membrane", "share_cell"} <= set(index.columns) and "n_nuclei" not in index
     store = zarr.open_group(tmp_path / "train.zarr", mode="r")
     assert "body" not in store and set(np.unique(store["labels"][:])) <= {0, 1} and store.attrs["classes"] == ISBI
@@ -233,7 +240,9 @@ def test_semantic_stores_train_predict_segment_evaluate(isbi_zip, tmp_path):
     assert config["task"] == "semantic" and config["classes"] == ISBI and config["architecture"] == "unet"
     assert config["model"]["classes"] == ["membrane", "cell"] and 0 <= config["best_val_iou"] <= 1
 
-    predict_dataset(tmp_path / "model", tmp_path / "full.zarr", tmp_path / "full.csv", tmp_path / "pred.zarr", PredictSettings(device="cpu", engine="eager"), threads=1)
+    predict_dataset(
+        tmp_path / "model", tmp_path / "full.zarr", tmp_path / "full.csv", tmp_path / "pred.zarr", PredictSettings(device="cpu", engine="eager"), threads=1
+    )
     pred = zarr.open_group(tmp_path / "pred.zarr", mode="r")
     assert list(pred.attrs["heads"]) == ["membrane", "cell"]
     prob = pred["s27"][:].astype(np.float32)
@@ -248,7 +257,9 @@ def test_semantic_stores_train_predict_segment_evaluate(isbi_zip, tmp_path):
 
     table = task.evaluate(str(tmp_path / "seg"), str(tmp_path / "full.zarr"), str(tmp_path / "full.csv"), str(tmp_path / "per_image.csv"), "isbi", "unet")
     row = table.iloc[0]
-    expected = scores(confusion_matrix(zarr.open_group(tmp_path / "full.zarr")["labels"]["s27"][:], to_class_index(class_map_values, (0, 255)), 2), ["membrane", "cell"])
+    expected = scores(
+        confusion_matrix(zarr.open_group(tmp_path / "full.zarr")["labels"]["s27"][:], to_class_index(class_map_values, (0, 255)), 2), ["membrane", "cell"]
+    )
     assert row["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"]) and row["image_id"] == "s27"
     assert {"dice_membrane", "iou_cell", "precision_membrane", "recall_cell", "mean_dice", "fw_iou"} <= set(table.columns)
 
@@ -263,7 +274,9 @@ def test_segment_refuses_a_model_of_other_classes(tmp_path):
     root.attrs["heads"] = ["body"]
     pd.DataFrame({"image_id": ["a"]}).to_csv(tmp_path / "index.csv", index=False)
     with pytest.raises(ValueError, match=r"predicts the classes \['body'\], the config declares \['membrane', 'cell'\]"):
-        make_task("semantic", ISBI).segment(str(tmp_path / "pred.zarr"), "", str(tmp_path / "index.csv"), dict(labels=str(tmp_path / "l"), objects=str(tmp_path / "o.csv")))
+        make_task("semantic", ISBI).segment(
+            str(tmp_path / "pred.zarr"), "", str(tmp_path / "index.csv"), dict(labels=str(tmp_path / "l"), objects=str(tmp_path / "o.csv"))
+        )
 
 
 @pytest.mark.parametrize("name", ["isbi2012.yaml", "wbc3class.yaml"])

@@ -122,7 +122,17 @@ def test_sample_workflow_on_slurm_equals_the_local_run(slurm_cluster, sample_run
     workdir = tmp_path / "work"
     workdir.mkdir()
     # --verbose: the plugin then logs each sbatch call, which shows what every job asked for
-    command = SNAKEMAKE + ["--directory", str(workdir), "--workflow-profile", "none", "--profile", str(REPO / "profiles" / "slurm"), "--profile", str(SLURM_DIR / "profile"), "--verbose"]
+    command = SNAKEMAKE + [
+        "--directory",
+        str(workdir),
+        "--workflow-profile",
+        "none",
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--profile",
+        str(SLURM_DIR / "profile"),
+        "--verbose",
+    ]
     result = subprocess.run(command, cwd=workdir, env=env, check=False, capture_output=True, text=True, timeout=3600)
     output = result.stdout + result.stderr
     (tmp_path / "snakemake_output.txt").write_text(output)  # kept with pytest's temporary folders
@@ -137,7 +147,14 @@ def test_sample_workflow_on_slurm_equals_the_local_run(slurm_cluster, sample_run
     # its job id, and the controller saw each one finish with exit code 0.
     ids = job_ids(output)
     # (groups of profiles/slurm: download + preprocess per dataset; everything after predict)
-    assert sorted(ids.values()) == ["group_prepare_download_preprocess_test", "group_prepare_download_preprocess_train", "group_score_aggregate_evaluate_plots_qc_segment", "rule_predict", "rule_train", "rule_training_curves"], f"{ids}\n{tail}"
+    assert sorted(ids.values()) == [
+        "group_prepare_download_preprocess_test",
+        "group_prepare_download_preprocess_train",
+        "group_score_aggregate_evaluate_plots_qc_segment",
+        "rule_predict",
+        "rule_train",
+        "rule_training_curves",
+    ], f"{ids}\n{tail}"
     controller_log = (state / "log" / "slurmctld.log").read_text()
     for job_id, name in ids.items():
         assert f"_job_complete: JobId={job_id} WEXITSTATUS 0" in controller_log, f"{name}: job {job_id} did not complete in slurmctld.log"

@@ -154,7 +154,9 @@ def test_stream_hands_out_rows_in_order_in_chunk_multiples():
     shorter), each as soon as no later window touches it: never the whole image at once."""
     image = np.random.default_rng(5).random((300, 200, 1)).astype(np.float32)
     received = []
-    stream_tiled(identity, lambda r, c: image[np.ix_(r, c)], (300, 200), 1, lambda row, block: received.append((row, block.copy())), tile=64, margin=16, flush_rows=50)
+    stream_tiled(
+        identity, lambda r, c: image[np.ix_(r, c)], (300, 200), 1, lambda row, block: received.append((row, block.copy())), tile=64, margin=16, flush_rows=50
+    )
     rows = [row for row, _ in received]
     assert rows == sorted(rows) and rows[0] == 0 and len(received) > 2
     assert all(b.shape[1] % 50 == 0 for _, b in received[:-1])
@@ -167,7 +169,13 @@ def test_blending_leaves_no_seam_where_windows_disagree():
     the ramp's slope times the difference between windows."""
     rng = np.random.default_rng(6)
     image = np.zeros((400, 400, 1), np.float32)
-    out = process_tiled(lambda blocks: np.broadcast_to(rng.random((len(blocks), 1, 1, 1)), (len(blocks), 1) + blocks.shape[1:3]).astype(np.float32), image, 1, tile=64, margin=32)
+    out = process_tiled(
+        lambda blocks: np.broadcast_to(rng.random((len(blocks), 1, 1, 1)), (len(blocks), 1) + blocks.shape[1:3]).astype(np.float32),
+        image,
+        1,
+        tile=64,
+        margin=32,
+    )
     step = max(np.abs(np.diff(out[0], axis=0)).max(), np.abs(np.diff(out[0], axis=1)).max())
     assert step < 0.06  # a cut between tiles would jump by up to 1; the sin^2 ramp over 64 px rises < 0.025 a pixel
 

@@ -18,9 +18,8 @@ from torch.utils.data import DataLoader
 
 from nucseg.augment import Augmenter, AugmentSettings
 from nucseg.imageio import intensity_range, rescale_intensity
-from nucseg.model import ResUNet
+from nucseg.model import ResUNet, load_model
 from nucseg.preprocess import make_targets, touching_borders
-from nucseg.model import load_model
 from nucseg.train import CropDataset, TrainSettings, make_scheduler, split_items, train_model
 
 SIZE = 64
@@ -41,7 +40,9 @@ def synthetic_store(root, n_images=6, seed=0):
     group.create_array("images", data=images, chunks=(1, SIZE, SIZE, 3))
     group.create_array("labels", data=labels, chunks=(1, SIZE, SIZE))
     group.create_array("intensity_range", data=np.array([intensity_range(image) for image in images], np.float32))
-    index = pd.DataFrame(dict(image_id=[f"img{i}" for i in range(n_images)], split=["train"] * (n_images - 2) + ["val"] * 2, first_crop=range(n_images), n_crops=1))
+    index = pd.DataFrame(
+        dict(image_id=[f"img{i}" for i in range(n_images)], split=["train"] * (n_images - 2) + ["val"] * 2, first_crop=range(n_images), n_crops=1)
+    )
     index_csv = root / "index.csv"
     index.to_csv(index_csv, index=False)
     return str(store), str(index_csv)

@@ -14,7 +14,26 @@ from nucseg.metrics import evaluate_image
 
 from .conftest import REPO, snakemake
 
-METRIC_COLUMNS = ["n_true", "n_pred", "pixel_iou", "pixel_precision", "pixel_recall", "pixel_f1", "pixel_accuracy", "obj_tp", "obj_fp", "obj_fn", "obj_precision", "obj_recall", "obj_f1", "mean_matched_iou"] + [f"ap_{t:.2f}" for t in np.arange(0.5, 1.0, 0.05)] + ["challenge_score"]
+METRIC_COLUMNS = (
+    [
+        "n_true",
+        "n_pred",
+        "pixel_iou",
+        "pixel_precision",
+        "pixel_recall",
+        "pixel_f1",
+        "pixel_accuracy",
+        "obj_tp",
+        "obj_fp",
+        "obj_fn",
+        "obj_precision",
+        "obj_recall",
+        "obj_f1",
+        "mean_matched_iou",
+    ]
+    + [f"ap_{t:.2f}" for t in np.arange(0.5, 1.0, 0.05)]
+    + ["challenge_score"]
+)
 RULES = ["download", "preprocess_train", "preprocess_test", "train", "predict", "segment", "evaluate", "aggregate"]
 
 

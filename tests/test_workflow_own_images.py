@@ -33,10 +33,14 @@ def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path):
     # config/config.yaml (so its trained model is reused) and the folder of images
     shipped = yaml.safe_load((REPO / "config/config.yaml").read_text())
     mine_config = tmp_path / "my_config.yaml"
-    mine_config.write_text(yaml.safe_dump({
-        "datasets": {"sample_train": shipped["datasets"]["sample_train"], "mine": {"source": str(mine), "layout": "images", "role": "test"}},
-        "models": {"resunet": {}},
-    }))
+    mine_config.write_text(
+        yaml.safe_dump(
+            {
+                "datasets": {"sample_train": shipped["datasets"]["sample_train"], "mine": {"source": str(mine), "layout": "images", "role": "test"}},
+                "models": {"resunet": {}},
+            }
+        )
+    )
     override = ("--configfile", str(mine_config), "--replace-workflow-config")
     dry = snakemake(workdir, "--cores", "2", "-n", *override)
     assert dry.returncode == 0, dry.stderr[-3000:]
@@ -64,7 +68,9 @@ def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path):
     dry = snakemake(workdir, "--cores", "2", "-n", *override)
     assert dry.returncode == 0, dry.stderr[-3000:]
     scheduled = {line.split()[1].rstrip(":") for line in dry.stdout.splitlines() if line.startswith(("rule ", "localrule "))}
-    assert {"download", "preprocess_test", "predict", "segment"} <= scheduled <= {"download", "preprocess_test", "predict", "segment", "all"}, dry.stdout[-3000:]
+    assert {"download", "preprocess_test", "predict", "segment"} <= scheduled <= {"download", "preprocess_test", "predict", "segment", "all"}, dry.stdout[
+        -3000:
+    ]
 
 
 def test_a_dsb_test_set_without_ground_truth(sample_run, tmp_path):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import zipfile
 
 import numpy as np
@@ -11,7 +10,6 @@ import pandas as pd
 import pytest
 import tifffile
 import yaml
-from PIL import Image
 
 from .conftest import snakemake
 

@@ -58,6 +58,7 @@ class Task(Protocol):
     def sample_weights(self, dataset: Any, examples: list, settings: Any) -> np.ndarray: ...
 
     def segment(self, pred_zarr: str, images_zarr: str, index_csv: str, outputs: Mapping[str, str], settings: Mapping, threads: int = 1) -> Any: ...
+
     # outputs: the segment rule's, by name: labels (folder), objects (CSV), and any of images
     # (CSV), ome_zarr and geojson (folders)
 

@@ -71,7 +71,16 @@ class InstanceTask:
         from nucseg.postprocess import SegmentSettings, segment_dataset
 
         optional = {arg: outputs[name] for arg, name in (("images_csv", "images"), ("ome_zarr_dir", "ome_zarr"), ("geojson_dir", "geojson")) if name in outputs}
-        return segment_dataset(pred_zarr=pred_zarr, images_zarr=images_zarr, index_csv=index_csv, out_dir=outputs["labels"], objects_csv=outputs["objects"], settings=SegmentSettings(**settings), **optional, **({"threads": threads} if optional else {}))
+        return segment_dataset(
+            pred_zarr=pred_zarr,
+            images_zarr=images_zarr,
+            index_csv=index_csv,
+            out_dir=outputs["labels"],
+            objects_csv=outputs["objects"],
+            settings=SegmentSettings(**settings),
+            **optional,
+            **({"threads": threads} if optional else {}),
+        )
 
     def evaluate(self, labels_dir: str, truth_zarr: str, index_csv: str, out_csv: str, dataset: str, model: str) -> Any:
         from nucseg.evaluate import evaluate_dataset

@@ -120,7 +120,10 @@ def to_class_index(labels: np.ndarray, values: tuple[int, ...] | list[int], sour
     unknown = [(int(v), int(c)) for v, c in zip(found, counts) if int(v) not in values]
     if unknown:
         v, c = unknown[0]
-        raise ValueError(f"{source}: label value {v} ({c} pixels) is not one of the declared classes' values {list(values)}" + (f"; other unknown values: {[u for u, _ in unknown[1:6]]}" if len(unknown) > 1 else ""))
+        raise ValueError(
+            f"{source}: label value {v} ({c} pixels) is not one of the declared classes' values {list(values)}"
+            + (f"; other unknown values: {[u for u, _ in unknown[1:6]]}" if len(unknown) > 1 else "")
+        )
     lut = np.zeros(int(found.max()) + 1 if len(found) else 1, np.uint8)
     for k, v in enumerate(values):
         if v < len(lut):
@@ -263,13 +266,17 @@ class SemanticTask:
         fractions = dataset.per_example(lambda block: class_fractions(block, len(self.classes)))
         weights = class_balanced_weights(fractions)
         drawn = (weights[:, None] * fractions).sum(axis=0)
-        log.info("class-balanced sampling, expected share of pixels per class: %s (in the data: %s)",
-                 ", ".join(f"{n} {v / max(drawn.sum(), 1e-12):.2f}" for n, v in zip(self.classes.names, drawn)),
-                 ", ".join(f"{n} {v:.2f}" for n, v in zip(self.classes.names, fractions.mean(axis=0))))
+        log.info(
+            "class-balanced sampling, expected share of pixels per class: %s (in the data: %s)",
+            ", ".join(f"{n} {v / max(drawn.sum(), 1e-12):.2f}" for n, v in zip(self.classes.names, drawn)),
+            ", ".join(f"{n} {v:.2f}" for n, v in zip(self.classes.names, fractions.mean(axis=0))),
+        )
         return weights
 
     # segment, evaluate, qc, plots
-    def segment(self, pred_zarr: str, images_zarr: str, index_csv: str, outputs: Mapping[str, str], settings: Mapping | None = None, threads: int = 1) -> pd.DataFrame:
+    def segment(
+        self, pred_zarr: str, images_zarr: str, index_csv: str, outputs: Mapping[str, str], settings: Mapping | None = None, threads: int = 1
+    ) -> pd.DataFrame:
         """Class maps (``outputs["labels"]``) and class areas (``outputs["objects"]``); the
         segment settings (watershed) do not apply. The per-image table (``images``) has each
         class's share; the ``ome_zarr`` and ``geojson`` folders are made empty (not written for
@@ -322,7 +329,9 @@ def read_class_map(path: str | os.PathLike, classes: SemanticClasses) -> np.ndar
     return to_class_index(values, classes.values, str(path))
 
 
-def segment_dataset(pred_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_dir: str | os.PathLike, areas_csv: str | os.PathLike, classes: SemanticClasses) -> pd.DataFrame:
+def segment_dataset(
+    pred_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_dir: str | os.PathLike, areas_csv: str | os.PathLike, classes: SemanticClasses
+) -> pd.DataFrame:
     """Segment stage, semantic task: a class map per image and a table of class areas.
 
     Parameters
@@ -348,7 +357,10 @@ def segment_dataset(pred_zarr: str | os.PathLike, index_csv: str | os.PathLike, 
             values = class_map(pred[image_id][:], classes)
             write_class_map(tmp / f"{image_id}.tif", values)
             counts = [int(np.count_nonzero(values == v)) for v in classes.values]
-            rows += [dict(image_id=image_id, **{"class": n}, value=v, pixels=int(c), fraction=c / values.size) for n, v, c in zip(classes.names, classes.values, counts)]
+            rows += [
+                dict(image_id=image_id, **{"class": n}, value=v, pixels=int(c), fraction=c / values.size)
+                for n, v, c in zip(classes.names, classes.values, counts)
+            ]
             log.info("%s: %s", image_id, ", ".join(f"{n} {c / values.size:.3f}" for n, c in zip(classes.names, counts)))
     table = pd.DataFrame(rows, columns=["image_id", "class", "value", "pixels", "fraction"])
     write_csv(table, areas_csv)
@@ -427,7 +439,15 @@ def scores(cm: np.ndarray, names: tuple[str, ...] | list[str]) -> dict[str, floa
     return out
 
 
-def evaluate_dataset(labels_dir: str | os.PathLike, truth_zarr: str | os.PathLike, index_csv: str | os.PathLike, out_csv: str | os.PathLike, classes: SemanticClasses, dataset: str, model: str = "model") -> pd.DataFrame:
+def evaluate_dataset(
+    labels_dir: str | os.PathLike,
+    truth_zarr: str | os.PathLike,
+    index_csv: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    classes: SemanticClasses,
+    dataset: str,
+    model: str = "model",
+) -> pd.DataFrame:
     """Evaluate stage, semantic task: one CSV row of :func:`scores` per image.
 
     Parameters
@@ -481,7 +501,13 @@ def qc_picture(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, cl
     return _save(fig, path)
 
 
-def qc_pictures(per_image_csv: str | os.PathLike, labels_dir: str | os.PathLike, truth_zarr: str | os.PathLike, out_pngs: Mapping[str, str | os.PathLike], classes: SemanticClasses) -> dict[str, str]:
+def qc_pictures(
+    per_image_csv: str | os.PathLike,
+    labels_dir: str | os.PathLike,
+    truth_zarr: str | os.PathLike,
+    out_pngs: Mapping[str, str | os.PathLike],
+    classes: SemanticClasses,
+) -> dict[str, str]:
     """QC stage, semantic task: the best, median and worst image by mean Dice (:func:`nucseg.qc.pick_images`)."""
     from nucseg.qc import PICKS, pick_images
 
@@ -498,8 +524,10 @@ def qc_pictures(per_image_csv: str | os.PathLike, labels_dir: str | os.PathLike,
         truth = store["labels"][image_id][:] if image_id in store["labels"] else None
         pred = read_class_map(Path(labels_dir) / f"{image_id}.tif", classes)
         per_class = ", ".join(f"{n} {row[f'dice_{n}']:.3f}" for n in classes.names)
-        title = (f"{row['model']} / {row['dataset']}: the {name} image by mean Dice\n{image_id}, {int(row['height'])} x {int(row['width'])} px; "
-                 f"pixel accuracy {row['pixel_accuracy']:.3f}, mean Dice {row['mean_dice']:.3f}\nDice: {per_class}")
+        title = (
+            f"{row['model']} / {row['dataset']}: the {name} image by mean Dice\n{image_id}, {int(row['height'])} x {int(row['width'])} px; "
+            f"pixel accuracy {row['pixel_accuracy']:.3f}, mean Dice {row['mean_dice']:.3f}\nDice: {per_class}"
+        )
         qc_picture(store["images"][image_id][:], truth, pred, classes, title, path)
         log.info("%s: %s image %s (mean Dice %.3f) -> %s", per_image_csv, name, image_id, row["mean_dice"], path)
     return picks

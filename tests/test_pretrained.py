@@ -1,0 +1,61 @@
+"""The pretrained model shipped with nucseg: the workflow uses it instead of training, the command
+line uses it when no model is given, and it segments the embedded sample (which it never saw) well."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import tifffile
+
+import nucseg
+from nucseg.cli import main
+from nucseg.model import load_model
+
+from .conftest import REPO, snakemake
+
+PRETRAINED = Path(nucseg.PRETRAINED_MODEL)
+
+
+def test_shipped_model_folder_is_complete_and_loads():
+    for name in ("weights.pt", "config.json", "MODEL_CARD.md", "history.csv", "curves.png"):
+        assert (PRETRAINED / name).is_file(), name
+    model, config = load_model(PRETRAINED)
+    assert list(model.config.heads) == config["model"]["heads"]
+    assert config["normalize"]["invert_dark"] is True
+    assert (PRETRAINED / "weights.pt").stat().st_size < 10_000_000  # a few MB, fit for the repository
+    # the card states the validation scores per modality that config.json records
+    card = (PRETRAINED / "MODEL_CARD.md").read_text()
+    assert "held-out" in card and all(m in card for m in ("fluorescence", "brightfield", "histology"))
+
+
+@pytest.mark.slow
+def test_workflow_uses_the_shipped_model_without_training(tmp_path):
+    config = ("--configfile", str(REPO / "config/sample_pretrained.yaml"), "--replace-workflow-config")
+    dry = snakemake(tmp_path, "--cores", "2", "-n", *config)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    scheduled = {line.split()[1].rstrip(":") for line in dry.stdout.splitlines() if line.startswith(("rule ", "localrule "))}
+    assert "train" not in scheduled and "preprocess_train" not in scheduled and "predict" in scheduled
+    result = snakemake(tmp_path, "--cores", "2", *config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = pd.read_csv(tmp_path / "results/summary.csv")
+    assert summary["model"].tolist() == ["pretrained"]
+    # the sample's 12 test images were left out of the model's training (config/pretrained.yaml):
+    # held-out images, scored well above the 1-minute sample model's 0.31-0.39
+    assert summary["challenge_score"].iloc[0] > 0.45, summary.to_string()
+    assert not (tmp_path / "results/models").exists()
+
+
+def test_command_line_segments_with_the_shipped_model_by_default(tmp_path, shared_data):
+    image = shared_data / "fixtures" / "dsb2018_fluo_512_uint16.tif"
+    out = tmp_path / "out"
+    assert main(["segment", "--out", str(out), str(image)]) == 0
+    labels = next(out.rglob("*.tif"))
+    truth = tifffile.imread(shared_data / "fixtures" / "dsb2018_fluo_512_uint16_labels.tif")
+    from nucseg.metrics import evaluate_image
+
+    # the fixture comes from the challenge's training data: this checks the command, not accuracy
+    scores = evaluate_image(truth, tifffile.imread(labels))
+    assert scores["obj_f1"] > 0.8, json.dumps(scores)
