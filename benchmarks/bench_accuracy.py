@@ -28,6 +28,7 @@ Nothing here is tuned on anything but this validation split.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -42,10 +43,11 @@ import pandas as pd
 import torch
 
 import nucseg
+from nucseg.bigimage import LazyImage
 from nucseg.datasets import read_sample
-from nucseg.infer import PredictSettings, predict_image
+from nucseg.infer import PredictSettings, open_predictor, predict_lazy
 from nucseg.metrics import evaluate_image
-from nucseg.model import choose_device, load_model
+from nucseg.model import choose_device
 from nucseg.postprocess import SegmentSettings, segment_probability
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,24 +89,36 @@ GRID = [("paper", t, s, 1.0) for t in ("otsu", 0.5) for s in (0.3, 0.5, 0.8)] + 
 ]
 
 
-def predictions(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options: list[bool], device: torch.device, cache: Path | None):
-    """Yield ``(row, sample, tta, maps, seconds per megapixel)`` for every validation image;
-    maps are kept in ``cache`` (float16 .npy) and read back on a rerun."""
-    model, config = load_model(model_dir, device)
+def predictions(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options: list[bool], cache: Path | None):
+    """Yield ``(row, sample, tta, maps, seconds per megapixel, heads)`` for every validation
+    image, predicted by the workflow's own path (:func:`nucseg.infer.open_predictor`, default
+    settings: the ONNX Runtime engine on a CPU); maps are kept in ``cache`` (float16 .npy, as
+    the predict stage stores them) and read back on a rerun."""
+    predictor = None
     for row in index.itertuples():
         sample = read_sample(dataset, row.image_id)
         megapixels = sample.image.shape[0] * sample.image.shape[1] / 1e6
         for tta in tta_options:
             path = cache / f"{row.image_id}_tta{int(tta)}.npy" if cache else None
-            t0 = time.perf_counter()
             if path is not None and path.is_file():
                 prob, seconds = np.load(path).astype(np.float32), float("nan")
+                heads = json.loads(path.with_name("heads.json").read_text())
             else:
-                prob = predict_image(model, sample.image, PredictSettings(tta=tta), config.get("normalize"), device)
+                predictor = predictor or open_predictor(model_dir, PredictSettings())
+                predictor.tta, heads = tta, predictor.heads
+                prob = np.empty((len(heads),) + sample.image.shape[:2], np.float32)
+
+                def sink(r: int, block: np.ndarray, prob: np.ndarray = prob) -> None:
+                    prob[:, r : r + block.shape[1]] = block
+
+                t0 = time.perf_counter()
+                predict_lazy(predictor, LazyImage(sample.image, "YXC", row.image_id), PredictSettings(tta=tta), sink)
                 seconds = time.perf_counter() - t0
+                prob = prob.astype(np.float16).astype(np.float32)  # what the predict stage stores
                 if path is not None:
                     np.save(path, prob.astype(np.float16))
-            yield row, sample, tta, prob, seconds / megapixels, list(model.config.heads)
+                    path.with_name("heads.json").write_text(json.dumps(heads))
+            yield row, sample, tta, prob, seconds / megapixels, heads
 
 
 def score(
@@ -112,14 +126,13 @@ def score(
     dataset: Path,
     index: pd.DataFrame,
     tta_options: list[bool],
-    device: torch.device,
     settings: SegmentSettings,
     cache: Path | None = None,
     grid: bool = False,
 ) -> pd.DataFrame:
     """One row per (image, tta, method[, grid point]): the per-image metrics plus modality and seconds/MP."""
     rows = []
-    for row, sample, tta, prob, s_per_mp, heads in predictions(model_dir, dataset, index, tta_options, device, cache):
+    for row, sample, tta, prob, s_per_mp, heads in predictions(model_dir, dataset, index, tta_options, cache):
         if grid:
             points = [p for p in GRID if p[0] == "paper" or "border" in heads]
         else:
@@ -205,7 +218,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
-    scores = score(model_dir, args.workdir / "results" / "datasets" / DATASET, val, tta_options, device, SegmentSettings(), args.cache, args.grid)
+    scores = score(model_dir, args.workdir / "results" / "datasets" / DATASET, val, tta_options, SegmentSettings(), args.cache, args.grid)
     if args.csv:
         scores.to_csv(args.csv, index=False)
     table = summarise(scores)
