@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from nucseg.download import RATIO_MIN_BYTES, DownloadSettings, fetch, is_url, read_lock, sha256sum, verify_checksum
+from nucseg.download import CHUNK, RATIO_MIN_BYTES, DownloadSettings, fetch, is_url, read_lock, sha256sum, verify_checksum
 from nucseg.files import NoSpaceError, atomic_dir, reporting_no_space
 from nucseg.imageio import IMAGE_SUFFIXES, decode_image, read_image_info
 
@@ -58,7 +58,6 @@ __all__ = [
     "LAYOUTS",
 ]
 
-CHUNK = 1 << 20
 LAYOUTS = ("dsb", "images", "semantic")
 SOLUTION = "solution.csv"
 #: Beside the copy ``solution.csv``: the user's file (or URL) it was copied from, which messages name.

@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 FULLSIZE_CHUNK = 1024
 BORDER_RADIUS = 2
-TARGETS = ("body", "border")
 MODES = ("crop", "resize")
 
 
@@ -247,9 +246,9 @@ def preprocess_training(
         Unpacked dataset (see :mod:`nucseg.datasets`); every image needs ground truth.
     out_zarr : path-like
         Store to create; built under a temporary name and renamed when complete.
-        Arrays ``images (N, S, S, 3) uint8``, ``labels (N, S, S) uint32`` and
-        the training targets ``body``, ``border`` ``(N, S, S) uint8`` (0/1), one
-        chunk per example; ``intensity_range (N, 2) float32``, the values at the
+        Arrays ``images (N, S, S, 3) uint8`` and ``labels (N, S, S) uint32``, one
+        chunk per example (training computes its targets from the labels after augmenting
+        them, :func:`make_targets`); ``intensity_range (N, 2) float32``, the values at the
         percentiles of :func:`nucseg.imageio.normalize_image` over the whole
         source image of each example.
     index_csv : path-like
@@ -280,7 +279,6 @@ def preprocess_training(
         root = zarr.open_group(tmp, mode="w")
         images = root.create_array("images", shape=(0, s, s, 3), dtype="uint8", chunks=(1, s, s, 3))
         labels = root.create_array("labels", shape=(0, s, s), dtype="uint32", chunks=(1, s, s))
-        targets = {} if names else {name: root.create_array(name, shape=(0, s, s), dtype="uint8", chunks=(1, s, s)) for name in TARGETS}
         ranges = []
         n = 0
         for image_id in ids:
@@ -290,12 +288,10 @@ def preprocess_training(
                     f"{Path(dataset_dir) / image_id}: no ground truth (no masks folder, labels file or solution CSV entry); a training image needs it"
                 )
             imgs, labs = make_crops(sample.image, sample.labels, settings)
-            for array in [images, labels, *targets.values()]:
+            for array in (images, labels):
                 array.resize((n + len(imgs),) + array.shape[1:])
             images[n:] = imgs
             labels[n:] = labs
-            for name, array in targets.items():
-                array[n:] = np.stack([make_targets(lab, (name,))[0] for lab in labs]).astype(np.uint8)
             ranges += [intensity_range(sample.image)] * len(imgs)
             rows.append(dict(_index_row(sample, guess_modality(sample.image), names), first_crop=n, n_crops=len(imgs)))
             n += len(imgs)
