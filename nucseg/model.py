@@ -29,9 +29,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nucseg.tiling import MULTIPLE
+
 log = logging.getLogger(__name__)
 
-MULTIPLE = 32
+# MULTIPLE (32, from nucseg.tiling, which pads to it): every input side, after five stride-2 steps
 HEADS = ("body", "border")
 #: Where a model runs (``train.device``, ``predict.device``): ``auto`` is CUDA when PyTorch sees it.
 DEVICES = ("auto", "cpu", "cuda")
