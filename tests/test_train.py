@@ -2,6 +2,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,11 +92,34 @@ def test_same_seed_same_weights(trained, tmp_path):
     assert again["best_epoch"] == config["best_epoch"]
 
 
-def test_finished_checkpoint_resumes_without_retraining(trained, tmp_path):
-    """A rerun after all epochs are checkpointed writes the same model without new epochs."""
+def test_finished_checkpoint_resumes_without_retraining(trained, tmp_path, caplog):
+    """A rerun after all epochs are checkpointed writes the same model and runs no epoch."""
     root, store, index, _ = trained
-    train_model([store], [index], tmp_path / "model", TrainSettings(**SETTINGS), checkpoint=root / "ckpt.pt", threads=1)
+    ckpt = tmp_path / "ckpt.pt"
+    shutil.copy2(root / "ckpt.pt", ckpt)  # its own copy: the module's checkpoint stays as it is
+    before = ckpt.read_bytes()
+    with caplog.at_level(logging.INFO, logger="nucseg.train"):
+        train_model([store], [index], tmp_path / "model", TrainSettings(**SETTINGS), checkpoint=ckpt, threads=1)
+    assert "resuming from" in caplog.text and "after epoch 3" in caplog.text
+    assert not [r for r in caplog.records if r.getMessage().startswith("epoch ")]  # no epoch ran ...
+    assert ckpt.read_bytes() == before  # ... and none was checkpointed
     pd.testing.assert_frame_equal(pd.read_csv(root / "model" / "history.csv"), pd.read_csv(tmp_path / "model" / "history.csv"))
+    first, second = torch.load(root / "model" / "weights.pt"), torch.load(tmp_path / "model" / "weights.pt")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_early_stop_after_stop_patience_epochs_without_improvement(tmp_path, caplog):
+    """With a learning rate too small to learn, the validation IoU stops improving: training ends
+    after stop_patience epochs without a better one, long before its epoch budget."""
+    store, index = synthetic_store(tmp_path)
+    settings = TrainSettings(**dict(SETTINGS, epochs=30, learning_rate=1e-12, lr_patience=1, stop_patience=2, augment=False))
+    with caplog.at_level(logging.INFO, logger="nucseg.train"):
+        config = train_model([store], [index], tmp_path / "model", settings, threads=1)
+    history = pd.read_csv(tmp_path / "model" / "history.csv")
+    assert len(history) < 30 and config["epochs_run"] == len(history)
+    assert "early stop" in caplog.text
+    best_before = history["val_iou"].iloc[:-2].max()
+    assert (history["val_iou"].iloc[-2:] <= best_before).all()  # the last two epochs brought nothing better
 
 
 def test_touching_borders_by_hand():
@@ -182,8 +206,9 @@ def test_unreadable_or_foreign_checkpoint_starts_afresh(trained, tmp_path, caplo
     broken.write_bytes(b"not a checkpoint")
     with caplog.at_level(logging.WARNING, logger="nucseg.train"):
         train_model([store], [index], tmp_path / "a", TrainSettings(**dict(SETTINGS, epochs=1)), checkpoint=broken, threads=1)
-        # the module's checkpoint holds 3 epochs of other settings: not resumed
-        train_model([store], [index], tmp_path / "b", TrainSettings(**dict(SETTINGS, epochs=1, seed=5)), checkpoint=root / "ckpt.pt", threads=1)
+        # (a copy of) the module's checkpoint holds 3 epochs of other settings: not resumed
+        shutil.copy2(root / "ckpt.pt", tmp_path / "ckpt.pt")
+        train_model([store], [index], tmp_path / "b", TrainSettings(**dict(SETTINGS, epochs=1, seed=5)), checkpoint=tmp_path / "ckpt.pt", threads=1)
     assert "not a readable checkpoint" in caplog.text and "other settings, data or code; starting afresh" in caplog.text
     assert len(pd.read_csv(tmp_path / "b" / "history.csv")) == 1
 
