@@ -272,3 +272,30 @@ def format_summary(
     """A short plain-text view of the summary's main columns, for the end of a run."""
     shown = summary.set_index(["model", "dataset"])[[c for c in columns if c in summary.columns]]
     return shown.to_string(float_format=lambda v: f"{v:.3f}")
+
+
+def collect_image_tables(image_csvs: list[str | os.PathLike], keys: list[tuple[str, str]], out_csv: str | os.PathLike) -> pd.DataFrame:
+    """All per-image tables of the segment stage (``images.csv``: count, density, areas,
+    coverage) in one, with ``model`` and ``dataset`` columns first: one row per model and image.
+
+    Parameters
+    ----------
+    image_csvs : list of path-like
+        ``results/segmentation/<model>/<dataset>/images.csv`` files.
+    keys : list of (model, dataset)
+        The model and dataset of each file, in the same order.
+    out_csv : path-like
+        The table to write (atomically).
+    """
+    if len(image_csvs) != len(keys):
+        raise ValueError(f"{len(image_csvs)} image tables but {len(keys)} (model, dataset) keys")
+    tables = []
+    for path, (model, dataset) in zip(image_csvs, keys):
+        table = pd.read_csv(path, dtype={"image_id": str})
+        table.insert(0, "dataset", dataset)
+        table.insert(0, "model", model)
+        tables.append(table)
+    out = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["model", "dataset", "image_id"])
+    write_csv(out, out_csv)
+    log.info("%d per-image rows of %d tables written to %s", len(out), len(tables), out_csv)
+    return out

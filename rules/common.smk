@@ -134,6 +134,7 @@ BENCH = f"{RESULTS}/benchmarks"
 MODEL = f"{RESULTS}/models/{{model}}"
 SUMMARY = f"{RESULTS}/summary.csv"
 SUMMARY_STATS = f"{RESULTS}/summary_stats.csv"
+IMAGES_TABLE = f"{RESULTS}/images.csv"  # every model's per-image counts, density, coverage
 SUMMARY_HTML = f"{RESULTS}/summary.html"
 COMPARISON = f"{RESULTS}/comparison.csv"  # written when there are several models
 PLOTS = f"{RESULTS}/plots/{{model}}"
@@ -214,6 +215,7 @@ def all_outputs():
     return (
         evaluation_outputs()
         + expand(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/{{table}}.csv", model=MODELS, dataset=TEST_SETS, table=["objects", "images"])
+        + [IMAGES_TABLE]
         + expand(f"{PLOTS}/training_curves.png", model=MODELS)
     )
 

@@ -18,6 +18,24 @@ rule evaluate:
         task_script("evaluate")
 
 
+rule image_tables:
+    # The segment stage's per-image tables (count, density, areas, coverage) of every model and
+    # test dataset in one table, evaluated or not.
+    input:
+        [f"{RESULTS}/segmentation/{model}/{dataset}/images.csv" for model in MODELS for dataset in TEST_SETS],
+    output:
+        report(IMAGES_TABLE, caption="../report/images.rst", category="Summary", labels={"table": "counts and coverage per image"}),
+    params:
+        keys=[[model, dataset] for model in MODELS for dataset in TEST_SETS],
+        code=script_code("../workflow_scripts/image_tables.py"),
+    log:
+        f"{LOGS}/image_tables/image_tables.log",
+    conda:
+        "../envs/nucseg.yaml"
+    script:
+        "../workflow_scripts/image_tables.py"
+
+
 rule aggregate:
     # Summary tables over images: means (summary.csv), mean/median/std/count overall and per
     # modality (summary_stats.csv), models side by side (comparison.csv, with several models).

@@ -170,3 +170,18 @@ def test_html_without_comparison_for_one_model():
     summary = summarize(per_image())
     page = tables_html(summary, summary_stats(per_image()))
     assert page.count("<table") == 2 and "side by side" not in page
+
+
+def test_image_tables_are_collected_with_model_and_dataset(tmp_path):
+    from nucseg.report import collect_image_tables
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    pd.DataFrame(dict(image_id=["007", "x"], count=[3, 0])).to_csv(a, index=False)
+    pd.DataFrame(dict(image_id=["y"], count=[5])).to_csv(b, index=False)
+    out = collect_image_tables([a, b], [("m1", "d1"), ("m2", "d1")], tmp_path / "images.csv")
+    back = pd.read_csv(tmp_path / "images.csv", dtype={"image_id": str})
+    assert back.columns.tolist()[:3] == ["model", "dataset", "image_id"] and len(back) == len(out) == 3
+    assert back["image_id"].tolist() == ["007", "x", "y"] and back["model"].tolist() == ["m1", "m1", "m2"]
+    with pytest.raises(ValueError, match="keys"):
+        collect_image_tables([a], [], tmp_path / "bad.csv")
+    assert not (tmp_path / "bad.csv").exists()
