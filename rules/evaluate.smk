@@ -26,7 +26,7 @@ rule image_tables:
     output:
         report(IMAGES_TABLE, caption="../report/images.rst", category="Summary", labels={"table": "counts and coverage per image"}),
     params:
-        keys=[[model, dataset] for model in MODELS for dataset in TEST_SETS],
+        pairs=[[model, dataset] for model in MODELS for dataset in TEST_SETS],
         code=script_code("../workflow_scripts/image_tables.py"),
     log:
         f"{LOGS}/image_tables/image_tables.log",

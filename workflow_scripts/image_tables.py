@@ -6,6 +6,6 @@ from nucseg.report import collect_image_tables
 setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 collect_image_tables(
     image_csvs=list(snakemake.input),  # noqa: F821
-    keys=[tuple(key) for key in snakemake.params.keys],  # noqa: F821
+    keys=[tuple(pair) for pair in snakemake.params.pairs],  # noqa: F821
     out_csv=snakemake.output[0],  # noqa: F821
 )
