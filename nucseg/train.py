@@ -104,7 +104,7 @@ class TrainSettings:
     augment_intensity: float = 0.5
     augment_colour: float = 0.0
     invert_dark: bool = True
-    sampling: str = "balanced"
+    sampling: str = "uniform"
     empty_weight: float = 0.25
     seed: int = 0
     num_workers: int = 0
