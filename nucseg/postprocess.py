@@ -89,7 +89,7 @@ class SegmentSettings:
         Which files to write per image (:mod:`nucseg.outputs`); the tables are always written.
     """
 
-    method: str = "border"
+    method: str = "paper"
     threshold: str | float = "otsu"
     otsu_bounds: tuple[float, float] = field(default=(0.3, 0.7))
     min_size: int = 10
