@@ -59,6 +59,13 @@ def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path):
     assert labels.shape == (90, 120) and labels.dtype == np.uint16
     objects = pd.read_csv(out / "objects.csv", dtype={"image_id": str})
     assert set(objects["image_id"]) <= names
+    # something was found: the two bright 20 x 20 squares of "field 1" (16-bit) at least, and the
+    # per-image table counts what the object table lists
+    assert (objects["image_id"] == "field 1").sum() >= 1, objects.to_string()
+    per_image = pd.read_csv(out / "images.csv", dtype={"image_id": str}).set_index("image_id")
+    assert per_image.loc["field 1", "count"] == (objects["image_id"] == "field 1").sum()
+    if fixture.is_file():
+        assert (objects["image_id"] == "real").sum() > 50  # the real fixture holds 125 nuclei
     index = pd.read_csv(workdir / "results/preprocessed/mine/full_index.csv")
     assert index.set_index("image_id").loc["field 1", "bit_depth"] == 16
     assert not (workdir / "results/metrics/resunet/mine").exists()
