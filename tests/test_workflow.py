@@ -71,6 +71,11 @@ def test_trained_model_beats_a_trivial_prediction(sample_run):
     trivial = [evaluate_image(truth[i][:], np.ones_like(truth[i][:])) for i in per_image["image_id"]]
     assert per_image["pixel_iou"].mean() > np.mean([t["pixel_iou"] for t in trivial]) + 0.2
     assert per_image["challenge_score"].mean() > max(t["challenge_score"] for t in trivial) + 0.15
+    # and reaches what the default run reaches on any machine: 0.26-0.39 measured across CPUs,
+    # thread counts and the training choices of BENCHMARKS.md ("Sample workflow"), so a broken
+    # stage (no learning, a wrong normalisation, a lost watershed) fails here
+    assert per_image["challenge_score"].mean() > 0.25, per_image["challenge_score"].mean()
+    assert per_image["pixel_iou"].mean() > 0.6
 
 
 def test_every_rule_logged_and_the_summary_was_printed(sample_run):
