@@ -259,6 +259,11 @@ def _open_tiff(path: Path, name: str) -> LazyImage:
     """Memory-map an uncompressed contiguous TIFF, else open it through tifffile's zarr store."""
     try:
         with tifffile.TiffFile(path) as tif:
+            if len(tif.series) > 1:  # pages that are separate images, not one image's pyramid
+                raise ValueError(
+                    f"{name}: TIFF of {len(tif.pages)} pages in {len(tif.series)} images (a z-stack, time series or channels as "
+                    "pages); nucseg segments one 2-D image per file: save the page (or a projection) to segment as a file of its own"
+                )
             series = tif.series[0]
             axes, shape, contiguous = series.axes, series.shape, series.dataoffset is not None
         mapped = {"YX": "YX", "YXS": "YXC", "YXC": "YXC", "SYX": "CYX", "CYX": "CYX"}.get(axes)

@@ -92,3 +92,17 @@ def test_missing_and_broken_files_are_named(tmp_path):
     (tmp_path / "x.png").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="x.png: not a readable image"):
         open_image(tmp_path / "x.png")
+
+
+def test_a_multi_page_tiff_is_refused_with_its_page_count(tmp_path):
+    """Pages that are separate images (no stack metadata): never silently the first one."""
+    import tifffile
+
+    from nucseg.bigimage import open_image
+
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for k in range(3):
+            tif.write(np.full((40, 50), 10 * k, np.uint8), metadata=None)
+    with pytest.raises(ValueError, match=r"pages.tif: TIFF .*(3 pages|IYX).* one 2-D"):
+        open_image(path)
