@@ -401,6 +401,127 @@ def run_epoch(
     return total / max(n, 1), (float(np.mean(np.atleast_1d(inter)[seen] / union[seen])) if seen.any() else 1.0)
 
 
+class TrainState:
+    """What a training run carries from epoch to epoch, and its checkpoint.
+
+    The model, optimiser, scheduler, gradient scaler and sampling generator (updated in place),
+    the history, the best validation IoU and its weights, and the count of epochs without a
+    better one. :meth:`save` writes all of it with every random state after an epoch;
+    :meth:`resume` restores it from a checkpoint written with the same identity
+    (:func:`checkpoint_identity`), so that the run ends where an uninterrupted one would.
+    """
+
+    def __init__(self, model, optimizer, scheduler, scaler, generator: torch.Generator) -> None:
+        self.model, self.optimizer, self.scheduler, self.scaler, self.generator = model, optimizer, scheduler, scaler, generator
+        self.epoch, self.history, self.best, self.best_state, self.bad_epochs = 0, [], -1.0, None, 0
+
+    def record(self, epoch: int, val_iou: float) -> None:
+        """After an epoch: keep the weights when the validation IoU is strictly the best so far."""
+        self.epoch = epoch
+        if val_iou > self.best:
+            self.best, self.bad_epochs = val_iou, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+
+    def save(self, path: Path, identity: dict) -> None:
+        """The checkpoint, atomically, through a file object: a full disk then raises an OSError
+        that names the file (torch.save given a path reports only an inline_container.cc position)."""
+        with atomic_file(path) as tmp, open(tmp, "wb") as out:
+            torch.save(
+                dict(
+                    identity=identity,
+                    epoch=self.epoch,
+                    model=self.model.state_dict(),
+                    optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(),
+                    scaler=self.scaler.state_dict() if self.scaler else None,
+                    generator=self.generator.get_state(),
+                    rng=_rng_state(),
+                    history=self.history,
+                    best=self.best,
+                    best_state=self.best_state,
+                    bad_epochs=self.bad_epochs,
+                ),
+                out,
+            )
+
+    def resume(self, path: Path, identity: dict) -> bool:
+        """Restore from ``path`` if it is a readable checkpoint of the same identity; otherwise
+        log why and keep the fresh state. Returns whether it resumed."""
+        if not path.is_file():
+            return False
+        try:
+            # on the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest to the
+            # device. weights_only: tensors and plain data only, a pickled object is refused
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 (any unreadable file: train afresh, do not fail)
+            log.warning("%s is not a readable checkpoint (%s); starting afresh", path, exc)
+            return False
+        if ckpt.get("identity") != identity:
+            log.warning("%s was written with other settings, data or code; starting afresh", path)
+            return False
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.generator.set_state(ckpt["generator"])
+        _set_rng_state(ckpt["rng"])
+        self.epoch, self.history, self.best, self.best_state, self.bad_epochs = (
+            ckpt["epoch"],
+            ckpt["history"],
+            ckpt["best"],
+            ckpt["best_state"],
+            ckpt["bad_epochs"],
+        )
+        log.info("resuming from %s after epoch %d", path, self.epoch)
+        return True
+
+
+def write_model_folder(
+    out_dir: str | os.PathLike,
+    best_state: dict,
+    table: pd.DataFrame,
+    settings: TrainSettings,
+    task: Task,
+    architecture: str,
+    model_config: dict,
+    invert_dark: bool,
+    device: torch.device,
+) -> dict:
+    """The model folder (weights.pt of the best epoch, config.json, history.csv, curves.png),
+    written under a temporary name and renamed; returns the contents of config.json."""
+    best_row = table.loc[table["val_iou"].idxmax()]
+    config = dict(
+        nucseg_version=nucseg.__version__,
+        **task.describe(),
+        architecture=architecture,
+        model=model_config,
+        normalize=dict(low=NORMALIZE_LOW, high=NORMALIZE_HIGH, invert_dark=invert_dark),
+        train=asdict(settings),
+        device=device.type,
+        # reproducing the weights on a CPU needs the same torch build, thread count and
+        # instruction set (the kernels PyTorch picks for AVX2 and AVX-512 sum differently)
+        torch_version=torch.__version__,
+        cpu_threads=torch.get_num_threads(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        best_epoch=int(best_row["epoch"]),
+        best_val_iou=float(best_row["val_iou"]),
+        epochs_run=len(table),
+    )
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        with open(tmp / "weights.pt", "wb") as out:
+            torch.save(best_state, out)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        table.to_csv(tmp / "history.csv", index=False)
+        from nucseg.plots import save_curves  # not a module-level import: a plot change does not retrain
+
+        save_curves(table, tmp / "curves.png", *task.curve_labels(settings))
+    log.info("best validation IoU %.4f at epoch %d; model in %s", config["best_val_iou"], config["best_epoch"], out_dir)
+    return config
+
+
 def train_model(
     stores: list[str],
     indexes: list[str],
@@ -473,33 +594,15 @@ def train_model(
     scheduler = make_scheduler(optimizer, settings.lr_patience)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
 
-    start, history, best, best_state, bad_epochs = 1, [], -1.0, None, 0
     ckpt_path = Path(checkpoint) if checkpoint else None
     identity = checkpoint_identity(settings, stores, indexes, task) if ckpt_path else None
-    ckpt = None
-    if ckpt_path and ckpt_path.is_file():
-        try:
-            # on the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest to the
-            # device. weights_only: tensors and plain data only, a pickled object is refused
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 (any unreadable file: train afresh, do not fail)
-            log.warning("%s is not a readable checkpoint (%s); starting afresh", ckpt_path, exc)
-    if ckpt is not None:
-        if ckpt.get("identity") == identity:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            generator.set_state(ckpt["generator"])
-            _set_rng_state(ckpt["rng"])
-            start, history, best, best_state, bad_epochs = ckpt["epoch"] + 1, ckpt["history"], ckpt["best"], ckpt["best_state"], ckpt["bad_epochs"]
-            log.info("resuming from %s after epoch %d", ckpt_path, ckpt["epoch"])
-        else:
-            log.warning("%s was written with other settings, data or code; starting afresh", ckpt_path)
+    state = TrainState(model, optimizer, scheduler, scaler, generator)
+    if ckpt_path:
+        state.resume(ckpt_path, identity)
+    start, history = state.epoch + 1, state.history
 
     for epoch in range(start, settings.epochs + 1):
-        if bad_epochs >= settings.stop_patience:
+        if state.bad_epochs >= settings.stop_patience:
             break
         t0 = time.perf_counter()
         train_set.epoch = epoch
@@ -510,11 +613,7 @@ def train_model(
             val_loss, val_iou = float("nan"), train_iou
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step(val_iou)
-        if val_iou > best:
-            best, bad_epochs = val_iou, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
+        state.record(epoch, val_iou)
         history.append(
             dict(epoch=epoch, lr=lr, train_loss=train_loss, train_iou=train_iou, val_loss=val_loss, val_iou=val_iou, seconds=time.perf_counter() - t0)
         )
@@ -530,55 +629,8 @@ def train_model(
             history[-1]["seconds"],
         )
         if ckpt_path:
-            # through a file object: a full disk then raises an OSError that names the file
-            # (torch.save given a path reports only an inline_container.cc position)
-            with atomic_file(ckpt_path) as tmp, open(tmp, "wb") as out:
-                torch.save(
-                    dict(
-                        identity=identity,
-                        epoch=epoch,
-                        model=model.state_dict(),
-                        optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(),
-                        scaler=scaler.state_dict() if scaler else None,
-                        generator=generator.get_state(),
-                        rng=_rng_state(),
-                        history=history,
-                        best=best,
-                        best_state=best_state,
-                        bad_epochs=bad_epochs,
-                    ),
-                    out,
-                )
-    if bad_epochs >= settings.stop_patience:
-        log.info("early stop: no better validation IoU for %d epochs", bad_epochs)
+            state.save(ckpt_path, identity)
+    if state.bad_epochs >= settings.stop_patience:
+        log.info("early stop: no better validation IoU for %d epochs", state.bad_epochs)
 
-    table = pd.DataFrame(history)
-    best_row = table.loc[table["val_iou"].idxmax()]
-    config = dict(
-        nucseg_version=nucseg.__version__,
-        **task.describe(),
-        architecture=architecture,
-        model=model_config,
-        normalize=dict(low=NORMALIZE_LOW, high=NORMALIZE_HIGH, invert_dark=invert_dark),
-        train=asdict(settings),
-        device=device.type,
-        # reproducing the weights on a CPU needs the same torch build, thread count and
-        # instruction set (the kernels PyTorch picks for AVX2 and AVX-512 sum differently)
-        torch_version=torch.__version__,
-        cpu_threads=torch.get_num_threads(),
-        cpu_capability=torch.backends.cpu.get_cpu_capability(),
-        best_epoch=int(best_row["epoch"]),
-        best_val_iou=float(best_row["val_iou"]),
-        epochs_run=len(table),
-    )
-    with atomic_dir(out_dir, overwrite=True) as tmp:
-        with open(tmp / "weights.pt", "wb") as out:
-            torch.save(best_state, out)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        table.to_csv(tmp / "history.csv", index=False)
-        from nucseg.plots import save_curves  # not a module-level import: a plot change does not retrain
-
-        save_curves(table, tmp / "curves.png", *task.curve_labels(settings))
-    log.info("best validation IoU %.4f at epoch %d; model in %s", config["best_val_iou"], config["best_epoch"], out_dir)
-    return config
+    return write_model_folder(out_dir, state.best_state, pd.DataFrame(history), settings, task, architecture, model_config, invert_dark, device)
