@@ -43,10 +43,6 @@ from nucseg.imageio import IMAGE_SUFFIXES, decode_image, read_image_info
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "fetch",
-    "sha256sum",
-    "verify_checksum",
-    "is_url",
     "unpack_zip",
     "download_dataset",
     "source_files",

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from nucseg.datasets import download_dataset, fetch, is_url, list_images, read_sample, sha256sum, source_files, unpack_zip, verify_checksum
-from nucseg.download import DownloadSettings
+from nucseg.datasets import download_dataset, list_images, read_sample, source_files, unpack_zip
+from nucseg.download import DownloadSettings, fetch, is_url, sha256sum, verify_checksum
 
 from .conftest import REPO, snakemake
 
