@@ -28,7 +28,7 @@ def test_shipped_model_folder_is_complete_and_loads():
     assert (PRETRAINED / "weights.pt").stat().st_size < 10_000_000  # a few MB, fit for the repository
     # the card states the validation scores per modality that config.json records
     card = (PRETRAINED / "MODEL_CARD.md").read_text()
-    assert "held-out" in card and all(m in card for m in ("fluorescence", "brightfield", "histology"))
+    assert "held-out" in card and all(m in card for m in ("fluorescence", "bright-field", "histology"))
 
 
 @pytest.mark.slow
