@@ -7,14 +7,17 @@ import zipfile
 
 import numpy as np
 import pandas as pd
+import pytest
 import tifffile
 import yaml
 from PIL import Image
 
-from .conftest import REPO, SHARED, snakemake
+from .conftest import REPO, snakemake
 
 
-def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path):
+@pytest.mark.parametrize("real", [False, True], ids=["synthetic", "with-real-fixture"])
+def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path, request, real):
+    """With the real 16-bit fixture of ../shared too (skipped, saying why, where it is absent)."""
     workdir = tmp_path / "run"
     shutil.copytree(sample_run[0], workdir, symlinks=True)  # keeps times: nothing of the sample reruns
     mine = tmp_path / "my images"
@@ -25,8 +28,8 @@ def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path):
     image[55:75, 70:95] = 60000
     tifffile.imwrite(mine / "field 1.tif", image)
     Image.fromarray((image // 256).astype(np.uint8)).save(mine / "field2.png")
-    fixture = SHARED / "data" / "fixtures" / "dsb2018_fluo_512_uint16.tif"
-    if fixture.is_file():
+    if real:
+        fixture = request.getfixturevalue("shared_data") / "fixtures" / "dsb2018_fluo_512_uint16.tif"
         shutil.copy(fixture, mine / "real.tif")
 
     # a config of one's own, as the README shows it: the sample's training set as in
@@ -53,7 +56,7 @@ def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path):
     # nothing is evaluated, so the sample's summary.csv, still there, is not printed as this run's
     assert (workdir / "results/summary.csv").exists() and "Summary (" not in result.stdout + result.stderr
     out = workdir / "results/segmentation/resunet/mine"
-    names = {"field 1", "field2"} | ({"real"} if fixture.is_file() else set())
+    names = {"field 1", "field2"} | ({"real"} if real else set())
     assert {p.stem for p in (out / "labels").glob("*.tif")} == names
     labels = tifffile.imread(out / "labels" / "field 1.tif")
     assert labels.shape == (90, 120) and labels.dtype == np.uint16
@@ -64,7 +67,7 @@ def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path):
     assert (objects["image_id"] == "field 1").sum() >= 1, objects.to_string()
     per_image = pd.read_csv(out / "images.csv", dtype={"image_id": str}).set_index("image_id")
     assert per_image.loc["field 1", "count"] == (objects["image_id"] == "field 1").sum()
-    if fixture.is_file():
+    if real:
         assert (objects["image_id"] == "real").sum() > 50  # the real fixture holds 125 nuclei
     index = pd.read_csv(workdir / "results/preprocessed/mine/full_index.csv")
     assert index.set_index("image_id").loc["field 1", "bit_depth"] == 16
