@@ -48,7 +48,7 @@ def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path, r
     dry = snakemake(workdir, "--cores", "2", "-n", *override)
     assert dry.returncode == 0, dry.stderr[-3000:]
     scheduled = {line.split()[1].rstrip(":") for line in dry.stdout.splitlines() if line.startswith(("rule ", "localrule "))}
-    assert scheduled <= {"download", "preprocess_test", "predict", "segment", "all"}
+    assert scheduled <= {"download", "preprocess_test", "predict", "segment", "image_tables", "all"}
     assert "evaluate" not in scheduled and "train" not in scheduled
 
     result = snakemake(workdir, "--cores", "2", *override)
@@ -78,9 +78,9 @@ def test_own_images_are_segmented_with_the_trained_model(sample_run, tmp_path, r
     dry = snakemake(workdir, "--cores", "2", "-n", *override)
     assert dry.returncode == 0, dry.stderr[-3000:]
     scheduled = {line.split()[1].rstrip(":") for line in dry.stdout.splitlines() if line.startswith(("rule ", "localrule "))}
-    assert {"download", "preprocess_test", "predict", "segment"} <= scheduled <= {"download", "preprocess_test", "predict", "segment", "all"}, dry.stdout[
-        -3000:
-    ]
+    assert {"download", "preprocess_test", "predict", "segment"} <= scheduled <= {"download", "preprocess_test", "predict", "segment", "image_tables", "all"}, (
+        dry.stdout[-3000:]
+    )
 
 
 def test_a_dsb_test_set_without_ground_truth(sample_run, tmp_path):
@@ -111,4 +111,4 @@ def test_a_dsb_test_set_without_ground_truth(sample_run, tmp_path):
 
     contradiction = f"datasets={{mine: {{source: '{archive}', layout: images, role: test, evaluate: true}}}}"
     refused = snakemake(workdir, "--cores", "2", "-n", "--config", contradiction)
-    assert refused.returncode != 0 and "dataset 'mine' has layout: images (no ground truth) and evaluate: true" in refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "datasets.mine.evaluate: true, but layout: images has no ground truth" in refused.stdout + refused.stderr
