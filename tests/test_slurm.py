@@ -150,7 +150,8 @@ def test_sample_workflow_on_slurm_equals_the_local_run(slurm_cluster, sample_run
     assert sorted(ids.values()) == [
         "group_prepare_download_preprocess_test",
         "group_prepare_download_preprocess_train",
-        "group_score_aggregate_evaluate_image_tables_plots_qc_segment",
+        "group_score_aggregate_evaluate_plots_qc_segment",
+        "rule_image_tables",
         "rule_predict",
         "rule_train",
         "rule_training_curves",
