@@ -78,8 +78,6 @@ def _nucseg_imports(text: str, package: Path, current: str | None = None) -> set
             name = ".".join(parts[:k])
             if _module_path(package, name).is_file():
                 found.add(name)
-                if _module_path(package, name).name == "__init__.py":
-                    found.add(name)
                 return
 
     tree = ast.parse(text)

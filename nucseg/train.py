@@ -214,14 +214,10 @@ class CropDataset(Dataset):
             by_store.setdefault(store, []).append(k)
         for store, ks in by_store.items():
             labels = zarr.open_group(self.stores[store], mode="r")["labels"]
-            for start in range(0, labels.shape[0], 256):
-                block = np.asarray(fn(labels[start : start + 256]))
-                if out is None:
-                    out = np.zeros((len(self.items),) + block.shape[1:], dtype=block.dtype)
-                for k in ks:
-                    j = self.items[k][1] - start
-                    if 0 <= j < len(block):
-                        out[k] = block[j]
+            values = np.concatenate([np.asarray(fn(labels[start : start + 256])) for start in range(0, labels.shape[0], 256)])
+            if out is None:
+                out = np.zeros((len(self.items),) + values.shape[1:], dtype=values.dtype)
+            out[ks] = values[[self.items[k][1] for k in ks]]
         return out if out is not None else np.zeros(0)
 
 
