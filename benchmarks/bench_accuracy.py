@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 import nucseg
 from nucseg.bigimage import LazyImage
@@ -55,8 +56,8 @@ CONFIG = ROOT / "config" / "pretrained.yaml"
 DATASET = "stage1_train_fixed"
 
 
-def run_pipeline(workdir: Path, target: str, cores: int) -> None:
-    """The workflow with config/pretrained.yaml, up to ``target``, in ``workdir``."""
+def run_pipeline(workdir: Path, config: Path, target: str, cores: int) -> None:
+    """The workflow with ``config`` (default config/pretrained.yaml), up to ``target``, in ``workdir``."""
     command = [
         sys.executable,
         "-m",
@@ -68,7 +69,7 @@ def run_pipeline(workdir: Path, target: str, cores: int) -> None:
         "--directory",
         str(workdir),
         "--configfile",
-        str(CONFIG),
+        str(config),
         "--replace-workflow-config",
         target,
     ]
@@ -185,6 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="model folder to score (default: the shipped model, or the trained one with --train)")
     parser.add_argument("--train", action="store_true", help="train the model first with config/pretrained.yaml (the shipped model's run)")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="config of --train (config/published.yaml: the published method)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "accuracy", help="the pipeline's working directory")
     parser.add_argument("--tta", choices=["off", "on", "both"], default="both", help="test-time augmentation (8 flips/rotations)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (training and scoring)")
@@ -200,13 +202,14 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.train:
-        model_dir = args.model or args.workdir / "results" / "models" / "pretrained"
-        target = "results/models/pretrained"
+        name = next(iter(yaml.safe_load(args.config.read_text())["models"]))
+        model_dir = args.model or args.workdir / "results" / "models" / name
+        target = f"results/models/{name}"
     else:
         model_dir = args.model or Path(nucseg.PRETRAINED_MODEL)
         target = f"results/preprocessed/{DATASET}/train_index.csv"
     if not args.skip_pipeline:
-        run_pipeline(args.workdir, target, args.threads)
+        run_pipeline(args.workdir, args.config.resolve(), target, args.threads)
     train_s = time.perf_counter() - t0
     torch.set_num_threads(args.threads)
     index = pd.read_csv(args.workdir / "results" / "preprocessed" / DATASET / "train_index.csv", dtype={"image_id": str})

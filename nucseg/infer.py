@@ -249,6 +249,13 @@ def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettin
     stream_tiled(predictor, predictor.normalizer(image), image.shape, len(predictor.heads), sink, settings.tile, settings.margin, settings.batch, flush_rows)
 
 
+def to_float16(array: np.ndarray) -> np.ndarray:
+    """``array.astype(np.float16)``, bit for bit, through PyTorch's vectorised conversion: numpy
+    converts values below float16's smallest normal number (probabilities under 6e-5, most of a
+    map's background) in a slow software path, up to 40x slower (0.11 s per 2 megapixels)."""
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(torch.float16).numpy()
+
+
 def predict_to_zarr(predictor: Predictor, image: LazyImage, group: zarr.Group, name: str, settings: PredictSettings) -> zarr.Array:
     """Predict one image into ``group[name]``: ``(K, H, W)`` float16 in [0, 1], chunks ``(K, chunk, chunk)``,
     written chunk row by chunk row (memory: a row of windows and a row of chunks, whatever the image size)."""
@@ -259,7 +266,7 @@ def predict_to_zarr(predictor: Predictor, image: LazyImage, group: zarr.Group, n
     start = time.perf_counter()
 
     def sink(row: int, block: np.ndarray) -> None:
-        array[:, row : row + block.shape[1]] = block.astype(np.float16)
+        array[:, row : row + block.shape[1]] = to_float16(block)
 
     predict_lazy(predictor, image, settings, sink, flush_rows=min(h, c))
     seconds = time.perf_counter() - start

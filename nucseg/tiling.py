@@ -247,6 +247,12 @@ def stream_tiled(
         raise ValueError(f"batch must be >= 1, got {batch}")
     pads, windows = plan_windows(shape, tile, margin, multiple)
     iy, ix = (mirror_index(n, *p) for n, p in zip(shape, pads))
+    if len(windows) == 1:  # the image fits in one window: nothing to blend
+        (win,) = windows
+        result = np.asarray(fn(read(iy, ix)[None])[0], np.float32)
+        (top, _), (left, _) = pads
+        sink(0, result[:, top : top + shape[0], left : left + shape[1]])
+        return
     blender = _Blender(shape, pads, n_out, sink, flush_rows)
     for i in range(0, len(windows), batch):
         group = windows[i : i + batch]
