@@ -6,9 +6,10 @@ labels (smoothed foreground; ../shared/data/fixtures), and an RGB image store be
 runs everything after the network as the segment rule does (:func:`nucseg.postprocess.segment_image`:
 statistics, chunked watershed, measurements, label TIFF, GeoJSON, OME-Zarr) and reports
 seconds, megapixels per second and the peak resident memory of the child. Right before and
-after, the child times an eager forward pass of resunet-small on a 1024 x 1024 tile (the
-predict stage's network, same thread count; the mean of the two, so that both see the same
-machine load) and the segment share of predict + segment is printed. The peak RSS includes
+after, the child times the forward pass of resunet-small on a 1024 x 1024 tile (the predict
+stage's network, same thread count; the mean of the two, so that both see the same machine
+load) with eager PyTorch and with ONNX Runtime (the predict stage's engine on a CPU), and the
+segment share of predict + segment is printed against each. The peak RSS includes
 the forward pass (about 0.5 GB of activations at 1024 x 1024).
 
     nice -n 10 python benchmarks/bench_segment.py 2048 8192 [--threads 1] [--no-outputs]
@@ -75,22 +76,29 @@ def child(size: int, threads: int, outputs: bool) -> dict:
             seconds = time.perf_counter() - start
         predict.append(predict_seconds_per_mp(threads))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"size": size, "nuclei": row["count"], "seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before, "predict_s_per_mp": float(np.mean(predict))}
+    mean = {name: float(np.mean([p[name] for p in predict])) for name in predict[0]}
+    return {"size": size, "nuclei": row["count"], "seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before, "predict_s_per_mp": mean}
 
 
-def predict_seconds_per_mp(threads: int) -> float:
+def predict_seconds_per_mp(threads: int) -> dict[str, float]:
+    """Seconds per megapixel of resunet-small's forward pass on a 1024 x 1024 tile: eager
+    PyTorch and ONNX Runtime (the predict stage's engine on a CPU)."""
     import torch
 
+    from nucseg.infer import EagerEngine, OnnxEngine
     from nucseg.model import PRESETS, ResUNet
 
     torch.set_num_threads(threads)
+    torch.manual_seed(0)
     model = ResUNet(PRESETS["resunet-small"]).eval()
-    x = torch.rand(1, 3, 1024, 1024)
-    with torch.inference_mode():
-        model(x[..., :256, :256])
+    x = np.random.default_rng(0).random((1, 3, 1024, 1024), dtype=np.float32)
+    seconds = {}
+    for name, engine in (("eager", EagerEngine(model, torch.device("cpu"))), ("onnx", OnnxEngine(model, None))):
+        engine(x[..., :256, :256])
         start = time.perf_counter()
-        model(x)
-        return (time.perf_counter() - start) / (1024 * 1024 / 1e6)
+        engine(x)
+        seconds[name] = (time.perf_counter() - start) / (1024 * 1024 / 1e6)
+    return seconds
 
 
 def main() -> None:
@@ -105,17 +113,17 @@ def main() -> None:
         return
     if not FIXTURES.is_dir():
         sys.exit(f"{FIXTURES} not found (../shared/data)")
-    print(f"segment with all outputs: {not args.no_outputs}; {args.threads} thread(s); predict = eager resunet-small forward on a 1024^2 tile")
-    print(f"{'size':>7} {'nuclei':>8} {'seconds':>8} {'s/MP':>6} {'MP/s':>6} {'peak RSS MB':>11} {'predict s/MP':>12} {'segment share':>13}")
+    print(f"segment with all outputs: {not args.no_outputs}; {args.threads} thread(s); predict = resunet-small forward, 1024^2 tile, eager and ONNX")
+    print(f"{'size':>7} {'nuclei':>8} {'seconds':>8} {'s/MP':>6} {'MP/s':>6} {'peak RSS MB':>11} {'eager s/MP':>10} {'share':>6} {'onnx s/MP':>9} {'share':>6}")
     for size in args.sizes:
         cmd = [sys.executable, __file__, "--child", str(size), "--threads", str(args.threads)] + (["--no-outputs"] if args.no_outputs else [])
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         mp = size * size / 1e6
         per_mp = r["seconds"] / mp
-        predict = r["predict_s_per_mp"]
+        eager, onnx = r["predict_s_per_mp"]["eager"], r["predict_s_per_mp"]["onnx"]
         print(
-            f"{size:>7} {r['nuclei']:>8} {r['seconds']:>8.1f} {per_mp:>6.2f} {1 / per_mp:>6.2f} "
-            f"{r['peak_rss_mb']:>11.0f} {predict:>12.2f} {per_mp / (per_mp + predict):>13.2f}",
+            f"{size:>7} {r['nuclei']:>8} {r['seconds']:>8.1f} {per_mp:>6.2f} {1 / per_mp:>6.2f} {r['peak_rss_mb']:>11.0f} "
+            f"{eager:>10.2f} {per_mp / (per_mp + eager):>6.2f} {onnx:>9.2f} {per_mp / (per_mp + onnx):>6.2f}",
             flush=True,
         )
 
