@@ -82,11 +82,12 @@ def _convex_areas(label_of_pixel: np.ndarray, yy: np.ndarray, xx: np.ndarray, pr
     """Pixels of each object's convex hull as :func:`skimage.morphology.convex_hull_image`
     counts them: the hull of the pixels' edge midpoints, pixel centres inside or on it.
 
-    The row ends of all objects are found at once; only the hull itself (OpenCV) is computed
+    The pixels are given in row-major order (as ``np.flatnonzero`` lists them). The row ends
+    of all objects are found at once; only the hull itself (OpenCV) is computed
     object by object; the pixel centres inside are counted row by row for all objects at once.
     """
     # first and last pixel of every (object, row)
-    order = np.lexsort((xx, yy, label_of_pixel))
+    order = np.argsort(label_of_pixel, kind="stable")  # the pixels come in row-major order
     lab, row, col = label_of_pixel[order], yy[order], xx[order]
     start = np.flatnonzero(np.r_[True, (lab[1:] != lab[:-1]) | (row[1:] != row[:-1])])
     first, last = col[start], np.r_[col[start[1:] - 1], col[-1]]
@@ -94,12 +95,13 @@ def _convex_areas(label_of_pixel: np.ndarray, yy: np.ndarray, xx: np.ndarray, pr
     objects = np.searchsorted(present, run_label)
     bounds = np.flatnonzero(np.r_[True, objects[1:] != objects[:-1], True])
     diamond = np.array([[-0.5, 0], [0.5, 0], [0, -0.5], [0, 0.5]], np.float32)
-    points = np.concatenate([np.stack([first, run_row], 1), np.stack([last, run_row], 1)]).astype(np.float32)
-    n_runs = run_row.size
-    hulls = []
-    for i in range(present.size):
-        ends = np.concatenate([points[bounds[i] : bounds[i + 1]], points[n_runs + bounds[i] : n_runs + bounds[i + 1]]])
-        hulls.append(cv2.convexHull((ends[:, None, :] + diamond).reshape(-1, 1, 2)).reshape(-1, 2))
+    # the four edge midpoints of every run end, grouped object by object (first ends, then
+    # last ends: the order within an object does not change its hull)
+    ends = np.concatenate([np.stack([first, run_row], 1), np.stack([last, run_row], 1)]).astype(np.float32)
+    ends = ends[np.argsort(np.r_[objects, objects], kind="stable")]
+    points = (ends[:, None, :] + diamond).reshape(-1, 1, 2)
+    cuts = 8 * bounds
+    hulls = [cv2.convexHull(points[cuts[i] : cuts[i + 1]]).reshape(-1, 2) for i in range(present.size)]
     sizes = np.array([len(h) for h in hulls])
     hull = np.concatenate(hulls).astype(np.float64)
     nxt = np.arange(hull.shape[0]) + 1
@@ -155,8 +157,8 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
     grey = None
     if image is not None:
         image = np.asarray(image)
-        grey = image.mean(axis=2) if image.ndim == 3 else image.astype(np.float64)
-        if grey.shape != labels.shape:
+        grey = image
+        if image.shape[:2] != labels.shape or image.ndim not in (2, 3):
             raise ValueError(f"image {image.shape} and labels {labels.shape} differ in size")
     n = int(labels.max(initial=0))
     if n == 0:
@@ -208,7 +210,10 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
         }
     )
     if grey is not None:
-        integrated = total(np.asarray(grey, dtype=np.float64).ravel()[pixels])
+        # the mean over channels at the objects' pixels only (the same float64 values as the
+        # whole image's mean over its channel axis)
+        values = grey.reshape(-1, grey.shape[2])[pixels].mean(axis=1) if grey.ndim == 3 else grey.ravel()[pixels].astype(np.float64)
+        integrated = total(values)
         table["integrated_intensity"] = integrated
         table["mean_intensity"] = integrated / area
     return table[COLUMNS]

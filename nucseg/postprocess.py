@@ -166,6 +166,37 @@ def _read(maps, channel: int, window: tuple[slice, slice]) -> np.ndarray:
     return np.asarray(maps[(channel, *window)], dtype=np.float32)
 
 
+def _histogram(maps, channel: int, blocks: list) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The 256-bin histogram of one channel between its minimum and maximum, as
+    ``np.histogram`` of the whole channel in float32 gives it (None, None for a constant map).
+
+    A float16 map (the predict stage's) is read once: its values are counted by bit pattern
+    (65,536 at most), and the distinct values, weighted by their counts, are binned by
+    ``np.histogram`` itself, so every value lands in the bin it would have alone. Other types
+    are read twice (range, then histogram)."""
+    if np.dtype(maps.dtype) == np.float16:
+        patterns = np.zeros(1 << 16, np.int64)
+        for w in blocks:
+            patterns += np.bincount(np.ascontiguousarray(maps[(channel, *w)]).view(np.uint16).ravel(), minlength=1 << 16)
+        present = np.flatnonzero(patterns)
+        values = present.astype(np.uint16).view(np.float16).astype(np.float32)
+        if not np.isnan(values).any():
+            low, high = values.min(), values.max()
+            if low == high:
+                return None, None
+            counts, edges = np.histogram(values, bins=256, range=(low, high), weights=patterns[present])
+            return counts.astype(np.int64), edges
+    mins, maxs = zip(*((float(b.min()), float(b.max())) for b in (_read(maps, channel, w) for w in blocks)))
+    low, high = np.float32(min(mins)), np.float32(max(maxs))
+    if low == high:
+        return None, None
+    counts = np.zeros(256, np.int64)
+    for w in blocks:
+        block_counts, edges = np.histogram(_read(maps, channel, w), bins=256, range=(low, high))
+        counts += block_counts
+    return counts, edges
+
+
 def map_statistics(maps, channel: int, settings: SegmentSettings) -> tuple[float, int]:
     """Foreground threshold and marker spacing of a whole map, read block by block.
 
@@ -194,15 +225,10 @@ def map_statistics(maps, channel: int, settings: SegmentSettings) -> tuple[float
         threshold = float(settings.threshold)
     else:
         lo, hi = settings.otsu_bounds
-        mins, maxs = zip(*((float(b.min()), float(b.max())) for b in (_read(maps, channel, w) for w in blocks)))
-        low, high = np.float32(min(mins)), np.float32(max(maxs))
-        if low == high:
+        counts, edges = _histogram(maps, channel, blocks)
+        if counts is None:
             threshold = 0.5 * (lo + hi)
         else:
-            counts = np.zeros(256, np.int64)
-            for w in blocks:
-                block_counts, edges = np.histogram(_read(maps, channel, w), bins=256, range=(low, high))
-                counts += block_counts
             centres = (edges[:-1] + edges[1:]) / 2.0
             threshold = float(np.clip(threshold_otsu(hist=(counts, centres)), lo, hi))
     pixels = components = 0

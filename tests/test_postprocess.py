@@ -280,6 +280,24 @@ def test_otsu_equals_skimage_on_the_whole_map():
     assert foreground_threshold(prob, SegmentSettings(otsu_bounds=(0, 1))) == pytest.approx(float(threshold_otsu(prob)), abs=0)
 
 
+@pytest.mark.parametrize("skew", [0.0, 3.0])
+def test_otsu_of_a_float16_map_read_once_equals_skimage(skew):
+    """The predict stage's float16 maps are counted by bit pattern in one pass: the threshold
+    is skimage's Otsu of the whole map in float32, subnormal probabilities and exact zeros
+    included."""
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(1)
+    prob = np.clip(rng.normal(0.45, 0.2, (2, 2500, 2200)), 0, 1) ** (1 + skew)
+    prob[0, :40] = 1e-7  # float16 subnormals
+    prob = prob.astype(np.float16)
+    expected = float(threshold_otsu(prob[0].astype(np.float32)))
+    threshold, _ = map_statistics(prob, 0, SegmentSettings(otsu_bounds=(0, 1)))
+    assert threshold == pytest.approx(expected, abs=0)
+    threshold, _ = map_statistics(zarr.array(prob, chunks=(1, 1000, 1000)), 0, SegmentSettings(otsu_bounds=(0, 1)))
+    assert threshold == pytest.approx(expected, abs=0)
+
+
 def test_objects_wider_than_the_overlap_are_reported(caplog):
     prob = np.zeros((256, 256), np.float32)
     prob[100:160, 20:200] = 0.9  # 180 pixels wide, over a chunk border, overlap 16
