@@ -32,7 +32,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from nucseg.imageio import IMAGE_SUFFIXES, has_dark_nuclei, read_image_info, to_rgb_uint8
+from nucseg.imageio import IMAGE_SUFFIXES, guess_modality, read_image_info, to_rgb_uint8
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,13 @@ class LazyImage:
         if not (self.dtype == bool or np.issubdtype(self.dtype, np.integer) or np.issubdtype(self.dtype, np.floating)):
             raise TypeError(f"{name}: unsupported pixel type {self.dtype}")
         self._range: tuple[float, float] | None = None
+
+    def describe(self) -> dict:
+        """``bit_depth`` and ``channels`` of the stored pixels, as :func:`nucseg.imageio.describe_pixels`
+        gives them for the decoded file (alpha counted)."""
+        shape = tuple(self.array.shape)
+        channels = 1 if self.axes == "YX" else int(shape[0 if self.axes == "CYX" else 2])
+        return dict(bit_depth=1 if self.dtype == bool else self.dtype.itemsize * 8, channels=channels)
 
     def raw(self, rows: slice, cols: slice) -> np.ndarray:
         """The stored pixels of a window, ``(h, w)`` or ``(h, w, C)``, alpha dropped."""
@@ -157,15 +164,20 @@ class ImageStatistics:
     ----------
     histogram : (256,) ndarray of int64
         Counts of the uint8 values over all pixels and all 3 channels.
-    dark_nuclei : bool
-        :func:`nucseg.imageio.has_dark_nuclei` of the (subsampled) image.
+    modality : str
+        :func:`nucseg.imageio.guess_modality` of the (subsampled) image.
     stride : int
         The subsample's stride (1: the whole image).
     """
 
     histogram: np.ndarray
-    dark_nuclei: bool
+    modality: str
     stride: int
+
+    @property
+    def dark_nuclei(self) -> bool:
+        """:func:`nucseg.imageio.has_dark_nuclei` of the (subsampled) image."""
+        return self.modality != "fluorescence"
 
     def percentiles(self, low: float, high: float) -> tuple[float, float]:
         """Values at two percentiles, as :func:`numpy.percentile` (``method="linear"``) gives them
@@ -208,7 +220,7 @@ def image_statistics(image: LazyImage, max_subsample: int = SUBSAMPLE_PIXELS) ->
         histogram += np.bincount(block.ravel(), minlength=256)
         # block starts are multiples of the stride, so the block's own stride grid is the image's
         sub[rows.start // stride : -(-rows.stop // stride), cols.start // stride : -(-cols.stop // stride)] = block[::stride, ::stride]
-    return ImageStatistics(histogram=histogram, dark_nuclei=has_dark_nuclei(sub), stride=stride)
+    return ImageStatistics(histogram=histogram, modality=guess_modality(sub), stride=stride)
 
 
 def _ome_level0(group: zarr.Group, name: str) -> tuple[object, str]:

@@ -317,7 +317,15 @@ def _image_id(path: Path, root: Path) -> str:
     return "__".join(path.relative_to(root).with_suffix("").parts)
 
 
-def _image_path(root: Path, image_id: str, layout: str) -> Path:
+def image_path(root: str | os.PathLike, image_id: str, layout: str) -> Path:
+    """The image file of ``image_id`` in an unpacked dataset of ``layout``.
+
+    Raises
+    ------
+    ValueError
+        No such image; the message names the folder and the id.
+    """
+    root = Path(root)
     if layout == "dsb":
         candidates = sorted((root / image_id / "images").glob(f"{image_id}.*"))
     elif layout == "semantic":
@@ -453,7 +461,7 @@ def read_sample(
         ``class_values`` (the message names the file and the value).
     """
     root = Path(root)
-    image, info = read_image_info(_image_path(root, image_id, layout))
+    image, info = read_image_info(image_path(root, image_id, layout))
     shape = image.shape[:2]
     mask_dir = root / image_id / "masks"
     if layout == "semantic":

@@ -35,7 +35,8 @@ import zarr
 from scipy import ndimage as ndi
 from skimage.transform import resize
 
-from nucseg.datasets import list_images, load_solution, read_sample
+from nucseg.bigimage import ZARR_SUFFIXES, LazyImage, image_statistics, open_image
+from nucseg.datasets import Sample, image_path, list_images, load_solution, read_sample
 from nucseg.files import atomic_dir, write_csv
 from nucseg.imageio import guess_modality, intensity_range
 
@@ -313,6 +314,30 @@ def preprocess_training(
     return index
 
 
+def _lazy_image(dataset_dir, image_id: str, layout: str, solution: dict | None) -> LazyImage | None:
+    """The image opened for band-by-band reading (:func:`nucseg.bigimage.open_image`) when it
+    is a TIFF or zarr store with no ground truth, else None (read whole: PNG and JPEG are
+    decoded whole anyway, and ground truth is built in memory)."""
+    if layout == "semantic" or (Path(dataset_dir) / image_id / "masks").is_dir() or (solution is not None and image_id in solution):
+        return None
+    path = image_path(dataset_dir, image_id, layout)
+    if not path.name.lower().endswith((".tif", ".tiff") + ZARR_SUFFIXES):
+        return None
+    return open_image(path)
+
+
+def _copy_lazily(image: LazyImage, image_id: str, group: zarr.Group) -> Sample:
+    """Write ``image`` as ``group[image_id]`` (H, W, 3) uint8, one band of chunk rows at a time
+    (memory: one band); returns the :class:`Sample` its index row is made from."""
+    h, w = image.shape
+    chunk = (min(h, FULLSIZE_CHUNK), min(w, FULLSIZE_CHUNK))
+    array = group.create_array(image_id, shape=(h, w, 3), dtype="uint8", chunks=chunk + (3,))
+    for y in range(0, h, chunk[0]):
+        rows = slice(y, min(y + chunk[0], h))
+        array[rows] = image.read(rows, slice(0, w))
+    return Sample(image_id, image.rgb(), None, 0, image.describe())
+
+
 def preprocess_fullsize(
     dataset_dir: str | os.PathLike,
     out_zarr: str | os.PathLike,
@@ -337,6 +362,11 @@ def preprocess_fullsize(
         root = zarr.open_group(tmp, mode="w")
         img_group, lab_group = root.create_group("images"), root.create_group("labels")
         for image_id in ids:
+            lazy = _lazy_image(dataset_dir, image_id, layout, solution)
+            if lazy is not None:  # a TIFF or zarr without ground truth: copied band by band
+                modality = image_statistics(lazy).modality
+                rows.append(dict(_index_row(_copy_lazily(lazy, image_id, img_group), modality, names), has_labels=False))
+                continue
             sample = read_sample(dataset_dir, image_id, layout, solution, values)
             h, w = sample.image.shape[:2]
             chunk = (min(h, FULLSIZE_CHUNK), min(w, FULLSIZE_CHUNK))

@@ -316,3 +316,34 @@ def test_preprocess_fullsize_store_and_index(small_dataset, tmp_path, make_datas
     np.testing.assert_array_equal(lab[:], sample.labels)
     d = root["images"]["img_d"]
     assert d.shape == (1100, 40, 3) and d.chunks == (1024, 40, 3)
+
+
+def test_preprocess_fullsize_copies_a_large_tiff_band_by_band(tmp_path):
+    """An image without ground truth that is a tiled TIFF (16-bit, as microscopes write them)
+    is copied into the store one band of chunk rows at a time: the same pixels and index row
+    as reading it whole, and a peak of traced memory that does not grow with the image (four
+    times the pixels: well under twice the peak; reading whole would take four times)."""
+    import tracemalloc
+
+    import tifffile
+
+    from nucseg.imageio import guess_modality, read_image_info
+
+    rng = np.random.default_rng(0)
+    peaks = []
+    for h, w in ((2600, 3000), (5200, 6000)):
+        image = (rng.random((h // 8, w // 8)) * 4000).astype(np.uint16).repeat(8, 0).repeat(8, 1)
+        root = tmp_path / f"own{h}"
+        root.mkdir()
+        tifffile.imwrite(root / "slide.tif", image, tile=(256, 256), compression="zlib")
+        whole, info = read_image_info(root / "slide.tif")
+        tracemalloc.start()
+        index = preprocess_fullsize(root, tmp_path / f"full{h}.zarr", tmp_path / f"full{h}.csv", layout="images")
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        stored = zarr.open_group(tmp_path / f"full{h}.zarr", mode="r")["images/slide"]
+        np.testing.assert_array_equal(stored[:], whole)
+        row = index.iloc[0]
+        assert (row.height, row.width, row.bit_depth, row.channels) == (h, w, info["bit_depth"], info["channels"])
+        assert row.modality == guess_modality(whole[::2, ::2]) and not row.has_labels
+    assert peaks[1] < 2 * peaks[0], f"peaks {peaks[0] / 1e6:.0f} MB and {peaks[1] / 1e6:.0f} MB"
