@@ -9,7 +9,9 @@ seconds, megapixels per second and the peak resident memory of the child. Right 
 after, the child times the forward pass of resunet-small on a 1024 x 1024 tile (the predict
 stage's network, same thread count; the mean of the two, so that both see the same machine
 load) with eager PyTorch and with ONNX Runtime (the predict stage's engine on a CPU), and the
-segment share of predict + segment is printed against each. The peak RSS includes
+predict stage end to end with ONNX Runtime on a 1024 x 1024 image (statistics,
+normalisation, the pass, float16 zarr); the segment share of predict + segment is printed
+against each. The peak RSS includes
 the forward pass (about 0.5 GB of activations at 1024 x 1024).
 
     nice -n 10 python benchmarks/bench_segment.py 2048 8192 [--threads 1] [--no-outputs]
@@ -83,9 +85,12 @@ def child(size: int, threads: int, outputs: bool) -> dict:
 def predict_seconds_per_mp(threads: int) -> dict[str, float]:
     """Seconds per megapixel of resunet-small's forward pass on a 1024 x 1024 tile: eager
     PyTorch and ONNX Runtime (the predict stage's engine on a CPU)."""
+    import tifffile
     import torch
+    import zarr
 
-    from nucseg.infer import EagerEngine, OnnxEngine
+    from nucseg.bigimage import LazyImage
+    from nucseg.infer import EagerEngine, OnnxEngine, Predictor, PredictSettings, predict_to_zarr
     from nucseg.model import PRESETS, ResUNet
 
     torch.set_num_threads(threads)
@@ -93,11 +98,25 @@ def predict_seconds_per_mp(threads: int) -> dict[str, float]:
     model = ResUNet(PRESETS["resunet-small"]).eval()
     x = np.random.default_rng(0).random((1, 3, 1024, 1024), dtype=np.float32)
     seconds = {}
-    for name, engine in (("eager", EagerEngine(model, torch.device("cpu"))), ("onnx", OnnxEngine(model, None))):
+    onnx = OnnxEngine(model, None)
+    for name, engine in (("eager", EagerEngine(model, torch.device("cpu"))), ("onnx", onnx)):
         engine(x[..., :256, :256])
         start = time.perf_counter()
         engine(x)
         seconds[name] = (time.perf_counter() - start) / (1024 * 1024 / 1e6)
+    # the predict stage end to end with ONNX Runtime: statistics, normalisation, the pass,
+    # float16 maps written to zarr (the real fixture's pixels, tiled to 1024 x 1024)
+    grey = tifffile.imread(FIXTURES / "dsb2018_fluo_512_uint16.tif")
+    pixels = np.tile((grey.astype(np.float32) / grey.max() * 255).astype(np.uint8), (2, 2))
+    image = LazyImage(np.repeat(pixels[..., None], 3, axis=2), "YXC", "fixture")
+    settings = PredictSettings(engine="onnx")
+    predictor = Predictor(onnx, list(model.config.heads), None, False)
+    with tempfile.TemporaryDirectory() as tmp:
+        group = zarr.open_group(Path(tmp) / "maps.zarr", mode="w")
+        predict_to_zarr(predictor, image, group, "warm", settings)
+        start = time.perf_counter()
+        predict_to_zarr(predictor, image, group, "timed", settings)
+        seconds["stage"] = (time.perf_counter() - start) / (1024 * 1024 / 1e6)
     return seconds
 
 
@@ -114,16 +133,20 @@ def main() -> None:
     if not FIXTURES.is_dir():
         sys.exit(f"{FIXTURES} not found (../shared/data)")
     print(f"segment with all outputs: {not args.no_outputs}; {args.threads} thread(s); predict = resunet-small forward, 1024^2 tile, eager and ONNX")
-    print(f"{'size':>7} {'nuclei':>8} {'seconds':>8} {'s/MP':>6} {'MP/s':>6} {'peak RSS MB':>11} {'eager s/MP':>10} {'share':>6} {'onnx s/MP':>9} {'share':>6}")
+    print(
+        f"{'size':>7} {'nuclei':>8} {'seconds':>8} {'s/MP':>6} {'MP/s':>6} {'peak RSS MB':>11} {'eager s/MP':>10} {'share':>6} {'onnx s/MP':>9} {'share':>6}"
+        f" {'stage s/MP':>10} {'share':>6}"
+    )
     for size in args.sizes:
         cmd = [sys.executable, __file__, "--child", str(size), "--threads", str(args.threads)] + (["--no-outputs"] if args.no_outputs else [])
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         mp = size * size / 1e6
         per_mp = r["seconds"] / mp
-        eager, onnx = r["predict_s_per_mp"]["eager"], r["predict_s_per_mp"]["onnx"]
+        eager, onnx, stage = (r["predict_s_per_mp"][k] for k in ("eager", "onnx", "stage"))
         print(
             f"{size:>7} {r['nuclei']:>8} {r['seconds']:>8.1f} {per_mp:>6.2f} {1 / per_mp:>6.2f} {r['peak_rss_mb']:>11.0f} "
-            f"{eager:>10.2f} {per_mp / (per_mp + eager):>6.2f} {onnx:>9.2f} {per_mp / (per_mp + onnx):>6.2f}",
+            f"{eager:>10.2f} {per_mp / (per_mp + eager):>6.2f} {onnx:>9.2f} {per_mp / (per_mp + onnx):>6.2f} "
+            f"{stage:>10.2f} {per_mp / (per_mp + stage):>6.2f}",
             flush=True,
         )
 

@@ -186,14 +186,12 @@ def nucleus_features(labels: np.ndarray, table: pd.DataFrame, origin: tuple[int,
     dict
         ``{"type": "Feature", "id": ..., "geometry": Polygon, "properties": {...}}``.
     """
-    from scipy import ndimage as ndi
-
-    slices = ndi.find_objects(labels)
     names = [c for c in table.columns if c not in ("label", "image_id")]
     values = table[names].astype(object).where(table[names].notna(), None).to_dict("records")
-    for k, measurements in zip(table["label"].to_numpy(), values):
-        box = slices[k - 1]
-        ring = outline(labels[box] == k, (origin[0] + box[0].start, origin[1] + box[1].start))
+    # the table's bounding boxes, back in window coordinates
+    boxes = table[["bbox_min_y", "bbox_max_y", "bbox_min_x", "bbox_max_x"]].to_numpy() - np.repeat(origin, 2)
+    for k, measurements, (y0, y1, x0, x1) in zip(table["label"].to_numpy(), values, boxes.tolist()):
+        ring = outline(labels[y0:y1, x0:x1] == k, (origin[0] + y0, origin[1] + x0))
         if ring is None:
             continue
         label = int(k) + offset

@@ -537,7 +537,9 @@ def label_canvas(shape: tuple[int, int], scratch: str | os.PathLike) -> Iterator
         yield np.zeros(shape, np.uint32)
         return
     with tempfile.TemporaryDirectory(prefix=".labels.", dir=scratch) as tmp:
-        yield zarr.create_array(Path(tmp) / "labels.zarr", shape=shape, chunks=(1024, 1024), dtype=np.uint32, fill_value=0)
+        # LZ4: a scratch store written and read once per chunk, where zstd's ratio buys nothing
+        lz4 = zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")
+        yield zarr.create_array(Path(tmp) / "labels.zarr", shape=shape, chunks=(1024, 1024), dtype=np.uint32, fill_value=0, compressors=lz4)
 
 
 def segment_image(
