@@ -65,6 +65,9 @@ RUNS = {
     "wbc-unet-long": ("wbc", dict(model="unet", width=8, epochs=48, lr_patience=8, stop_patience=16), 128),
     # twice the width (about three times the compute per example)
     "isbi-unet-w16": ("isbi", dict(model="unet", width=16), 128),
+    # the largest budgets run here (one core, about 35 and 45 minutes): a late learning-rate drop
+    "wbc-unet-xl": ("wbc", dict(model="unet", width=8, epochs=300, lr_patience=20, stop_patience=40), 128),
+    "isbi-unet-xl": ("isbi", dict(model="unet", width=8, epochs=200, lr_patience=20, stop_patience=40), 128),
 }
 #: Dataset2 images are 300 x 300 around one cell, Dataset1's 120 x 120: its cells are about 2.5
 #: times larger in pixels. "wbc2s" is Dataset2 resized to 120 x 120 (labels by nearest neighbour),
