@@ -149,3 +149,22 @@ def test_label_tiff_uint32_above_65535(tmp_path):
     back = read_labels(tmp_path / "many.tif")
     assert back.dtype == np.uint32
     np.testing.assert_array_equal(back, labels)
+
+
+def test_geojson_file_holds_the_bytes_json_would_write(tmp_path):
+    """The writer's fast encoder (orjson) writes exactly what ``json.dumps`` with compact
+    separators writes, feature for feature, missing intensities (null) included."""
+    rng = np.random.default_rng(0)
+    labels = np.zeros((120, 150), np.uint32)
+    for k in range(1, 30):
+        y, x = rng.integers(5, 110), rng.integers(5, 140)
+        labels[y : y + rng.integers(2, 9), x : x + rng.integers(2, 9)] = k
+    table = measure_objects(labels)  # no image: the intensity columns are NaN
+    result = ChunkResult((slice(0, 120), slice(0, 150)), labels, int(labels.max()), 0, offset=7)
+    with ImageWriters(geojson_dir=tmp_path).geojson("x") as add:
+        add(result, table)
+    text = (tmp_path / "x.geojson").read_text()
+    features = list(nucleus_features(labels, table, (0, 0), 7))
+    expected = '{"type": "FeatureCollection", "features": [\n' + ",\n".join(json.dumps(f, separators=(",", ":")) for f in features) + "\n]}\n"
+    assert text == expected
+    assert json.loads(text)["features"][0]["properties"]["measurements"]["mean_intensity"] is None
