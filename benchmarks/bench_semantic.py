@@ -68,6 +68,8 @@ RUNS = {
     # the largest budgets run here (one core, about 35 and 45 minutes): a late learning-rate drop
     "wbc-unet-xl": ("wbc", dict(model="unet", width=8, epochs=300, lr_patience=20, stop_patience=40), 128),
     "isbi-unet-xl": ("isbi", dict(model="unet", width=8, epochs=200, lr_patience=20, stop_patience=40), 128),
+    # wider, on 256-pixel crops (more context per membrane), about an hour on one core
+    "isbi-unet-w16-256": ("isbi", dict(model="unet", width=16, epochs=120, samples_per_epoch=32, lr_patience=15, stop_patience=30), 256),
 }
 #: Dataset2 images are 300 x 300 around one cell, Dataset1's 120 x 120: its cells are about 2.5
 #: times larger in pixels. "wbc2s" is Dataset2 resized to 120 x 120 (labels by nearest neighbour),
@@ -123,7 +125,7 @@ def prepare(work: Path) -> dict:
             download_dataset(str(archive), folder / "data", layout="semantic", subdir=subdir)
             preprocess_fullsize(folder / "data", out["full"], out["full_index"], "semantic", read_id_list(config / train_ids) if train_ids else (), classes)
         if heldout:
-            for size in (128,):
+            for size in sorted({size for dataset, _, size in RUNS.values() if dataset == name}):
                 store, index = folder / f"train{size}.zarr", folder / f"train{size}_index.csv"
                 if not index.exists():
                     preprocess_training(
@@ -160,10 +162,12 @@ def network(name: str, data: dict, work: Path, reuse: bool = False) -> list[dict
         seconds = time.perf_counter() - t0
     budget = f"{settings.model} w{settings.width}, {config['epochs_run']} ep x {settings.samples_per_epoch} crops {size}px, {seconds / 60:.1f} min"
     results = []
-    for test in [dataset] + (["wbc2", "wbc2s"] if dataset == "wbc" else []):
-        t = data[test]
+    # "wbc2@0.4": Dataset2 as it is, predicted with predict.scale 0.4 (its cells to Dataset1's size)
+    tests = [(dataset, dataset, 1.0)] + ([("wbc2", "wbc2", 1.0), ("wbc2s", "wbc2s", 1.0), ("wbc2@0.4", "wbc2", WBC2_SIDE / 300)] if dataset == "wbc" else [])
+    for test, source, scale in tests:
+        t = data[source]
         pred = work / "pred" / f"{name}_{test}.zarr"
-        predict_dataset(model_dir, t["full"], t["full_index"], pred, PredictSettings(device="cpu"), threads=1)
+        predict_dataset(model_dir, t["full"], t["full_index"], pred, PredictSettings(device="cpu", scale=scale), threads=1)
         labels, areas, per_image = work / "seg" / name / test, work / "seg" / f"{name}_{test}_areas.csv", work / "seg" / f"{name}_{test}_per_image.csv"
         task.segment(str(pred), t["full"], t["full_index"], dict(labels=str(labels), objects=str(areas)))
         table = task.evaluate(str(labels), t["full"], t["full_index"], str(per_image), test, name)

@@ -80,7 +80,7 @@ def output_names(images: list[str], out: Path, suffixes: tuple[str, ...] = (".ti
 def _predict_settings(args: argparse.Namespace):
     from nucseg.infer import PredictSettings
 
-    return PredictSettings(tta=args.tta, tile=args.tile, margin=args.margin, batch=args.batch, engine=args.engine, device=args.device)
+    return PredictSettings(tta=args.tta, tile=args.tile, margin=args.margin, batch=args.batch, engine=args.engine, device=args.device, scale=args.scale)
 
 
 def _open_predictor(args: argparse.Namespace):
@@ -247,6 +247,12 @@ def _add_predict_arguments(parser: argparse.ArgumentParser, out_help: str) -> No
         "--engine", default=defaults.engine, choices=ENGINES, help="eager: plain PyTorch; onnx: ONNX Runtime (CPU, faster); auto: onnx on CPU, eager on CUDA"
     )
     parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=defaults.scale,
+        help="resize windows by this factor before the network, maps back after: objects to the training size (0.5 for nuclei twice as large)",
+    )
     parser.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: PyTorch's, all cores)")
 
 

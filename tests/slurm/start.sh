@@ -74,7 +74,9 @@ done
 
 # --- configuration -----------------------------------------------------------------------
 HOST="$(hostname -s)"
-CPUS="$(nproc)"
+# nproc honours OMP_NUM_THREADS (a test run limited to one OpenMP thread would otherwise
+# declare a one-CPU node, on which the two-CPU train job waits forever: PartitionConfig)
+CPUS="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
 # slurmd -C prints e.g. "NodeName=vm CPUs=2 ... RealMemory=24105"
 MEM_TOTAL="$( (slurmd -C 2>/dev/null || true) | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -n1)"
 [ -n "$MEM_TOTAL" ] || MEM_TOTAL="$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)"
