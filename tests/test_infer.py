@@ -183,7 +183,7 @@ def test_predict_dataset_writes_the_documented_zarr(tiny_model, tmp_path):
     pd.DataFrame({"image_id": list(shapes)}).to_csv(tmp_path / "index.csv", index=False)
     predict_dataset(model_dir, tmp_path / "full.zarr", tmp_path / "index.csv", tmp_path / "pred.zarr", PredictSettings(chunk=64, tile=64, margin=16), threads=1)
     root = zarr.open_group(tmp_path / "pred.zarr", mode="r")
-    assert dict(root.attrs) == {"heads": ["body", "border"], "model": str(model_dir), "tta": False, "engine": "onnx"}
+    assert dict(root.attrs) == {"heads": ["body", "border"], "model": str(model_dir), "tta": False, "engine": "onnx", "scale": 1.0}
     for image_id, shape in shapes.items():
         array = root[image_id]
         assert array.shape == (2,) + shape and array.dtype == np.float16
