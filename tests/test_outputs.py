@@ -168,3 +168,32 @@ def test_geojson_file_holds_the_bytes_json_would_write(tmp_path):
     expected = '{"type": "FeatureCollection", "features": [\n' + ",\n".join(json.dumps(f, separators=(",", ":")) for f in features) + "\n]}\n"
     assert text == expected
     assert json.loads(text)["features"][0]["properties"]["measurements"]["mean_intensity"] is None
+
+
+def test_ome_zarr_labels_equal_the_librarys_write_labels(tmp_path):
+    """The labels group is written through ome-zarr's classes (skipping write_labels' pass
+    over every label value for metadata it drops): the same attributes and pyramid arrays as
+    ``ome_zarr.writer.write_labels`` writes."""
+    import dask.array as da
+    from ome_zarr.writer import write_labels
+
+    labels = np.random.default_rng(0).integers(0, 50, (700, 900)).astype(np.uint16)
+    write_ome_zarr(tmp_path / "ours.ome.zarr", None, labels, 50)
+    root = zarr.open_group(tmp_path / "library.ome.zarr", mode="w")
+    chunks = (outputs.OME_CHUNK, outputs.OME_CHUNK)
+    write_labels(
+        da.from_array(labels, chunks=chunks),
+        root,
+        name="nuclei",
+        scaler=None,
+        scale_factors=pyramid_factors(labels.shape),
+        axes="yx",
+        storage_options=dict(chunks=chunks),
+    )
+    for group in ("labels", "labels/nuclei"):
+        ours, theirs = (zarr.open_group(tmp_path / name / group, mode="r") for name in ("ours.ome.zarr", "library.ome.zarr"))
+        assert dict(ours.attrs) == dict(theirs.attrs), group
+    ours, theirs = (zarr.open_group(tmp_path / name / "labels/nuclei", mode="r") for name in ("ours.ome.zarr", "library.ome.zarr"))
+    assert sorted(ours.array_keys()) == sorted(theirs.array_keys()) == ["s0", "s1", "s2"]
+    for key in ours.array_keys():
+        np.testing.assert_array_equal(ours[key][:], theirs[key][:])
