@@ -53,6 +53,8 @@ METHODS = ("paper", "border")
 STATS_BLOCK = 2048
 #: Blocks the mean nucleus size is measured on, at most (evenly spread).
 STATS_SAMPLE = 16
+#: The 4-neighbour cross (scipy's default structure in 2-D), as an OpenCV kernel.
+CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8)
 #: Label images up to this many pixels are held in memory while they are built; larger
 #: ones go to a temporary zarr store chunk by chunk.
 IN_MEMORY_PIXELS = 4096 * 4096
@@ -282,9 +284,11 @@ def segment_window(body: np.ndarray, border: np.ndarray | None, threshold: float
     distance = distance_transform(seeds_mask)
     smooth = ndi.gaussian_filter(distance, 1.0)
     peaks = label_peaks(smooth, components, spacing)
-    markers = np.zeros(body.shape, np.int32)
+    markers = np.zeros(body.shape, np.uint8)
     markers[tuple(peaks.T)] = 1
-    markers, _ = ndi.label(ndi.binary_dilation(markers, iterations=1) & seeds_mask)
+    # ndi.binary_dilation(markers, iterations=1): the 4-neighbour cross, zero beyond the edge
+    grown = cv2.dilate(markers, CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    markers, _ = ndi.label(grown & seeds_mask)
     # components with no marker (tiny or cut away by the border) keep their own label
     marked = np.zeros(n + 1, bool)
     marked[components[markers > 0]] = True
@@ -308,6 +312,14 @@ def distance_transform(mask: np.ndarray) -> np.ndarray:
     return np.sqrt(np.rint(np.square(d, dtype=np.float64)))
 
 
+def _square_max(image: np.ndarray, square: np.ndarray) -> np.ndarray:
+    """``ndi.maximum_filter(image, footprint=square, mode="nearest")``, value for value (a
+    maximum is exact), through OpenCV's dilation: about 30x faster on a window."""
+    if image.dtype not in (np.float32, np.float64, np.uint8, np.uint16, np.int16) or min(image.shape) < 1:
+        return ndi.maximum_filter(image, footprint=square.astype(bool), mode="nearest")
+    return cv2.dilate(image, square, borderType=cv2.BORDER_REPLICATE)
+
+
 def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.ndarray:
     """Peaks of ``image`` per label: the same set of points as
     ``skimage.feature.peak_local_max(image, min_distance=min_distance, labels=labels, exclude_border=False)``,
@@ -328,14 +340,18 @@ def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.
         Row, column of each peak; order unspecified.
     """
     size = 2 * min_distance + 1
+    square = np.ones((size, size), np.uint8)
     threshold = image.min()
     inside = labels > 0
     low = np.finfo(image.dtype).min if np.issubdtype(image.dtype, np.floating) else np.iinfo(image.dtype).min
-    is_max = (image == ndi.maximum_filter(np.where(inside, image, low), size=size, mode="nearest")) & inside
-    # a label pixel whose square holds another label's pixel
-    top = np.iinfo(labels.dtype).max
-    highest = ndi.maximum_filter(labels, size=size, mode="nearest")
-    mixed = inside & ((highest != labels) | (ndi.minimum_filter(np.where(inside, labels, top), size=size, mode="nearest") != labels))
+    is_max = (image == _square_max(np.where(inside, image, low), square)) & inside
+    # a label pixel whose square holds another label's pixel (labels as float32: exact below 2^24)
+    if labels.max(initial=0) >= 1 << 24:
+        raise ValueError(f"label_peaks takes fewer than 2^24 labels per window, got {labels.max()}")
+    numbers = labels.astype(np.float32)
+    highest = _square_max(numbers, square)
+    lowest = -_square_max(np.where(inside, -numbers, -np.inf).astype(np.float32), square)
+    mixed = inside & ((highest != numbers) | (lowest != numbers))
     n = int(labels.max())
     slow = np.zeros(n + 1, bool)
     slow[labels[mixed]] = True
@@ -353,7 +369,7 @@ def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.
         if box.size == 1:
             peak = box > threshold
         else:
-            peak = box == ndi.maximum_filter(box, size=size, mode="nearest")
+            peak = box == _square_max(box, square)
             if peak[own].all():  # a plateau: no peak, except isolated pixels
                 peak[:] = False
                 peak[own ^ ndi.binary_opening(own)] = True
