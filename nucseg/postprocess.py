@@ -221,6 +221,12 @@ def map_statistics(maps, channel: int, settings: SegmentSettings) -> tuple[float
         block holding its bounding box's top-left corner; at most :data:`STATS_SAMPLE`
         blocks, evenly spread), at least 1.
     """
+    return _statistics(maps, channel, settings)[:2]
+
+
+def _statistics(maps, channel: int, settings: SegmentSettings) -> tuple[float, int, tuple | None]:
+    """:func:`map_statistics`, and the foreground it computed (window, mask, components, n)
+    when the image is one block: the segmentation of an image that small reuses it."""
     shape = tuple(maps.shape[1:])
     blocks = list(_blocks(shape, STATS_BLOCK))
     if settings.threshold != "otsu":
@@ -234,11 +240,14 @@ def map_statistics(maps, channel: int, settings: SegmentSettings) -> tuple[float
             centres = (edges[:-1] + edges[1:]) / 2.0
             threshold = float(np.clip(threshold_otsu(hist=(counts, centres)), lo, hi))
     pixels = components = 0
+    foreground = None
     # the mean nucleus size from at most STATS_SAMPLE blocks spread over the image (all of
     # an image up to 8192 x 8192)
     for core in blocks[:: -(-len(blocks) // STATS_SAMPLE)]:
         window = _grow(core, settings.overlap, shape)
         mask, labelled, n = _foreground(_read(maps, channel, window), threshold, settings)
+        if len(blocks) == 1:
+            foreground = (window, mask, labelled, n)
         if n == 0:
             continue
         y0, x0 = core[0].start - window[0].start, core[1].start - window[1].start
@@ -248,7 +257,7 @@ def map_statistics(maps, channel: int, settings: SegmentSettings) -> tuple[float
         components += int(np.count_nonzero((corners[:, 0] >= y0) & (corners[:, 0] < y1) & (corners[:, 1] >= x0) & (corners[:, 1] < x1)))
     mean_area = pixels / components if components else 0.0
     spacing = max(1, int(round(settings.marker_spacing * math.sqrt(mean_area / math.pi))))
-    return threshold, spacing
+    return threshold, spacing, foreground
 
 
 def foreground_threshold(prob: np.ndarray, settings: SegmentSettings) -> float:
@@ -259,7 +268,9 @@ def foreground_threshold(prob: np.ndarray, settings: SegmentSettings) -> float:
 # ---------------------------------------------------------------- one window
 
 
-def segment_window(body: np.ndarray, border: np.ndarray | None, threshold: float, spacing: int, settings: SegmentSettings) -> np.ndarray:
+def segment_window(
+    body: np.ndarray, border: np.ndarray | None, threshold: float, spacing: int, settings: SegmentSettings, foreground: tuple | None = None
+) -> np.ndarray:
     """Instances of one window, with the image's threshold and marker spacing.
 
     Parameters
@@ -269,13 +280,16 @@ def segment_window(body: np.ndarray, border: np.ndarray | None, threshold: float
         Touching-border probability (method ``border``), or None (method ``paper``).
     threshold, spacing : float, int
         From :func:`map_statistics` of the whole image.
+    foreground : (mask, components, n), optional
+        The window's foreground as the statistics pass computed it (an image of one block),
+        instead of computing it again.
 
     Returns
     -------
     (H, W) ndarray of int32
         0 is background; labels are not consecutive (objects under ``min_size`` removed).
     """
-    mask, components, n = _foreground(body, threshold, settings)
+    mask, components, n = _foreground(body, threshold, settings) if foreground is None else foreground
     if n == 0:
         return np.zeros(body.shape, np.int32)
     seeds_mask = mask
@@ -461,10 +475,13 @@ class ChunkResult:
         out[self.window] = region
 
 
-def _segment_chunk(maps, body: int, border: int | None, core: tuple[slice, slice], stats: tuple[float, int], settings: SegmentSettings) -> ChunkResult:
+def _segment_chunk(
+    maps, body: int, border: int | None, core: tuple[slice, slice], stats: tuple[float, int], settings: SegmentSettings, cached: tuple | None = None
+) -> ChunkResult:
     shape = tuple(maps.shape[1:])
     window = _grow(core, settings.overlap, shape)
-    labels = segment_window(_read(maps, body, window), None if border is None else _read(maps, border, window), *stats, settings)
+    foreground = cached[1:] if cached is not None and cached[0] == window else None
+    labels = segment_window(_read(maps, body, window), None if border is None else _read(maps, border, window), *stats, settings, foreground)
     n = int(labels.max(initial=0))
     if n == 0:
         return ChunkResult(window, np.zeros(labels.shape, np.uint32), 0, 0)
@@ -519,21 +536,22 @@ def segment_map(maps, heads: list[str] | tuple[str, ...], settings: SegmentSetti
         raise ValueError(f"the map has no 'body' channel (channels: {heads})")
     body = heads.index("body")
     border = heads.index("border") if use_border(settings, heads) else None
-    stats = map_statistics(maps, body, settings)
+    threshold, spacing, cached = _statistics(maps, body, settings)
+    stats = (threshold, spacing)
     cores = list(_blocks(tuple(maps.shape[1:]), settings.chunk))
     offset = cut = 0
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         pending: deque = deque()
         queue = iter(cores)
         for core in queue:
-            pending.append(pool.submit(_segment_chunk, maps, body, border, core, stats, settings))
+            pending.append(pool.submit(_segment_chunk, maps, body, border, core, stats, settings, cached))
             if len(pending) >= 2 * max(1, threads):
                 break
         while pending:
             result = pending.popleft().result()
             nxt = next(queue, None)
             if nxt is not None:
-                pending.append(pool.submit(_segment_chunk, maps, body, border, nxt, stats, settings))
+                pending.append(pool.submit(_segment_chunk, maps, body, border, nxt, stats, settings, cached))
             result.offset = offset
             offset += result.count
             cut += result.cut
