@@ -47,9 +47,9 @@ import nucseg
 from nucseg.bigimage import LazyImage
 from nucseg.datasets import read_sample
 from nucseg.imageio import invert, rescale_intensity
-from nucseg.infer import Predictor, PredictSettings, make_engine, open_predictor, predict_lazy
+from nucseg.infer import PredictSettings, open_predictor, predict_lazy
 from nucseg.metrics import evaluate_image, pixel_scores
-from nucseg.model import choose_device, load_model
+from nucseg.model import choose_device
 from nucseg.postprocess import SegmentSettings, segment_probability
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,8 +194,7 @@ def score_resized(model_dir: Path, workdir: Path) -> pd.DataFrame:
     if root.attrs.get("mode") != "resize":
         raise SystemExit(f"{store}: preprocess mode {root.attrs.get('mode')!r}; --protocol resize needs a config with preprocess.mode: resize")
     index = pd.read_csv(store.with_name("train_index.csv"), dtype={"image_id": str})
-    model, config = load_model(model_dir, "cpu")
-    predictor = Predictor(make_engine(model, PredictSettings(engine="auto"), torch.device("cpu")), model.config.heads, config.get("normalize"), False)
+    predictor = open_predictor(model_dir, PredictSettings(device="cpu"))
     body = predictor.heads.index("body")
     rows = []
     for row in index[index["split"] == "val"].itertuples():

@@ -32,7 +32,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from nucseg.imageio import IMAGE_SUFFIXES, guess_modality, read_image_info, to_rgb_uint8
+from nucseg.imageio import IMAGE_SUFFIXES, guess_modality, pixel_description, read_image_info, to_rgb_uint8
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,7 @@ class LazyImage:
         """``bit_depth`` and ``channels`` of the stored pixels, as :func:`nucseg.imageio.describe_pixels`
         gives them for the decoded file (alpha counted)."""
         shape = tuple(self.array.shape)
-        channels = 1 if self.axes == "YX" else int(shape[0 if self.axes == "CYX" else 2])
-        return dict(bit_depth=1 if self.dtype == bool else self.dtype.itemsize * 8, channels=channels)
+        return pixel_description(self.dtype, 1 if self.axes == "YX" else shape[0 if self.axes == "CYX" else 2])
 
     def raw(self, rows: slice, cols: slice) -> np.ndarray:
         """The stored pixels of a window, ``(h, w)`` or ``(h, w, C)``, alpha dropped."""

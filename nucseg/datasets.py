@@ -437,6 +437,19 @@ def _semantic_labels(root: Path, image_id: str, shape: tuple[int, int], class_va
     return to_class_index(labels, class_values, str(path))
 
 
+def ground_truth(root: str | os.PathLike, image_id: str, layout: str, solution: dict[str, np.ndarray] | None = None) -> str | None:
+    """Where :func:`read_sample` takes an image's ground truth from: ``"labels"`` (the semantic
+    layout's label file), ``"masks"`` (the dsb layout's masks folder), ``"solution"`` (the
+    decoded solution CSV), or None."""
+    if layout == "semantic":
+        return "labels"
+    if layout == "dsb" and (Path(root) / image_id / "masks").is_dir():
+        return "masks"
+    if solution is not None and image_id in solution:
+        return "solution"
+    return None
+
+
 def read_sample(
     root: str | os.PathLike, image_id: str, layout: str = "dsb", solution: dict[str, np.ndarray] | None = None, class_values: tuple[int, ...] | None = None
 ) -> Sample:
@@ -463,13 +476,13 @@ def read_sample(
     root = Path(root)
     image, info = read_image_info(image_path(root, image_id, layout))
     shape = image.shape[:2]
-    mask_dir = root / image_id / "masks"
-    if layout == "semantic":
+    source = ground_truth(root, image_id, layout, solution)
+    if source == "labels":
         return Sample(image_id, image, _semantic_labels(root, image_id, shape, class_values), 0, info)
-    if layout == "dsb" and mask_dir.is_dir():
-        labels, n_overlap = _masks_to_labels(mask_dir, shape)
+    if source == "masks":
+        labels, n_overlap = _masks_to_labels(root / image_id / "masks", shape)
         return Sample(image_id, image, labels, n_overlap, info)
-    if solution is not None and image_id in solution:
+    if source == "solution":
         labels = solution[image_id]
         if labels.shape != shape:
             raise ValueError(f"{solution_name(root)}: ImageId {image_id!r} has size {labels.shape} but its image is {shape}")

@@ -196,9 +196,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 def describe_pixels(array: np.ndarray) -> dict:
     """What a decoded image holds: ``bit_depth`` (1, 8, 16, 32 ...) and ``channels`` (1-4)."""
     a = np.asarray(array)
-    bit_depth = 1 if a.dtype == bool else a.dtype.itemsize * 8
-    channels = 1 if a.ndim == 2 else int(a.shape[2])
-    return dict(bit_depth=bit_depth, channels=channels)
+    return pixel_description(a.dtype, 1 if a.ndim == 2 else int(a.shape[2]))
+
+
+def pixel_description(dtype: np.dtype, channels: int) -> dict:
+    """:func:`describe_pixels` from a pixel type and a channel count (an image not decoded whole)."""
+    return dict(bit_depth=1 if np.dtype(dtype) == bool else np.dtype(dtype).itemsize * 8, channels=int(channels))
 
 
 def _display_name(path: Path) -> str:

@@ -229,7 +229,7 @@ class Predictor:
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         if self.scale == 1.0:
             return self._maps(windows)
-        b, h, w, _ = windows.shape
+        h, w = windows.shape[1:3]
         size = tuple(max(MULTIPLE, int(round(n * self.scale / MULTIPLE)) * MULTIPLE) for n in (h, w))
         shrink = cv2.INTER_AREA if self.scale < 1 else cv2.INTER_LINEAR
         resized = np.stack([cv2.resize(np.ascontiguousarray(win, np.float32), size[::-1], interpolation=shrink) for win in windows])

@@ -360,13 +360,13 @@ def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.
     low = np.finfo(image.dtype).min if np.issubdtype(image.dtype, np.floating) else np.iinfo(image.dtype).min
     is_max = (image == _square_max(np.where(inside, image, low), square)) & inside
     # a label pixel whose square holds another label's pixel (labels as float32: exact below 2^24)
-    if labels.max(initial=0) >= 1 << 24:
-        raise ValueError(f"label_peaks takes fewer than 2^24 labels per window, got {labels.max()}")
+    n = int(labels.max(initial=0))
+    if n >= 1 << 24:
+        raise ValueError(f"label_peaks takes fewer than 2^24 labels per window, got {n}")
     numbers = labels.astype(np.float32)
     highest = _square_max(numbers, square)
     lowest = -_square_max(np.where(inside, -numbers, -np.inf).astype(np.float32), square)
     mixed = inside & ((highest != numbers) | (lowest != numbers))
-    n = int(labels.max())
     slow = np.zeros(n + 1, bool)
     slow[labels[mixed]] = True
     area = np.bincount(labels.ravel(), minlength=n + 1)

@@ -36,7 +36,7 @@ from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from nucseg.bigimage import ZARR_SUFFIXES, LazyImage, image_statistics, open_image
-from nucseg.datasets import Sample, image_path, list_images, load_solution, read_sample
+from nucseg.datasets import Sample, ground_truth, image_path, list_images, load_solution, read_sample
 from nucseg.files import atomic_dir, write_csv
 from nucseg.imageio import guess_modality, intensity_range
 
@@ -318,7 +318,7 @@ def _lazy_image(dataset_dir, image_id: str, layout: str, solution: dict | None) 
     """The image opened for band-by-band reading (:func:`nucseg.bigimage.open_image`) when it
     is a TIFF or zarr store with no ground truth, else None (read whole: PNG and JPEG are
     decoded whole anyway, and ground truth is built in memory)."""
-    if layout == "semantic" or (Path(dataset_dir) / image_id / "masks").is_dir() or (solution is not None and image_id in solution):
+    if ground_truth(dataset_dir, image_id, layout, solution) is not None:
         return None
     path = image_path(dataset_dir, image_id, layout)
     if not path.name.lower().endswith((".tif", ".tiff") + ZARR_SUFFIXES):
