@@ -46,6 +46,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import sys
 import time
@@ -76,8 +77,11 @@ log = logging.getLogger(__name__)
 #: its number of examples (rare modalities, bright-field and histology, are seen far more often
 #: than their share, without repeating their few images as often as the many fluorescence
 #: ones), and examples without a nucleus drawn ``empty_weight`` times as often as the others
-#: (the MIDL paper's class-balanced patch sampling).
-SAMPLING = ("uniform", "balanced")
+#: (the MIDL paper's class-balanced patch sampling); ``equal``, the same but every modality the
+#: same share of the draws (for fine-tuning on the rare modalities).
+SAMPLING = ("uniform", "balanced", "equal")
+#: Exponent of a modality's number of examples in its share of the draws, per sampling.
+MODALITY_POWER = {"balanced": 0.5, "equal": 0.0}
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class TrainSettings:
     num_workers: int = 0
     device: str = "auto"
     class_weights: tuple[float, ...] | None = None
+    init: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
@@ -221,18 +226,22 @@ class CropDataset(Dataset):
         return out if out is not None else np.zeros(0)
 
 
-def sample_weights(modalities: list[str], has_nuclei: np.ndarray, empty_weight: float) -> np.ndarray:
-    """Draw weights of the ``balanced`` sampling (:data:`SAMPLING`), summing to 1.
+def sample_weights(modalities: list[str], has_nuclei: np.ndarray, empty_weight: float, power: float = 0.5) -> np.ndarray:
+    """Draw weights of the ``balanced`` and ``equal`` samplings (:data:`SAMPLING`), summing to 1.
 
-    Each modality gets a share of the draws proportional to the square root of its number of
-    examples, spread over its examples; within it an example without a nucleus weighs
-    ``empty_weight`` times one with nuclei.
+    Each modality gets a share of the draws proportional to its number of examples to the
+    ``power`` (0.5, ``balanced``: the square root; 0, ``equal``: the same share each), spread
+    over its examples; within it an example without a nucleus weighs ``empty_weight`` times one
+    with nuclei.
 
     Examples
     --------
     >>> w = sample_weights(["f"] * 4 + ["b"], np.ones(5, bool), 1.0)
     >>> round(float(w[:4].sum()), 3), round(float(w[4]), 3)     # shares 2 : 1 (sqrt 4 : sqrt 1)
     (0.667, 0.333)
+    >>> w = sample_weights(["f"] * 4 + ["b"], np.ones(5, bool), 1.0, power=0.0)
+    >>> round(float(w[:4].sum()), 3), round(float(w[4]), 3)     # the same share each
+    (0.5, 0.5)
     """
     modalities_arr = np.asarray(modalities)
     per_example = np.where(has_nuclei, 1.0, empty_weight)
@@ -240,7 +249,7 @@ def sample_weights(modalities: list[str], has_nuclei: np.ndarray, empty_weight: 
     for modality in np.unique(modalities_arr):
         mask = modalities_arr == modality
         if per_example[mask].sum() > 0:
-            weights[mask] = np.sqrt(mask.sum()) * per_example[mask] / per_example[mask].sum()
+            weights[mask] = float(mask.sum()) ** power * per_example[mask] / per_example[mask].sum()
     if weights.sum() <= 0:
         return np.full(len(modalities_arr), 1.0 / max(len(modalities_arr), 1))
     return weights / weights.sum()
@@ -331,7 +340,39 @@ def checkpoint_identity(settings: TrainSettings, stores: list[str], indexes: lis
         data=[data_fingerprint(s, i) for s, i in zip(stores, indexes)],
         code=nucseg.code_hash(*TRAINING_CODE),
     )
+    if settings.init:  # other weights at the same path: another training
+        identity["init"] = hashlib.sha256((init_folder(settings.init) / "weights.pt").read_bytes()).hexdigest()[:16]
     return json.loads(json.dumps(identity))
+
+
+def init_folder(init: str) -> Path:
+    """The model folder ``train.init`` names: ``pretrained`` is the shipped model."""
+    return Path(nucseg.PRETRAINED_MODEL if init == "pretrained" else init)
+
+
+def initialise(model: torch.nn.Module, architecture: str, model_config: dict, init: str) -> None:
+    """Start training from the weights of the model folder ``init`` (``train.init``: fine-tuning,
+    for example the shipped model on one's own images). Its network must be the one this training
+    builds (architecture, width, depth, heads, input channels); the error names what differs."""
+    folder = init_folder(init)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"train.init: {folder}: not a readable nucseg model folder ({exc})") from exc
+    theirs = dict(architecture=config.get("architecture"), **config.get("model", {}))
+    ours = json.loads(json.dumps(dict(architecture=architecture, **model_config)))
+    differ = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)}
+    if differ:
+        raise ValueError(
+            f"train.init: {folder} holds another network than this training builds: "
+            + ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in differ.items())
+            + " (set train.model, width and heads to the init model's)"
+        )
+    try:
+        model.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu", weights_only=True))
+    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"train.init: {folder / 'weights.pt'}: not loadable into the network ({exc})") from exc
+    log.info("weights initialised from %s (best epoch %s of its training)", folder, config.get("best_epoch"))
 
 
 def _set_rng_state(state: dict) -> None:
@@ -575,7 +616,7 @@ def train_model(
     generator = torch.Generator().manual_seed(settings.seed)
     loader_args = dict(batch_size=settings.batch_size, num_workers=settings.num_workers, pin_memory=device.type == "cuda")
     per_epoch = min(settings.samples_per_epoch or len(train_set), len(train_set))
-    if settings.sampling == "balanced":
+    if settings.sampling != "uniform":
         weights = task.sample_weights(train_set, examples["train"], settings)
         sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), per_epoch, replacement=True, generator=generator)
     else:
@@ -584,6 +625,8 @@ def train_model(
     val_loader = DataLoader(val_set, shuffle=False, **loader_args)
 
     model, model_config, architecture = task.build_model(settings)
+    if settings.init:
+        initialise(model, architecture, model_config, settings.init)
     model = model.to(device)
     loss_fn = task.loss(settings).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)

@@ -128,6 +128,18 @@ def model_input(wildcards):
     return {"model": folder, "weights": os.path.join(folder, "weights.pt")}
 
 
+def init_weights(wildcards):
+    """Input of the train job: the model `train.init` names: another model of this config (trained
+    first: a two-stage recipe), else the weights of a folder (a new file there reruns training)."""
+    init = settings("train")(wildcards).get("init")
+    if not init:
+        return []
+    if init in MODELS and init != wildcards.model:
+        return [ready_model(init) or MODEL.format(model=init)]
+    folder = nucseg.PRETRAINED_MODEL if init == "pretrained" else local_or_url(init)
+    return [os.path.join(folder, "weights.pt")]
+
+
 RESULTS = "results"
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"

@@ -3,6 +3,7 @@ rule train:
     input:
         stores=training_stores(),
         indexes=training_indexes(),
+        init=init_weights,
     output:
         directory(MODEL),
     params:

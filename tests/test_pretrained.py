@@ -93,3 +93,18 @@ def test_predict_scale_brings_large_nuclei_to_the_training_size(tmp_path):
     assert abs(count_scaled - count) < abs(count_plain - count), (count, count_scaled, count_plain)
     with pytest.raises(ValueError, match="predict scale"):
         PredictSettings(scale=0)
+
+
+def test_fine_tuning_recipe_trains_its_base_model_first(tmp_path):
+    """train.init names another model of the config (a two-stage recipe, as config/pretrained.yaml
+    trains the shipped model) or a folder (pretrained: the shipped one): the train job takes it
+    as input, so the base model is trained first and new weights there rerun the fine-tuning."""
+    models = "models={base: {}, tuned: {train: {init: base, sampling: equal}}, shipped: {train: {init: pretrained}}}"
+    dry = snakemake(tmp_path, "--cores", "2", "-n", "--config", models)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = dry.stdout.split("\n\n")
+    train = {j.split("wildcards: model=")[1].split()[0]: j for j in jobs if "rule train:" in j and "wildcards: model=" in j}
+    assert {"base", "shipped", "tuned"} <= set(train)
+    assert "results/models/base" in train["tuned"].split("output:")[0]
+    assert str(PRETRAINED / "weights.pt") in train["shipped"].split("output:")[0]
+    assert "pretrained" not in train["base"].split("output:")[0]

@@ -7,7 +7,7 @@ import torch
 
 from nucseg.imageio import has_dark_nuclei, invert, normalize_image
 from nucseg.preprocess import PreprocessSettings, preprocess_training, read_id_list
-from nucseg.train import CropDataset, TrainSettings, sample_weights, split_examples
+from nucseg.train import MODALITY_POWER, CropDataset, TrainSettings, sample_weights, split_examples
 
 
 def test_invert_maps_the_normalised_range_onto_itself():
@@ -40,6 +40,16 @@ def test_balanced_weights_give_modalities_sqrt_shares_and_empty_crops_less():
     # a modality whose crops are all empty keeps its share when empty crops weigh 0 ... nothing to draw
     w0 = sample_weights(["a", "a", "b"], np.array([True, True, False]), empty_weight=0.0)
     assert w0[2] == 0 and w0.sum() == pytest.approx(1.0)
+
+
+def test_equal_sampling_gives_every_modality_the_same_share():
+    modalities = ["fluo"] * 16 + ["bf"] * 4 + ["hist"] * 2
+    has = np.ones(22, bool)
+    has[0] = False
+    w = sample_weights(modalities, has, empty_weight=0.25, power=MODALITY_POWER["equal"])
+    assert [w[:16].sum(), w[16:20].sum(), w[20:].sum()] == pytest.approx([1 / 3] * 3)
+    assert w[0] == pytest.approx(0.25 * w[1])
+    assert MODALITY_POWER["balanced"] == 0.5  # the sqrt shares above
 
 
 def test_sampling_setting_is_checked():
@@ -86,6 +96,17 @@ def test_balanced_training_runs_and_is_seeded(tmp_path, mixed_dataset):
     assert a["normalize"]["invert_dark"] is True
     wa, wb = torch.load(tmp_path / "a" / "weights.pt"), torch.load(tmp_path / "b" / "weights.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_equal_sampling_draws_each_modality_a_third_of_the_time(tmp_path, mixed_dataset, caplog):
+    out, index_csv = tmp_path / "train.zarr", tmp_path / "index.csv"
+    preprocess_training(mixed_dataset, out, index_csv, PreprocessSettings(size=32, val_fraction=0))
+    from nucseg.train import train_model
+
+    settings = TrainSettings(width=4, epochs=1, batch_size=2, samples_per_epoch=4, device="cpu", sampling="equal")
+    with caplog.at_level("INFO", logger="nucseg.tasks.instance"):
+        train_model([str(out)], [str(index_csv)], tmp_path / "a", settings, threads=1)
+    assert "equal sampling, share of draws per modality: brightfield 0.50, fluorescence 0.50" in caplog.text
 
 
 def test_exclude_list_leaves_images_out_of_training(tmp_path, mixed_dataset):

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 import logging
@@ -120,6 +121,40 @@ def test_early_stop_after_stop_patience_epochs_without_improvement(tmp_path, cap
     assert "early stop" in caplog.text
     best_before = history["val_iou"].iloc[:-2].max()
     assert (history["val_iou"].iloc[-2:] <= best_before).all()  # the last two epochs brought nothing better
+
+
+def test_init_starts_from_a_model_folder_and_refuses_another_network(trained, tmp_path, caplog):
+    """train.init: fine-tuning starts from the folder's weights (with a learning rate too small to
+    move them, the result is those weights); a folder of another network is refused by name."""
+    root, store, index, _ = trained
+    settings = TrainSettings(**dict(SETTINGS, epochs=1, learning_rate=1e-12, augment=False, init=str(root / "model")))
+    with caplog.at_level(logging.INFO, logger="nucseg.train"):
+        config = train_model([store], [index], tmp_path / "tuned", settings, checkpoint=tmp_path / "ckpt.pt", threads=1)
+    assert f"weights initialised from {root / 'model'}" in caplog.text
+    assert config["train"]["init"] == str(root / "model")
+    start, tuned = torch.load(root / "model" / "weights.pt"), torch.load(tmp_path / "tuned" / "weights.pt")
+    conv = [k for k in start if k.endswith("weight") and start[k].ndim == 4]
+    assert all(torch.allclose(start[k], tuned[k], atol=1e-6) for k in conv)
+    # without init the same run keeps its random start, not the folder's weights
+    train_model([store], [index], tmp_path / "scratch", TrainSettings(**dict(SETTINGS, epochs=1, learning_rate=1e-12, augment=False)), threads=1)
+    scratch = torch.load(tmp_path / "scratch" / "weights.pt")
+    assert not all(torch.allclose(start[k], scratch[k], atol=1e-6) for k in conv)
+    # other weights at the same path: the checkpoint is not resumed
+    shutil.copytree(root / "model", tmp_path / "other")
+    state = torch.load(tmp_path / "other" / "weights.pt")
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "other" / "weights.pt")
+    from nucseg.train import checkpoint_identity
+
+    a = checkpoint_identity(dataclasses.replace(settings, init=str(root / "model")), [store], [index])
+    b = checkpoint_identity(dataclasses.replace(settings, init=str(tmp_path / "other")), [store], [index])
+    assert a["init"] != b["init"]
+    with pytest.raises(ValueError, match=r"train.init: .*width 4 there, 8 here"):
+        train_model([store], [index], tmp_path / "wide", TrainSettings(**dict(SETTINGS, width=8, init=str(root / "model"))), threads=1)
+    with pytest.raises(ValueError, match=r"train.init: .*heads \['body'\] there, \['body', 'border'\] here"):
+        train_model([store], [index], tmp_path / "heads", TrainSettings(**dict(SETTINGS, heads=("body", "border"), init=str(root / "model"))), threads=1)
+    with pytest.raises(ValueError, match="not a readable nucseg model folder"):
+        train_model([store], [index], tmp_path / "none", TrainSettings(**dict(SETTINGS, init=str(tmp_path / "missing"))), threads=1)
+    assert not (tmp_path / "wide").exists() and not (tmp_path / "heads").exists()
 
 
 def test_touching_borders_by_hand():

@@ -59,12 +59,12 @@ class InstanceTask:
         return settings.loss, "pixel IoU (nucleus)"
 
     def sample_weights(self, dataset: Any, examples: list, settings: Any) -> np.ndarray:
-        from nucseg.train import sample_weights
+        from nucseg.train import MODALITY_POWER, sample_weights
 
         modalities = [m for _, _, m, _ in examples]
-        weights = sample_weights(modalities, dataset.has_nuclei(), settings.empty_weight)
+        weights = sample_weights(modalities, dataset.has_nuclei(), settings.empty_weight, MODALITY_POWER[settings.sampling])
         shares = pd.Series(weights).groupby(modalities).sum()
-        log.info("balanced sampling, share of draws per modality: %s", ", ".join(f"{m} {v:.2f}" for m, v in shares.items()))
+        log.info(f"{settings.sampling} sampling, share of draws per modality: %s", ", ".join(f"{m} {v:.2f}" for m, v in shares.items()))
         return weights
 
     def segment(self, pred_zarr: str, images_zarr: str, index_csv: str, outputs: Mapping[str, str], settings: Mapping, threads: int = 1) -> Any:
