@@ -108,3 +108,21 @@ def test_fine_tuning_recipe_trains_its_base_model_first(tmp_path):
     assert "results/models/base" in train["tuned"].split("output:")[0]
     assert str(PRETRAINED / "weights.pt") in train["shipped"].split("output:")[0]
     assert "pretrained" not in train["base"].split("output:")[0]
+
+
+@pytest.mark.slow
+def test_workflow_fine_tunes_the_shipped_model_on_the_sample(tmp_path):
+    """The README's fine-tuning example, one short epoch: the train job starts from the shipped
+    weights (its log says so) and the model folder records where it started."""
+    models = "models={tuned: {train: {init: pretrained, heads: [body, border], epochs: 1, samples_per_epoch: 16, learning_rate: 0.0003}}}"
+    result = snakemake(tmp_path, "--cores", "2", "--config", models, "--", "results/models/tuned")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((tmp_path / "results/models/tuned/config.json").read_text())
+    assert config["train"]["init"] == str(PRETRAINED) and config["model"]["heads"] == ["body", "border"]
+    assert f"weights initialised from {PRETRAINED}" in (tmp_path / "results/logs/train/tuned.log").read_text()
+    # a network other than the shipped one is refused, naming the difference, and leaves no model
+    wrong = "models={wrong: {train: {init: pretrained, epochs: 1, samples_per_epoch: 16}}}"
+    result = snakemake(tmp_path, "--cores", "2", "--config", wrong, "--", "results/models/wrong")
+    assert result.returncode != 0
+    assert "heads ['body', 'border'] there, ['body'] here" in (tmp_path / "results/logs/train/wrong.log").read_text()
+    assert not (tmp_path / "results/models/wrong").exists()
