@@ -57,14 +57,17 @@ CONFIG = ROOT / "config" / "pretrained.yaml"
 DATASET = "stage1_train_fixed"
 
 
-def run_pipeline(workdir: Path, config: Path, target: str, cores: int) -> None:
-    """The workflow with ``config`` (default config/pretrained.yaml), up to ``target``, in ``workdir``."""
+def run_pipeline(workdir: Path, config: Path, targets: list[str], threads: int, jobs: int = 1) -> None:
+    """The workflow with ``config`` (default config/pretrained.yaml), up to ``targets``, in
+    ``workdir``: ``jobs`` jobs at a time of ``threads`` threads each."""
     command = [
         sys.executable,
         "-m",
         "snakemake",
         "--cores",
-        str(cores),
+        str(threads * jobs),
+        "--set-threads",
+        f"train={threads}",
         "--snakefile",
         str(ROOT / "Snakefile"),
         "--directory",
@@ -72,7 +75,7 @@ def run_pipeline(workdir: Path, config: Path, target: str, cores: int) -> None:
         "--configfile",
         str(config),
         "--replace-workflow-config",
-        target,
+        *targets,
     ]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
@@ -160,7 +163,7 @@ def score(
 
 def summarise(scores: pd.DataFrame) -> pd.DataFrame:
     """Means over images per configuration, the challenge score per modality beside them."""
-    keys = [k for k in ("method", "tta", "threshold", "marker_spacing", "border_weight") if k in scores and scores[k].nunique(dropna=False) > 1] or [
+    keys = [k for k in ("model", "method", "tta", "threshold", "marker_spacing", "border_weight") if k in scores and scores[k].nunique(dropna=False) > 1] or [
         "method",
         "tta",
     ]
@@ -183,10 +186,11 @@ def summarise(scores: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def score_resized(model_dir: Path, workdir: Path) -> pd.DataFrame:
+def score_resized(model_dir: Path, workdir: Path, tta: bool = False) -> pd.DataFrame:
     """The published protocol: the validation split's examples of a ``preprocess.mode: resize``
     training store (whole images resized to 128 x 128, labels by nearest neighbour), body map
-    at 0.5 against the resized labels' foreground: pixel IoU and F1 per image."""
+    at 0.5 against the resized labels' foreground: pixel IoU and F1 per image (``tta``: the
+    mean map of the 8 flips and rotations, as El Mokhtari did)."""
     import zarr
 
     store = workdir / "results" / "preprocessed" / DATASET / "train.zarr"
@@ -195,6 +199,7 @@ def score_resized(model_dir: Path, workdir: Path) -> pd.DataFrame:
         raise SystemExit(f"{store}: preprocess mode {root.attrs.get('mode')!r}; --protocol resize needs a config with preprocess.mode: resize")
     index = pd.read_csv(store.with_name("train_index.csv"), dtype={"image_id": str})
     predictor = open_predictor(model_dir, PredictSettings(device="cpu"))
+    predictor.tta = tta
     body = predictor.heads.index("body")
     rows = []
     for row in index[index["split"] == "val"].itertuples():
@@ -241,14 +246,28 @@ def summarise_resized(scores: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table).T
 
 
+def seconds_per_megapixel(model_dir: Path, side: int = 1024, repeat: int = 2) -> float:
+    """Inference cost of a model: the predict stage's path (default settings: ONNX Runtime on a
+    CPU, one window) on a random ``side`` x ``side`` image, best of ``repeat``, per megapixel."""
+    image = np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8)
+    predictor = open_predictor(model_dir, PredictSettings())
+    best = float("inf")
+    for _ in range(repeat + 1):  # the first run warms the engine up
+        t0 = time.perf_counter()
+        predict_lazy(predictor, LazyImage(image, "YXC", "random"), PredictSettings(), lambda r, block: None)
+        best = min(best, time.perf_counter() - t0)
+    return best / (side * side / 1e6)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None, help="model folder to score (default: the shipped model, or the trained one with --train)")
-    parser.add_argument("--train", action="store_true", help="train the model first with config/pretrained.yaml (the shipped model's run)")
+    parser.add_argument("--model", type=Path, default=None, help="model folder to score (default: the shipped model, or the models trained with --train)")
+    parser.add_argument("--train", action="store_true", help="train the config's models first (config/pretrained.yaml: the shipped model's run)")
     parser.add_argument("--config", type=Path, default=CONFIG, help="config of --train (config/published.yaml: the published method)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "accuracy", help="the pipeline's working directory")
     parser.add_argument("--tta", choices=["off", "on", "both"], default="both", help="test-time augmentation (8 flips/rotations)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (training and scoring)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (of each training job, and scoring)")
+    parser.add_argument("--jobs", type=int, default=1, help="training jobs at a time (a config of several models)")
     parser.add_argument("--limit", type=int, default=0, help="score only the first N validation images (0: all)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the per-image scores here")
     parser.add_argument("--grid", action="store_true", help="score the post-processing grid (GRID) instead of the default settings")
@@ -267,51 +286,71 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.train:
-        name = next(iter(yaml.safe_load(args.config.read_text())["models"]))
-        model_dir = args.model or args.workdir / "results" / "models" / name
-        target = f"results/models/{name}"
+        names = list(yaml.safe_load(args.config.read_text())["models"])
+        model_dirs = [args.model] if args.model else [args.workdir / "results" / "models" / name for name in names]
+        targets = [f"results/models/{name}" for name in names]
     else:
-        model_dir = args.model or Path(nucseg.PRETRAINED_MODEL)
-        target = f"results/preprocessed/{DATASET}/train_index.csv"
+        model_dirs = [args.model or Path(nucseg.PRETRAINED_MODEL)]
+        targets = [f"results/preprocessed/{DATASET}/train_index.csv"]
     if not args.skip_pipeline:
-        run_pipeline(args.workdir, args.config.resolve(), target, args.threads)
+        run_pipeline(args.workdir, args.config.resolve(), targets, args.threads, args.jobs)
     train_s = time.perf_counter() - t0
     torch.set_num_threads(args.threads)
+    tta_options = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
     if args.protocol == "resize":
-        scores = score_resized(model_dir, args.workdir)
-        if args.csv:
-            scores.to_csv(args.csv, index=False)
-        table = summarise_resized(scores)
-        print(f"\nmodel: {model_dir}")
+        tables = {}
+        for model_dir in model_dirs:
+            cost = seconds_per_megapixel(model_dir)
+            for tta in tta_options:
+                scores = score_resized(model_dir, args.workdir, tta)
+                if args.csv:
+                    scores.assign(model=model_dir.name, tta=tta).to_csv(args.csv, index=False, mode="a", header=not args.csv.exists())
+                table = summarise_resized(scores)
+                table["s_per_mp"] = cost
+                tables[(model_dir.name, tta)] = table
+        table = pd.concat(tables, names=["model", "tta", "modality"])
+        print(f"\nmodels: {', '.join(str(m) for m in model_dirs)}")
         print(
             "protocol: validation images resized to 128 x 128, body map > 0.5; foreground IoU and F1 per image (mean), "
-            "the mean of foreground and background IoU per image (Keras' MeanIoU), and pooled over all pixels"
+            "the mean of foreground and background IoU per image (Keras' MeanIoU), and pooled over all pixels; "
+            "s_per_mp: inference on a 1024 x 1024 image (ONNX Runtime)"
         )
         print(table.to_string(float_format=lambda v: f"{v:.4f}"))
         print(f"pipeline {train_s:.0f} s; Rautaray et al. report pixel IoU 0.9486, F1 0.9736")
+        print(machine())
         return
     index = pd.read_csv(args.workdir / "results" / "preprocessed" / DATASET / "train_index.csv", dtype={"image_id": str})
     val = index[index["split"] == "val"]
     if args.limit:
         val = val.head(args.limit)
-    tta_options = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
-    device = choose_device("auto")
     t0 = time.perf_counter()
     if args.cache:
         args.cache.mkdir(parents=True, exist_ok=True)
-    scores = score(model_dir, args.workdir / "results" / "datasets" / DATASET, val, tta_options, SegmentSettings(), args.cache, args.grid)
+    parts = []
+    for model_dir in model_dirs:
+        cache = args.cache / model_dir.name if args.cache and len(model_dirs) > 1 else args.cache
+        if cache:
+            cache.mkdir(parents=True, exist_ok=True)
+        scores = score(model_dir, args.workdir / "results" / "datasets" / DATASET, val, tta_options, SegmentSettings(), cache, args.grid)
+        parts.append(scores.assign(model=model_dir.name) if len(model_dirs) > 1 else scores)
+    scores = pd.concat(parts, ignore_index=True)
     if args.csv:
         scores.to_csv(args.csv, index=False)
     table = summarise(scores)
     counts = val["modality"].value_counts()
-    print(f"\nmodel: {model_dir}")
+    print(f"\nmodels: {', '.join(str(m) for m in model_dirs)}")
     print(f"validation: {len(val)} full-size images of {DATASET} ({', '.join(f'{m} {n}' for m, n in counts.items())}), split of config/pretrained.yaml")
     print(f"segment settings: {SegmentSettings()}")
     if args.grid:
         table = table.sort_values("challenge", ascending=False)
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"pipeline {train_s:.0f} s, scoring {time.perf_counter() - t0:.0f} s")
-    print(
+    print(machine())
+
+
+def machine() -> str:
+    device = choose_device("auto")
+    return (
         f"machine: {platform.machine()}, cpu_count={os.cpu_count()}, torch threads={torch.get_num_threads()}, device={device.type}, "
         f"torch={torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), python={platform.python_version()}"
     )

@@ -88,12 +88,13 @@ MODALITY_POWER = {"balanced": 0.5, "equal": 0.0}
 class TrainSettings:
     """Training settings (see ``config/config.yaml`` for what each means and why the default).
 
-    ``model`` names a preset of :data:`nucseg.model.PRESETS`; ``width`` and
-    ``heads``, when given, override the preset's.
+    ``model`` names a preset of :data:`nucseg.model.PRESETS`; ``width``, ``blocks`` (residual
+    blocks per encoder stage: the depth) and ``heads``, when given, override the preset's.
     """
 
     model: str = "resunet-small"
     width: int | None = None
+    blocks: int | None = None
     heads: tuple[str, ...] = field(default=("body",))
     loss: str = "bce_dice"
     epochs: int = 15
@@ -141,7 +142,7 @@ class TrainSettings:
 
     def model_config(self) -> ModelConfig:
         preset = PRESETS[self.model]
-        return ModelConfig(width=self.width or preset.width, blocks=preset.blocks, heads=self.heads)
+        return ModelConfig(width=self.width or preset.width, blocks=self.blocks or preset.blocks, heads=self.heads)
 
     def augment_settings(self) -> AugmentSettings | None:
         """The augmentation settings, or ``None`` when ``augment`` is off."""

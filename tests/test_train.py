@@ -157,6 +157,19 @@ def test_init_starts_from_a_model_folder_and_refuses_another_network(trained, tm
     assert not (tmp_path / "wide").exists() and not (tmp_path / "heads").exists()
 
 
+def test_width_and_blocks_override_the_preset():
+    """train.width and train.blocks (the depth study of BENCHMARKS.md) change the network built;
+    null keeps the preset's."""
+    assert TrainSettings().model_config().blocks == 2 and TrainSettings().model_config().width == 16
+    config = TrainSettings(width=8, blocks=3).model_config()
+    assert (config.width, config.blocks) == (8, 3)
+    deep, shallow = ResUNet(TrainSettings(width=4, blocks=3).model_config()), ResUNet(TrainSettings(width=4, blocks=1).model_config())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(deep) > count(shallow)
+    with torch.no_grad():
+        assert deep.eval()(torch.zeros(1, 3, 32, 32)).shape == shallow.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+
+
 def test_touching_borders_by_hand():
     labels = np.zeros((5, 8), np.uint8)
     labels[1:4, 0:3] = 1
