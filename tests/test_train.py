@@ -364,3 +364,19 @@ def test_a_store_without_intensity_ranges_is_named(tmp_path):
     data = CropDataset([store], split_items([store], [index])["train"], ("body",), None, seed=0)
     with pytest.raises(ValueError, match=f"{store}: no intensity_range array.*rerun the preprocess stage"):
         data[0]
+
+
+def test_checkpoint_to_model_writes_the_folder_training_would_have(trained, tmp_path):
+    """scripts/checkpoint_to_model.py: a stopped run's checkpoint becomes a loadable model folder
+    with the best epoch's weights, the history and a note of where it stopped."""
+    root, *_ = trained
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "checkpoint_to_model.py")
+    result = subprocess.run([sys.executable, script, str(root / "ckpt.pt"), str(tmp_path / "model")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["stopped"].startswith("after epoch 3 of the run's 3")
+    assert config["best_epoch"] == json.loads((root / "model" / "config.json").read_text())["best_epoch"]
+    first, second = torch.load(root / "model" / "weights.pt"), torch.load(tmp_path / "model" / "weights.pt")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    model, loaded = load_model(tmp_path / "model")
+    assert loaded["model"] == config["model"] and not model.training
