@@ -161,7 +161,7 @@ def prepare(work: Path) -> dict:
     return data
 
 
-def network(name: str, data: dict, work: Path, reuse: bool = False) -> list[dict]:
+def network(name: str, data: dict, work: Path, reuse: bool = False, tta: bool = False) -> list[dict]:
     dataset, overrides, size = RUNS[name]
     d = data[dataset]
     task = SemanticTask.from_classes(d["classes"])
@@ -181,15 +181,16 @@ def network(name: str, data: dict, work: Path, reuse: bool = False) -> list[dict
     tests = [(dataset, dataset, 1.0)] + ([("wbc2", "wbc2", 1.0), ("wbc2s", "wbc2s", 1.0), ("wbc2@0.4", "wbc2", WBC2_SIDE / 300)] if dataset == "wbc" else [])
     for test, source, scale in tests:
         t = data[source]
-        pred = work / "pred" / f"{name}_{test}.zarr"
-        predict_dataset(model_dir, t["full"], t["full_index"], pred, PredictSettings(device="cpu", scale=scale), threads=1)
-        labels, areas, per_image = work / "seg" / name / test, work / "seg" / f"{name}_{test}_areas.csv", work / "seg" / f"{name}_{test}_per_image.csv"
+        pred = work / "pred" / f"{name}_{test}{'_tta' if tta else ''}.zarr"
+        predict_dataset(model_dir, t["full"], t["full_index"], pred, PredictSettings(device="cpu", scale=scale, tta=tta), threads=1)
+        tag = f"{test}_tta" if tta else test
+        labels, areas, per_image = work / "seg" / name / tag, work / "seg" / f"{name}_{tag}_areas.csv", work / "seg" / f"{name}_{tag}_per_image.csv"
         task.segment(str(pred), t["full"], t["full_index"], dict(labels=str(labels), objects=str(areas)))
         table = task.evaluate(str(labels), t["full"], t["full_index"], str(per_image), test, name)
         extra = dict(isbi_pixel_error=isbi_pixel_error(pred, t["full"], t["full_index"])) if test == "isbi" else {}
         results.append(
             dict(
-                run=name,
+                run=name + (" +TTA" if tta else ""),
                 test=test,
                 budget=budget,
                 best_val_iou=config["best_val_iou"],
@@ -205,6 +206,7 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/nucseg_bench_semantic", help="scratch folder (datasets unpacked, stores, models)")
     parser.add_argument("--only", nargs="*", default=None, help=f"runs to do (default all, and the floors): {list(RUNS)}, floors")
     parser.add_argument("--reuse", action="store_true", help="score a run's model folder left by an earlier run instead of training it again")
+    parser.add_argument("--tta", action="store_true", help="predict with 8-fold test-time augmentation (flips and rotations)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
     logging.getLogger("nucseg.train").setLevel(logging.INFO)
@@ -241,7 +243,7 @@ def main() -> int:
         print(pd.DataFrame(results).to_string(index=False), flush=True)
     for name in RUNS:
         if name in only:
-            rows = network(name, data, work, args.reuse)
+            rows = network(name, data, work, args.reuse, args.tta)
             results += rows
             print(pd.DataFrame(rows).to_string(index=False), flush=True)
     table = pd.DataFrame(results)
