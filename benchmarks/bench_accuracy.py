@@ -15,6 +15,8 @@ score per modality, and the inference time per megapixel.
     # reproduce the shipped model's row from ../shared/data, training included (about 2 hours
     # on one CPU core): the pipeline's own run of config/pretrained.yaml, then the scoring
     python benchmarks/bench_accuracy.py --train
+    # the fine-tuning of the shipped model for dark nuclei (two models, side by side)
+    python benchmarks/bench_accuracy.py --train --config config/finetune_dark.yaml --workdir results/accuracy-finetune --tta off --jobs 2
     # any other model folder, scored on the same split
     python benchmarks/bench_accuracy.py --model results/models/resunet
     # post-processing grid (threshold, marker spacing, border weight) on the same maps: the
