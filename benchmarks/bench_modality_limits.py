@@ -77,7 +77,8 @@ def main() -> None:
     table = grid.groupby(["modality", "threshold", "marker_spacing"])["challenge"].mean().unstack("modality")
     print("\n1. published watershed, threshold x marker spacing (challenge score per modality; default: Otsu, 0.5):")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    print("best per modality:", {m: f"{table[m].max():.3f} at {table[m].idxmax()}" for m in table.columns})
+    best = {m: table[m].idxmax() for m in table.columns}
+    print("best per modality: " + "; ".join(f"{m} {table[m].max():.3f} (threshold {t:g}, spacing {sp:g})" for m, (t, sp) in best.items()))
     by_scale = scales.pivot_table(index="scale", columns="modality", values="challenge", aggfunc="mean")
     oracle = scales.groupby(["modality", "image_id"])["challenge"].max().groupby("modality").mean()
     print("\n2. predict scale (default segment settings), and each image's best scale chosen knowing its truth:")
