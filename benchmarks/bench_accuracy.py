@@ -70,6 +70,8 @@ def run_pipeline(workdir: Path, config: Path, targets: list[str], threads: int, 
         str(threads * jobs),
         "--set-threads",
         f"train={threads}",
+        "--resources",
+        f"gpu={jobs}",  # the train jobs ask for one each (the profile allows one): here they share CPUs
         "--snakefile",
         str(ROOT / "Snakefile"),
         "--directory",
