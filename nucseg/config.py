@@ -115,6 +115,31 @@ def _cross_field_problems(config: dict) -> list[tuple[list, str]]:
                     f"{_location(key)}: {heads} must start with body ([body] or [body, border]): the body head is the nucleus foreground every model predicts",
                 )
             )
+    return problems + _init_problems(config)
+
+
+def _init_problems(config: dict) -> list[tuple[list, str]]:
+    """``train.init`` naming a model of the config: it must not lead back to the model itself
+    (a model cannot start from its own weights, nor two models from each other's). ``pretrained``
+    is always the shipped model, whatever the config's models are named."""
+    models = config.get("models") if isinstance(config.get("models"), dict) else {}
+    default = (config.get("train") or {}).get("init") if isinstance(config.get("train"), dict) else None
+
+    def init_of(name):
+        model = models.get(name)
+        train = model.get("train") if isinstance(model, dict) else None
+        return train["init"] if isinstance(train, dict) and "init" in train else default
+
+    problems = []
+    for name in models:
+        seen, current = [name], init_of(name)
+        while isinstance(current, str) and current != "pretrained" and current in models and current not in seen:
+            seen.append(current)
+            current = init_of(current)
+        if current == name != "pretrained":
+            key = ["models", name, "train", "init"]
+            chain = " -> ".join(seen + [name])
+            problems.append((key, f"{_location(key)}: the models start from each other's weights ({chain}): name a model folder, pretrained, or another model"))
     return problems
 
 

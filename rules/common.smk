@@ -134,7 +134,7 @@ def init_weights(wildcards):
     init = settings("train")(wildcards).get("init")
     if not init:
         return []
-    if init in MODELS and init != wildcards.model:
+    if init in MODELS and init != "pretrained":  # (a model starting from itself: refused by the config check)
         return [ready_model(init) or MODEL.format(model=init)]
     folder = nucseg.PRETRAINED_MODEL if init == "pretrained" else local_or_url(init)
     return [os.path.join(folder, "weights.pt")]

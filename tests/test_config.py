@@ -126,6 +126,26 @@ def test_rules_between_keys_are_checked_with_the_config():
     assert config_problems(config, SCHEMA) == []
 
 
+def test_models_that_start_from_each_other_are_refused():
+    """train.init naming a model of the config: a chain that leads back to the model is refused
+    with the chain; a chain to another model, and pretrained (the shipped model, even beside a
+    model of that name), are fine."""
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["models"] = {
+        "base": {},
+        "tuned": {"train": {"init": "base"}},
+        "pretrained": {"train": {"init": "pretrained"}},
+        "a": {"train": {"init": "b"}},
+        "b": {"train": {"init": "a"}},
+        "self": {"train": {"init": "self"}},
+    }
+    assert config_problems(config, SCHEMA) == [
+        "models.a.train.init: the models start from each other's weights (a -> b -> a): name a model folder, pretrained, or another model",
+        "models.b.train.init: the models start from each other's weights (b -> a -> b): name a model folder, pretrained, or another model",
+        "models.self.train.init: the models start from each other's weights (self -> self): name a model folder, pretrained, or another model",
+    ]
+
+
 def test_command_line_lists_are_typed_like_scalars():
     """Regression: --config segment='{otsu_bounds: [0.2, 0.8]}' gave ['0.2', '0.8'] and the
     error "'0.2' is not of type 'number'"."""
