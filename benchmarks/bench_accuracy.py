@@ -98,6 +98,18 @@ GRID = [("paper", t, s, 1.0) for t in ("otsu", 0.5) for s in (0.3, 0.5, 0.8)] + 
 ]
 
 
+def predict_maps(predictor, image: np.ndarray, image_id: str, settings: PredictSettings) -> np.ndarray:
+    """``(heads, H, W) float32`` maps of a whole in-memory image, by the predict stage's path
+    (:func:`nucseg.infer.predict_lazy`)."""
+    prob = np.empty((len(predictor.heads),) + image.shape[:2], np.float32)
+
+    def sink(r: int, block: np.ndarray) -> None:
+        prob[:, r : r + block.shape[1]] = block
+
+    predict_lazy(predictor, LazyImage(image, "YXC", image_id), settings, sink)
+    return prob
+
+
 def predictions(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options: list[bool], cache: Path | None):
     """Yield ``(row, sample, tta, maps, seconds per megapixel, heads)`` for every validation
     image, predicted by the workflow's own path (:func:`nucseg.infer.open_predictor`, default
@@ -115,13 +127,8 @@ def predictions(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options
             else:
                 predictor = predictor or open_predictor(model_dir, PredictSettings())
                 predictor.tta, heads = tta, predictor.heads
-                prob = np.empty((len(heads),) + sample.image.shape[:2], np.float32)
-
-                def sink(r: int, block: np.ndarray, prob: np.ndarray = prob) -> None:
-                    prob[:, r : r + block.shape[1]] = block
-
                 t0 = time.perf_counter()
-                predict_lazy(predictor, LazyImage(sample.image, "YXC", row.image_id), PredictSettings(tta=tta), sink)
+                prob = predict_maps(predictor, sample.image, row.image_id, PredictSettings(tta=tta))
                 seconds = time.perf_counter() - t0
                 prob = prob.astype(np.float16).astype(np.float32)  # what the predict stage stores
                 if path is not None:

@@ -19,33 +19,21 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 import nucseg
-from nucseg.bigimage import LazyImage
 from nucseg.datasets import read_sample
-from nucseg.infer import PredictSettings, open_predictor, predict_lazy
+from nucseg.infer import PredictSettings, open_predictor
 from nucseg.metrics import evaluate_image
 from nucseg.postprocess import SegmentSettings, segment_probability
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy import DATASET, machine  # noqa: E402
+from bench_accuracy import DATASET, machine, predict_maps  # noqa: E402
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 SPACINGS = (0.3, 0.5, 0.8)
 SCALES = (0.5, 0.75, 1.0, 1.5)
-
-
-def body_map(predictor, image: np.ndarray, image_id: str, scale: float) -> np.ndarray:
-    prob = np.empty((len(predictor.heads),) + image.shape[:2], np.float32)
-
-    def sink(r: int, block: np.ndarray) -> None:
-        prob[:, r : r + block.shape[1]] = block
-
-    predict_lazy(predictor, LazyImage(image, "YXC", image_id), PredictSettings(scale=scale), sink)
-    return prob[predictor.heads.index("body")]
 
 
 def main() -> None:
@@ -62,7 +50,7 @@ def main() -> None:
     for row in val.itertuples():
         sample = read_sample(args.workdir / "results" / "datasets" / DATASET, row.image_id)
         for scale, predictor in predictors.items():
-            body = body_map(predictor, sample.image, row.image_id, scale)
+            body = predict_maps(predictor, sample.image, row.image_id, PredictSettings(scale=scale))[predictor.heads.index("body")]
             default = evaluate_image(sample.labels, segment_probability(body, SegmentSettings()))["challenge_score"]
             scales.append(dict(modality=row.modality, image_id=row.image_id, scale=scale, challenge=default))
             if scale == 1.0:

@@ -110,13 +110,17 @@ for _name, _overrides in MODELS.items():  # evaluate and qc read the label TIFFs
 # (a train set for the models to train: nucseg.config.config_problems checks it above)
 
 
+def model_folder(value):
+    """A model folder as the config gives it (`folder:`, `train.init`): 'pretrained' is the
+    shipped one, a relative path is taken as local_or_url takes it."""
+    return nucseg.PRETRAINED_MODEL if value == "pretrained" else local_or_url(value)
+
+
 def ready_model(name):
     """The folder of a model given as `folder:` (the shipped one for 'pretrained'), else None
     (the model is trained by the train rule)."""
     folder = MODELS[name].get("folder")
-    if folder is None:
-        return None
-    return nucseg.PRETRAINED_MODEL if folder == "pretrained" else local_or_url(folder)
+    return None if folder is None else model_folder(folder)
 
 
 def model_input(wildcards):
@@ -136,8 +140,7 @@ def init_weights(wildcards):
         return []
     if init in MODELS and init != "pretrained":  # (a model starting from itself: refused by the config check)
         return [ready_model(init) or MODEL.format(model=init)]
-    folder = nucseg.PRETRAINED_MODEL if init == "pretrained" else local_or_url(init)
-    return [os.path.join(folder, "weights.pt")]
+    return [os.path.join(model_folder(init), "weights.pt")]
 
 
 RESULTS = "results"

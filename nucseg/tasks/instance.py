@@ -64,7 +64,7 @@ class InstanceTask:
         modalities = [m for _, _, m, _ in examples]
         weights = sample_weights(modalities, dataset.has_nuclei(), settings.empty_weight, MODALITY_POWER[settings.sampling])
         shares = pd.Series(weights).groupby(modalities).sum()
-        log.info(f"{settings.sampling} sampling, share of draws per modality: %s", ", ".join(f"{m} {v:.2f}" for m, v in shares.items()))
+        log.info("%s sampling, share of draws per modality: %s", settings.sampling, ", ".join(f"{m} {v:.2f}" for m, v in shares.items()))
         return weights
 
     def segment(self, pred_zarr: str, images_zarr: str, index_csv: str, outputs: Mapping[str, str], settings: Mapping, threads: int = 1) -> Any:
