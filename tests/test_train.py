@@ -157,6 +157,19 @@ def test_init_starts_from_a_model_folder_and_refuses_another_network(trained, tm
     assert not (tmp_path / "wide").exists() and not (tmp_path / "heads").exists()
 
 
+def test_init_with_unreadable_weights_is_named_and_leaves_no_model(trained, tmp_path):
+    """A train.init folder whose weights.pt is truncated: the error names the file, and no model
+    folder or checkpoint is left behind."""
+    root, store, index, _ = trained
+    shutil.copytree(root / "model", tmp_path / "broken")
+    weights = tmp_path / "broken" / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    settings = TrainSettings(**dict(SETTINGS, init=str(tmp_path / "broken")))
+    with pytest.raises(ValueError, match=r"train.init: .*broken/weights.pt: not loadable into the network"):
+        train_model([store], [index], tmp_path / "model", settings, checkpoint=tmp_path / "ckpt.pt", threads=1)
+    assert not (tmp_path / "model").exists() and not (tmp_path / "ckpt.pt").exists()
+
+
 def test_width_and_blocks_override_the_preset():
     """train.width and train.blocks (the depth study of BENCHMARKS.md) change the network built;
     null keeps the preset's."""
