@@ -15,6 +15,12 @@ A dataset is declared by a ``source`` (an http(s) URL or a local path), a
     A zip archive (or folder) of ``images/<id>.<ext>`` and ``labels/<id>.<ext>``: a label
     image of the same size holding one declared value per class (``classes`` in the
     config); an image without a label file has no ground truth.
+``stardist`` and ``cellpose`` (images beside instance label images, :mod:`nucseg.layouts`)
+    ``images/<name>.<ext>`` beside ``masks/<name>.tif``, or ``<name>_img.png`` beside
+    ``<name>_masks.png``: a zip archive or a folder; every image has its label image.
+
+Every layout's source may be a zip archive or a local folder (whose files are linked, not
+copied); ``images`` also takes a glob pattern.
 
 The download stage makes ``results/datasets/<name>/``: the unpacked archive
 (``subdir`` picks a folder inside it), links to the user's files for a folder
@@ -24,6 +30,7 @@ or glob, and the solution as ``solution.csv``. :func:`list_images` and
 
 from __future__ import annotations
 
+import functools
 import glob
 import logging
 import os
@@ -39,6 +46,7 @@ import numpy as np
 from nucseg.download import CHUNK, RATIO_MIN_BYTES, DownloadSettings, fetch, is_url, read_lock, sha256sum, verify_checksum
 from nucseg.files import NoSpaceError, atomic_dir, reporting_no_space
 from nucseg.imageio import IMAGE_SUFFIXES, decode_image, read_image_info
+from nucseg.layouts import EXPECTED, PAIRED_LAYOUTS, index_pairs, read_label_image
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +62,9 @@ __all__ = [
     "LAYOUTS",
 ]
 
-LAYOUTS = ("dsb", "images", "semantic")
+LAYOUTS = ("dsb", "images", "semantic") + PAIRED_LAYOUTS
+#: The layouts whose datasets hold ground truth for every image (scored by default as test sets).
+GROUND_TRUTH_LAYOUTS = ("dsb", "semantic") + PAIRED_LAYOUTS
 SOLUTION = "solution.csv"
 #: Beside the copy ``solution.csv``: the user's file (or URL) it was copied from, which messages name.
 SOLUTION_SOURCE = "solution.source"
@@ -72,6 +82,18 @@ def _safe_member(info: zipfile.ZipInfo, archive: str) -> PurePosixPath | None:
     if info.is_dir():
         return None
     return path
+
+
+def _check_unique_members(members: list[tuple[zipfile.ZipInfo, PurePosixPath | None]], archive: Path) -> None:
+    """Refuse an archive holding two members of one name: unpacked, the later would silently
+    replace the earlier."""
+    seen: set[PurePosixPath] = set()
+    for info, rel in members:
+        if rel is None:
+            continue
+        if rel in seen:
+            raise ValueError(f"{archive}: two members are named {str(rel)!r}; unpacking would keep only the later one")
+        seen.add(rel)
 
 
 def _check_sizes(members: list[tuple[zipfile.ZipInfo, PurePosixPath]], archive: Path, settings: DownloadSettings) -> None:
@@ -144,6 +166,7 @@ def unpack_zip(archive: str | os.PathLike, dest: str | os.PathLike, subdir: str 
         raise ValueError(f"{archive}: truncated or corrupt zip archive ({exc})") from exc
     with zf:
         members = [(info, _safe_member(info, str(archive))) for info in zf.infolist()]
+        _check_unique_members(members, archive)
         members = [(info, rel) for info, rel in members if rel is not None and rel.parts[: len(prefix)] == prefix and len(rel.parts) > len(prefix)]
         if prefix and not members:
             raise ValueError(f"{archive}: no member below {subdir!r}")
@@ -183,8 +206,8 @@ def local_image_files(source: str) -> list[Path]:
 
 def source_files(source: str | None, layout: str = "dsb") -> list[Path]:
     """The local files a dataset is made from: the workflow makes them the download job's input,
-    so that a replaced archive, or an image added to, removed from or changed in a folder of
-    one's own images, reruns the dataset's stages.
+    so that a replaced archive, or an image (or label image) added to, removed from or changed
+    in a folder, reruns the dataset's stages.
 
     A URL gives none (its checksum or lock file guards it), and so does a local path that does
     not exist: the download job then stops with a message naming it.
@@ -193,11 +216,12 @@ def source_files(source: str | None, layout: str = "dsb") -> list[Path]:
         return []
     if Path(source).is_file():
         return [Path(source)]
-    return local_image_files(source) if layout == "images" else []
+    return local_image_files(source) if layout == "images" or Path(source).is_dir() else []
 
 
 def _link_images(source: str, dest: Path) -> None:
-    """Make ``dest`` a folder of links to the images of a local folder or glob pattern."""
+    """Make ``dest`` a folder of links to the image files of a local folder (its sub-folders
+    kept) or glob pattern."""
     files = local_image_files(source)
     if not files:
         raise FileNotFoundError(f"no PNG, JPEG or TIFF image found at {source}")
@@ -219,8 +243,8 @@ def _archive_for(source: str, sha256: str | None, cache: Path, settings: Downloa
             return archive
         return fetch(source, archive, sha256, settings)
     archive = Path(source)
-    if not archive.is_file():
-        raise FileNotFoundError(f"dataset archive not found: {source}")
+    if not archive.is_file():  # a folder never comes here: download_dataset links its files
+        raise FileNotFoundError(f"dataset archive not found: {source}" + (" (it exists but is not a regular file)" if archive.exists() else ""))
     verify_checksum(archive, sha256)
     return archive
 
@@ -241,19 +265,19 @@ def download_dataset(
     Parameters
     ----------
     source : str
-        http(s) URL or local path of a zip archive; for ``layout="images"`` also
-        a local folder or glob pattern of image files (linked, not copied).
+        http(s) URL or local path of a zip archive, or a local folder in the layout (its image
+        files are linked, not copied); for ``layout="images"`` also a glob pattern of image files.
     dest : path-like
         Folder to create (atomically: nothing is left there on error).
     sha256 : str, optional
         Expected checksum of the archive. A downloaded archive without one is
         checked against (or recorded in) the lock file ``<archive>.sha256``
         in ``cache_dir``.
-    layout : {"dsb", "images"}
+    layout : {"dsb", "images", "semantic", "stardist", "cellpose"}
     solution, solution_sha256 : str, optional
         Ground truth of a ``dsb`` test set: a solution CSV (URL or path), kept as ``dest/solution.csv``.
     subdir : str, optional
-        Folder inside the archive that holds the layout.
+        Folder inside the archive (or the folder) that holds the layout.
     cache_dir : path-like, optional
         Where downloaded files are kept (default: ``<dest>/../downloads``).
 
@@ -266,7 +290,11 @@ def download_dataset(
         raise ValueError(f"unknown dataset layout {layout!r}; choose one of {LAYOUTS}")
     dest = Path(dest)
     cache = Path(cache_dir) if cache_dir is not None else dest.parent / "downloads"
-    if layout == "images" and not is_url(source) and not str(source).lower().endswith(".zip"):
+    if not is_url(source) and Path(source).is_dir():
+        if sha256:
+            raise ValueError(f"{source} is a folder: a sha256 checksum is for an archive (leave sha256 out for a folder)")
+        _link_images(str(Path(source, subdir)) if subdir else source, dest)
+    elif layout == "images" and not is_url(source) and not str(source).lower().endswith(".zip"):
         _link_images(source, dest)
     else:
         unpack_zip(_archive_for(source, sha256, cache, settings), dest, subdir, settings)
@@ -284,7 +312,7 @@ def download_dataset(
             load_solution(dest, list_images(dest, layout))  # unknown ids or bad runs stop here
         ids = list_images(dest, layout)
         if not ids:
-            expected = {"dsb": "<id>/images/<id>.png", "semantic": "images/<id>.png with labels/<id>.png"}.get(layout, "PNG, JPEG or TIFF files")
+            expected = {"dsb": "<id>/images/<id>.png", "semantic": "images/<id>.png with labels/<id>.png", **EXPECTED}.get(layout, "PNG, JPEG or TIFF files")
             raise ValueError(f"{source}: no image found in the {layout!r} layout ({expected})")
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
@@ -298,23 +326,64 @@ def list_images(root: str | os.PathLike, layout: str = "dsb") -> list[str]:
 
     ``dsb``: the folders holding ``images/<id>.*``. ``images``: every image
     file below ``root``, its relative path without suffix, ``/`` as ``__``.
+    ``semantic``: the same below ``images/``. ``stardist``, ``cellpose``: the ids of
+    :func:`nucseg.layouts.index_pairs`.
+
+    Raises
+    ------
+    ValueError
+        Two files of one id, or (paired layouts) an image without its label image or the
+        reverse; the message names the files.
     """
-    root = Path(root)
-    if layout == "dsb":
-        return sorted(p.name for p in root.iterdir() if p.is_dir() and any((p / "images").glob(f"{p.name}.*")))
-    if layout == "images":
-        ids = [_image_id(p, root) for p in _image_files(root)]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"{root}: several files share the image id {dupes[0]!r} (same name, other suffix)")
-        return sorted(ids)
-    if layout == "semantic":
-        return list_images(root / "images", "images") if (root / "images").is_dir() else []
-    raise ValueError(f"unknown dataset layout {layout!r}; choose one of {LAYOUTS}")
+    return sorted(_index(root, layout))
 
 
 def _image_id(path: Path, root: Path) -> str:
     return "__".join(path.relative_to(root).with_suffix("").parts)
+
+
+def _ids_of_files(root: Path) -> dict[str, Path]:
+    """``{id: file}`` of the image files below ``root``, in one pass (linear: plate screens
+    have 100,000 images and more); two files of one id are refused."""
+    index: dict[str, Path] = {}
+    for path in _image_files(root):
+        image_id = _image_id(path, root)
+        if image_id in index:
+            raise ValueError(f"{root}: several files share the image id {image_id!r} (same name, other suffix): {index[image_id]} and {path}")
+        index[image_id] = path
+    return index
+
+
+def _dsb_ids(root: Path) -> dict[str, Path]:
+    index = {}
+    for folder in root.iterdir() if root.is_dir() else ():
+        found = sorted((folder / "images").glob(f"{glob.escape(folder.name)}.*")) if folder.is_dir() else []
+        if found:
+            index[folder.name] = found[0]
+    return index
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_index(root: str, layout: str, stamp: int) -> dict:
+    path = Path(root)
+    if layout == "dsb":
+        return _dsb_ids(path)
+    if layout == "images":
+        return _ids_of_files(path)
+    if layout == "semantic":
+        return _ids_of_files(path / "images") if (path / "images").is_dir() else {}
+    if layout in PAIRED_LAYOUTS:
+        return index_pairs(path, layout)
+    raise ValueError(f"unknown dataset layout {layout!r}; choose one of {LAYOUTS}")
+
+
+def _index(root: str | os.PathLike, layout: str) -> dict:
+    """The dataset's ``{id: image file}`` (paired layouts: ``{id: (image, label image)}``), made
+    once per folder (a dataset folder is written whole by the download stage and not changed
+    after: the folder's modification time is part of the key all the same)."""
+    root = Path(root)
+    stamp = root.stat().st_mtime_ns if root.exists() else 0
+    return _cached_index(str(root.resolve()), layout, stamp)
 
 
 def image_path(root: str | os.PathLike, image_id: str, layout: str) -> Path:
@@ -325,16 +394,10 @@ def image_path(root: str | os.PathLike, image_id: str, layout: str) -> Path:
     ValueError
         No such image; the message names the folder and the id.
     """
-    root = Path(root)
-    if layout == "dsb":
-        candidates = sorted((root / image_id / "images").glob(f"{image_id}.*"))
-    elif layout == "semantic":
-        candidates = [p for p in _image_files(root / "images") if _image_id(p, root / "images") == image_id]
-    else:
-        candidates = [p for p in _image_files(root) if _image_id(p, root) == image_id]
-    if not candidates:
+    found = _index(root, layout).get(image_id)
+    if found is None:
         raise ValueError(f"{root}: no image file for image id {image_id!r}")
-    return candidates[0]
+    return found[0] if layout in PAIRED_LAYOUTS else found
 
 
 @dataclass(frozen=True)
@@ -418,11 +481,9 @@ def _masks_to_labels(mask_dir: Path, shape: tuple[int, int]) -> tuple[np.ndarray
 def _semantic_labels(root: Path, image_id: str, shape: tuple[int, int], class_values: tuple[int, ...] | None) -> np.ndarray | None:
     """The ``labels/<id>.*`` image of the semantic layout as class indices (raw values without
     ``class_values``), or ``None`` when there is none."""
-    folder = root / "labels"
-    found = [p for p in _image_files(folder) if _image_id(p, folder) == image_id] if folder.is_dir() else []
-    if not found:
+    path = _index(root / "labels", "images").get(image_id)
+    if path is None:
         return None
-    path = found[0]
     labels = decode_image(path.read_bytes(), str(path))
     if labels.ndim == 3 and labels.shape[2] in (3, 4) and (labels[..., :3] == labels[..., :1]).all():
         labels = labels[..., 0]  # a grey label image saved as RGB(A)
@@ -439,10 +500,13 @@ def _semantic_labels(root: Path, image_id: str, shape: tuple[int, int], class_va
 
 def ground_truth(root: str | os.PathLike, image_id: str, layout: str, solution: dict[str, np.ndarray] | None = None) -> str | None:
     """Where :func:`read_sample` takes an image's ground truth from: ``"labels"`` (the semantic
-    layout's label file), ``"masks"`` (the dsb layout's masks folder), ``"solution"`` (the
-    decoded solution CSV), or None."""
+    layout's label file), ``"masks"`` (the dsb layout's masks folder), ``"label_image"`` (the
+    stardist and cellpose layouts' instance label image), ``"solution"`` (the decoded solution
+    CSV), or None."""
     if layout == "semantic":
         return "labels"
+    if layout in PAIRED_LAYOUTS:
+        return "label_image"
     if layout == "dsb" and (Path(root) / image_id / "masks").is_dir():
         return "masks"
     if solution is not None and image_id in solution:
@@ -465,6 +529,8 @@ def read_sample(
 
     ``semantic`` layout: the ground truth is ``labels/<id>.*``, turned into class indices
     (0..K-1, ``uint8``) by ``class_values``, the label value of each class in order.
+    ``stardist`` and ``cellpose`` layouts: the image's label image, its values kept
+    (:func:`nucseg.layouts.read_label_image`).
 
     Raises
     ------
@@ -482,6 +548,8 @@ def read_sample(
     if source == "masks":
         labels, n_overlap = _masks_to_labels(root / image_id / "masks", shape)
         return Sample(image_id, image, labels, n_overlap, info)
+    if source == "label_image":
+        return Sample(image_id, image, read_label_image(_index(root, layout)[image_id][1], shape), 0, info)
     if source == "solution":
         labels = solution[image_id]
         if labels.shape != shape:

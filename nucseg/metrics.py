@@ -42,6 +42,7 @@ __all__ = [
     "pixel_scores",
     "matching",
     "challenge_scores",
+    "aggregated_jaccard",
     "evaluate_image",
 ]
 
@@ -563,6 +564,55 @@ def challenge_scores(
     return per, float(per.mean())
 
 
+def _aji_from_overlap(ov: _Overlap, pair_iou: NDArray[np.float64]) -> float:
+    """Aggregated Jaccard index from the contingency table (see :func:`aggregated_jaccard`)."""
+    if ov.n_true == 0 and ov.n_pred == 0:
+        return 1.0
+    # each true object's best prediction: the overlapping pair of highest IoU in its row
+    # (ties: the lowest prediction label), found by one lexicographic sort of the pairs
+    order = np.lexsort((ov.cols, -pair_iou, ov.rows))
+    rows = ov.rows[order]
+    first = order[np.r_[True, rows[1:] != rows[:-1]]] if rows.size else order
+    inter = int(ov.inter[first].sum())
+    union = int((ov.area_true[ov.rows[first]] + ov.area_pred[ov.cols[first]] - ov.inter[first]).sum())
+    unmatched_true = np.ones(ov.n_true, bool)
+    unmatched_true[ov.rows[first]] = False
+    used = np.zeros(ov.n_pred, bool)
+    used[ov.cols[first]] = True
+    union += int(ov.area_true[unmatched_true].sum()) + int(ov.area_pred[~used].sum())
+    return inter / union if union else 0.0
+
+
+def aggregated_jaccard(truth: ArrayLike, pred: ArrayLike) -> float:
+    """Aggregated Jaccard index (AJI; Kumar et al., IEEE TMI 2017, the MoNuSeg metric).
+
+    Each true object ``G`` is paired with the predicted object ``S`` of highest IoU with it
+    (a prediction may serve several true objects, as in the original definition); AJI is
+    ``sum |G ∩ S| / (sum |G ∪ S| + sum of the areas of predictions paired with none)``,
+    a true object that overlaps no prediction adding its area to the denominator only.
+
+    Parameters
+    ----------
+    truth, pred : (H, W) integer ndarray
+        Label images, 0 = background. Not modified.
+
+    Returns
+    -------
+    float
+        In [0, 1]; 1.0 when both images are empty, 0.0 when only one is.
+
+    Examples
+    --------
+    >>> t = np.array([[1, 1, 0, 2, 2]])
+    >>> p = np.array([[1, 1, 0, 2, 0]])
+    >>> aggregated_jaccard(t, p)  # (2 + 1) / (2 + 2)
+    0.75
+    """
+    t, p = _as_pair(truth, pred)
+    ov = _overlap(t, p)
+    return _aji_from_overlap(ov, ov.pair_iou())
+
+
 def evaluate_image(truth: ArrayLike, pred: ArrayLike) -> dict[str, float]:
     """All scores of one image as one flat row (e.g. for a pandas DataFrame).
 
@@ -598,6 +648,8 @@ def evaluate_image(truth: ArrayLike, pred: ArrayLike) -> dict[str, float]:
             (key ``f"ap_{t:.2f}"``).
         ``challenge_score`` (float)
             Mean of the ``ap_*`` values (2018 Data Science Bowl score).
+        ``aji`` (float)
+            Aggregated Jaccard index, as in :func:`aggregated_jaccard` (MoNuSeg's score).
 
         The empty-image conventions of :func:`pixel_scores`,
         :func:`matching` and :func:`challenge_scores` apply.
@@ -623,4 +675,5 @@ def evaluate_image(truth: ArrayLike, pred: ArrayLike) -> dict[str, float]:
     for thr, score in zip(CHALLENGE_THRESHOLDS, per):
         row[f"ap_{thr:.2f}"] = float(score)
     row["challenge_score"] = float(per.mean())
+    row["aji"] = _aji_from_overlap(ov, pair_iou)
     return row

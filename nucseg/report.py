@@ -245,7 +245,7 @@ def tables_html(summary: pd.DataFrame, stats: pd.DataFrame | None = None, compar
     def table(frame: pd.DataFrame, n_text: int) -> str:
         return frame.to_html(index=False, border=0, classes=f"t text{n_text}", na_rep="", float_format=lambda v: f"{v:.3f}")
 
-    main = ["n_images", "n_true", "n_pred", "pixel_iou", "pixel_f1", "obj_precision", "obj_recall", "obj_f1", "mean_matched_iou", "challenge_score"]
+    main = ["n_images", "n_true", "n_pred", "pixel_iou", "pixel_f1", "obj_precision", "obj_recall", "obj_f1", "mean_matched_iou", "challenge_score", "aji"]
     parts = ["<h2>Mean over images, per model and dataset</h2>", table(summary[["model", "dataset", *[c for c in main if c in summary.columns]]], 2)]
     if comparison is not None:
         parts += ["<h2>Models side by side (mean over images)</h2>", table(comparison, 2)]
@@ -267,7 +267,7 @@ def tables_html(summary: pd.DataFrame, stats: pd.DataFrame | None = None, compar
 
 
 def format_summary(
-    summary: pd.DataFrame, columns: tuple[str, ...] = ("n_images", "n_true", "n_pred", "pixel_iou", "pixel_f1", "obj_f1", "challenge_score")
+    summary: pd.DataFrame, columns: tuple[str, ...] = ("n_images", "n_true", "n_pred", "pixel_iou", "pixel_f1", "obj_f1", "challenge_score", "aji")
 ) -> str:
     """A short plain-text view of the summary's main columns, for the end of a run."""
     shown = summary.set_index(["model", "dataset"])[[c for c in columns if c in summary.columns]]

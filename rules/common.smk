@@ -8,6 +8,7 @@ import nucseg
 import nucseg.tasks
 import yaml
 from nucseg.config import SECTIONS, config_problems, type_cli_config
+from nucseg.datasets import GROUND_TRUTH_LAYOUTS
 from snakemake.exceptions import WorkflowError
 
 # The jobs inherit this: OpenMP threads that spin while waiting for each other take the cores
@@ -65,7 +66,7 @@ def dataset_layout(name):
 # a folder of the user's own images, or a dsb set marked evaluate: false, is predicted,
 # segmented and measured only (evaluate: true with layout: images, and a config without a
 # test set, are refused with the config above: nucseg.config)
-EVAL_SETS = [name for name in TEST_SETS if DATASETS[name].get("evaluate", dataset_layout(name) in ("dsb", "semantic"))]
+EVAL_SETS = [name for name in TEST_SETS if DATASETS[name].get("evaluate", dataset_layout(name) in GROUND_TRUTH_LAYOUTS)]
 
 # The task (nucseg.tasks): instance or semantic. It decides the training targets, network and
 # loss, the segment step, the metrics, QC pictures and plots; the stages stay the same rules.

@@ -79,6 +79,7 @@ def test_evaluate_image_keys_in_order() -> None:
         "mean_matched_iou",
         *AP_KEYS,
         "challenge_score",
+        "aji",
     ]
     assert all(isinstance(row[k], int) for k in ("n_true", "n_pred", "obj_tp", "obj_fp", "obj_fn"))
     assert all(isinstance(v, float) for k, v in row.items() if k.startswith(("pixel", "ap_")))
@@ -512,3 +513,68 @@ def test_scale_thousand_nuclei() -> None:
     pred = truth.copy()
     pred[pred == truth[31, 31]] = 0
     assert challenge_scores(truth, pred)[1] == pytest.approx((n - 1) / n, abs=1e-15)
+
+
+# ---------------------------------------------------------------------------
+# Aggregated Jaccard index
+# ---------------------------------------------------------------------------
+
+
+def _aji_reference(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Kumar et al.'s AJI written out object by object (the MoNuSeg challenge's loop)."""
+    inter = union = 0
+    used = set()
+    for t in np.unique(truth[truth > 0]):
+        g = truth == t
+        best, best_iou = None, 0.0
+        for p in np.unique(pred[g & (pred > 0)]):
+            s = pred == p
+            iou = (g & s).sum() / (g | s).sum()
+            if iou > best_iou:
+                best, best_iou = p, iou
+        if best is None:
+            union += g.sum()
+            continue
+        s = pred == best
+        inter += (g & s).sum()
+        union += (g | s).sum()
+        used.add(best)
+    for p in np.unique(pred[pred > 0]):
+        if p not in used:
+            union += (pred == p).sum()
+    return inter / union
+
+
+def test_aji_hand_made() -> None:
+    """One nucleus found whole, one half: (4 + 2) / (4 + 4); a merge of both into one
+    prediction serves both true objects: (4 + 4) / (8 + 8)."""
+    truth = picture(TWO_SQUARES)
+    half = truth.copy()
+    half[:, 5] = 0
+    assert metrics.aggregated_jaccard(truth, half) == pytest.approx(6 / 8)
+    merged = np.where(truth > 0, 7, 0)
+    assert metrics.aggregated_jaccard(truth, merged) == pytest.approx(0.5)
+    assert evaluate_image(truth, half)["aji"] == pytest.approx(6 / 8)
+
+
+def test_aji_empty_conventions() -> None:
+    truth = picture(TWO_SQUARES)
+    empty = np.zeros_like(truth)
+    assert metrics.aggregated_jaccard(empty, empty) == 1.0
+    assert metrics.aggregated_jaccard(truth, empty) == 0.0
+    assert metrics.aggregated_jaccard(empty, truth) == 0.0
+
+
+def test_aji_extra_prediction_adds_to_the_union() -> None:
+    truth = picture(TWO_SQUARES)
+    pred = truth.copy()
+    pred[0, 0] = 9  # a false positive of one pixel
+    assert metrics.aggregated_jaccard(truth, pred) == pytest.approx(8 / 9)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_aji_equals_the_object_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 6, (24, 24)).repeat(2, 0).repeat(2, 1)
+    pred = np.roll(rng.integers(0, 9, (24, 24)).repeat(2, 0).repeat(2, 1), 1, axis=1)
+    assert metrics.aggregated_jaccard(truth, pred) == pytest.approx(_aji_reference(truth, pred))
