@@ -40,6 +40,7 @@ from nucseg.bigimage import LazyImage, image_statistics
 from nucseg.files import atomic_dir, atomic_file
 from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
 from nucseg.model import DEVICES, choose_device, load_model
+from nucseg.scale import DEFAULT_DIAMETER, estimate_scale
 from nucseg.tiling import MULTIPLE, stream_tiled
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,13 @@ class PredictSettings:
     chunk : int
         Chunk side of the probability maps' zarr arrays, pixels.
     device : {"auto", "cpu", "cuda"}
-    scale : float
+    scale : float or "auto"
         Each window is resized by this factor before the network and its maps back after
         (bilinear): for objects of another size in pixels than the model was trained on, the
         factor that brings them to the training size (0.4 for cells 2.5x larger). The tiling,
-        the statistics and the maps stay at the image's own resolution.
+        the statistics and the maps stay at the image's own resolution. ``"auto"``: each image's
+        own factor, estimated from a probe of it (:mod:`nucseg.scale`), logged and recorded in
+        its maps' attributes.
     """
 
     tta: bool = False
@@ -82,10 +85,13 @@ class PredictSettings:
     engine: str = "auto"
     chunk: int = 1024
     device: str = "auto"
-    scale: float = 1.0
+    scale: float | str = 1.0
 
     def __post_init__(self) -> None:
-        if not 0.05 <= self.scale <= 20:
+        if isinstance(self.scale, str):
+            if self.scale != "auto":
+                raise ValueError(f"predict scale must be a number or 'auto', got {self.scale!r}")
+        elif not 0.05 <= self.scale <= 20:
             raise ValueError(f"predict scale must be between 0.05 and 20, got {self.scale}")
         if self.tile < 32 or self.tile % 32:
             raise ValueError(f"predict tile must be a positive multiple of 32, got {self.tile}")
@@ -216,11 +222,17 @@ class Predictor:
         The model's ``normalize`` setting (``low``, ``high``, ``invert_dark``; absent keys: defaults, no inversion).
     tta : bool
     scale : float
-        :attr:`PredictSettings.scale`.
+        The scale windows are resized by (:attr:`PredictSettings.scale`; :func:`predict_lazy`
+        sets it per image from its settings).
+    diameter : float, optional
+        The model's training nucleus diameter, pixels (``config.json`` ``nuclei.median``), the
+        target of ``scale: auto``; :data:`nucseg.scale.DEFAULT_DIAMETER` when not recorded.
     """
 
-    def __init__(self, engine, heads: list[str], normalize: dict | None, tta: bool = False, scale: float = 1.0) -> None:
-        self.engine, self.heads, self.tta, self.scale = engine, list(heads), tta, float(scale)
+    def __init__(self, engine, heads: list[str], normalize: dict | None, tta: bool = False, scale: float | str = 1.0, diameter: float | None = None) -> None:
+        self.engine, self.heads, self.tta = engine, list(heads), tta
+        self.scale = 1.0 if scale == "auto" else float(scale)
+        self.diameter = float(diameter) if diameter else DEFAULT_DIAMETER
         normalize = dict(normalize or {})
         self.low = float(normalize.get("low", NORMALIZE_LOW))
         self.high = float(normalize.get("high", NORMALIZE_HIGH))
@@ -265,9 +277,24 @@ class Predictor:
         return read
 
 
-def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettings, sink, flush_rows: int = 1) -> None:
-    """Stream the probability maps of one image into ``sink(row, (K, n, W) float32)`` (:func:`nucseg.tiling.stream_tiled`)."""
-    stream_tiled(predictor, predictor.normalizer(image), image.shape, len(predictor.heads), sink, settings.tile, settings.margin, settings.batch, flush_rows)
+def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettings, sink, flush_rows: int = 1) -> float:
+    """Stream the probability maps of one image into ``sink(row, (K, n, W) float32)``
+    (:func:`nucseg.tiling.stream_tiled`) at ``settings.scale``; returns the scale used (the
+    image's estimate for ``"auto"``, :func:`nucseg.scale.estimate_scale`)."""
+    read = predictor.normalizer(image)
+    if settings.scale == "auto":
+        estimate = estimate_scale(predictor, read, image.shape, predictor.diameter)
+        scale = estimate.scale
+        found = ", ".join(f"{s:g}: {n} of {d:.1f} px" for s, (n, d) in estimate.by_scale.items())
+        log.info("%s: predict scale %g (nuclei of %.1f px, the model's %.1f px; probe at each scale: %s)", image.name, scale, estimate.diameter, estimate.target, found)
+    else:
+        scale = float(settings.scale)
+    saved, predictor.scale = predictor.scale, scale
+    try:
+        stream_tiled(predictor, read, image.shape, len(predictor.heads), sink, settings.tile, settings.margin, settings.batch, flush_rows)
+    finally:
+        predictor.scale = saved
+    return scale
 
 
 def to_float16(array: np.ndarray) -> np.ndarray:
@@ -289,7 +316,7 @@ def predict_to_zarr(predictor: Predictor, image: LazyImage, group: zarr.Group, n
     def sink(row: int, block: np.ndarray) -> None:
         array[:, row : row + block.shape[1]] = to_float16(block)
 
-    predict_lazy(predictor, image, settings, sink, flush_rows=min(h, c))
+    array.attrs["scale"] = predict_lazy(predictor, image, settings, sink, flush_rows=min(h, c))
     seconds = time.perf_counter() - start
     log.info("%s: %dx%d predicted in %.1f s (%.2f megapixels/s)", name, h, w, seconds, h * w / 1e6 / max(seconds, 1e-9))
     return array
@@ -345,7 +372,7 @@ def open_predictor(model_dir: str | os.PathLike, settings: PredictSettings, thre
     model, config = load_model(model_dir, device)
     engine = make_engine(model, settings, device, cache_dir=model_dir)
     log.info(
-        "predicting with %s on %s, tile %d, margin %d, batch %d, tta %s, scale %g",
+        "predicting with %s on %s, tile %d, margin %d, batch %d, tta %s, scale %s",
         engine.name,
         device.type,
         settings.tile,
@@ -354,7 +381,7 @@ def open_predictor(model_dir: str | os.PathLike, settings: PredictSettings, thre
         settings.tta,
         settings.scale,
     )
-    return Predictor(engine, list(model.config.heads), config.get("normalize"), settings.tta, settings.scale)
+    return Predictor(engine, list(model.config.heads), config.get("normalize"), settings.tta, settings.scale, (config.get("nuclei") or {}).get("median"))
 
 
 def open_output_group(path: str | os.PathLike, predictor: Predictor, model_dir: str | os.PathLike, settings: PredictSettings) -> zarr.Group:
