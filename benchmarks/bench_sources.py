@@ -143,7 +143,9 @@ def summarise(scores: pd.DataFrame) -> pd.DataFrame:
     by_group = scores.groupby(["source", "group", "scale"]).agg(**agg)
     by_source = scores.assign(group="all").groupby(["source", "group", "scale"]).agg(**agg)
     table = pd.concat([by_group, by_source]).sort_index()
-    megapixels = pd.concat([scores.groupby(["source", "group", "scale"])["megapixels"].sum(), scores.assign(group="all").groupby(["source", "group", "scale"])["megapixels"].sum()])
+    megapixels = pd.concat(
+        [scores.groupby(["source", "group", "scale"])["megapixels"].sum(), scores.assign(group="all").groupby(["source", "group", "scale"])["megapixels"].sum()]
+    )
     table["s_per_mp"] = table["s_per_mp"] / megapixels.reindex(table.index)
     table.loc[table.index.get_level_values("scale") == "oracle", "s_per_mp"] = np.nan
     return table

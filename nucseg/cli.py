@@ -212,6 +212,18 @@ def _threshold(text: str) -> str | float:
     return value
 
 
+def _scale(text: str) -> str | float:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.05 <= value <= 20:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a factor between 0.05 and 20")
+    return value
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -249,9 +261,10 @@ def _add_predict_arguments(parser: argparse.ArgumentParser, out_help: str) -> No
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument(
         "--scale",
-        type=float,
+        type=_scale,
         default=defaults.scale,
-        help="resize windows by this factor before the network, maps back after: objects to the training size (0.5 for nuclei twice as large)",
+        help="resize windows by this factor before the network, maps back after: objects to the training size (0.5 for nuclei twice as large); "
+        "auto: each image's own factor, estimated from a probe of it (recorded in images.csv)",
     )
     parser.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: PyTorch's, all cores)")
 

@@ -286,7 +286,14 @@ def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettin
         estimate = estimate_scale(predictor, read, image.shape, predictor.diameter)
         scale = estimate.scale
         found = ", ".join(f"{s:g}: {n} of {d:.1f} px" for s, (n, d) in estimate.by_scale.items())
-        log.info("%s: predict scale %g (nuclei of %.1f px, the model's %.1f px; probe at each scale: %s)", image.name, scale, estimate.diameter, estimate.target, found)
+        log.info(
+            "%s: predict scale %g (nuclei of %.1f px, the model's %.1f px; probe at each scale: %s)",
+            image.name,
+            scale,
+            estimate.diameter,
+            estimate.target,
+            found,
+        )
     else:
         scale = float(settings.scale)
     saved, predictor.scale = predictor.scale, scale

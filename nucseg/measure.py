@@ -39,7 +39,7 @@ COLUMNS = [
 ]
 
 #: Columns of the per-image table (:meth:`ImageSummary.row`).
-IMAGE_COLUMNS = ["image_id", "height", "width", "count", "density_per_megapixel", "mean_area", "median_area", "coverage_fraction"]
+IMAGE_COLUMNS = ["image_id", "height", "width", "count", "density_per_megapixel", "mean_area", "median_area", "coverage_fraction", "predict_scale"]
 
 # skimage.measure.perimeter(image, neighborhood=4): weights of the boundary-pixel codes
 _PERIMETER_WEIGHTS = np.zeros(50)
@@ -232,8 +232,9 @@ class ImageSummary:
     20.0
     """
 
-    def __init__(self, image_id: str, height: int, width: int) -> None:
+    def __init__(self, image_id: str, height: int, width: int, predict_scale: float = float("nan")) -> None:
         self.image_id, self.height, self.width = image_id, int(height), int(width)
+        self.predict_scale = float(predict_scale)
         self.areas = np.zeros(1, np.int64)  # areas[a] = number of objects of area a
 
     def add(self, table: pd.DataFrame) -> None:
@@ -245,7 +246,8 @@ class ImageSummary:
     def row(self) -> dict:
         """:data:`IMAGE_COLUMNS`: ``count``, ``density_per_megapixel`` (count per 10^6 pixels),
         ``mean_area``/``median_area`` (pixels; NaN without objects), ``coverage_fraction``
-        (share of the image's pixels inside a nucleus)."""
+        (share of the image's pixels inside a nucleus), ``predict_scale`` (the factor the
+        image's maps were predicted at: with ``scale: auto`` its own; NaN when not known)."""
         count = int(self.areas.sum())
         sizes = np.arange(self.areas.size)
         pixels = int((sizes * self.areas).sum())
@@ -265,4 +267,5 @@ class ImageSummary:
             "mean_area": pixels / count if count else np.nan,
             "median_area": float(median),
             "coverage_fraction": pixels / size,
+            "predict_scale": self.predict_scale,
         }

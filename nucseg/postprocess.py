@@ -611,7 +611,7 @@ def segment_image(
         The image's row of the per-image table (:data:`nucseg.measure.IMAGE_COLUMNS`).
     """
     height, width = maps.shape[1:]
-    summary = ImageSummary(image_id, height, width)
+    summary = ImageSummary(image_id, height, width, getattr(maps, "attrs", {}).get("scale", np.nan))  # the maps' predict scale
     with label_canvas((height, width), scratch) as canvas, writers.geojson(image_id) as features:
         for result in segment_map(maps, heads, settings, threads):
             result.paste(canvas)

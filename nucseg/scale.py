@@ -38,7 +38,7 @@ PROBE = 384
 MIN_NUCLEI = 3
 #: The training diameter of a model whose folder does not record one: the shipped model's
 #: (median over the nuclei of its training images, stage1_train_fixed).
-DEFAULT_DIAMETER = 20.0
+DEFAULT_DIAMETER = 19.75
 
 
 def nucleus_diameters(labels: np.ndarray, drop_edge: bool = True) -> np.ndarray:
@@ -66,6 +66,32 @@ def nucleus_diameters(labels: np.ndarray, drop_edge: bool = True) -> np.ndarray:
         edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]).astype(np.int64))
         keep[edge] = False
     return np.sqrt(4 * areas[keep] / np.pi)
+
+
+#: Bins of :func:`diameter_histogram`: 0.5 px wide, up to 256 px.
+BINS = np.arange(0, 256.5, 0.5)
+
+
+def diameter_histogram(labels: np.ndarray) -> np.ndarray:
+    """``(n, len(BINS) - 1)`` int32 counts of the nuclei diameters of ``n`` label crops
+    ``(n, S, S)`` (objects touching a crop's edge left out): a training set's nucleus sizes,
+    summed crop by crop without holding every diameter."""
+    return (
+        np.stack([np.histogram(nucleus_diameters(crop), BINS)[0].astype(np.int32) for crop in labels])
+        if len(labels)
+        else np.zeros((0, len(BINS) - 1), np.int32)
+    )
+
+
+def summary_of_histogram(counts: np.ndarray) -> dict:
+    """:func:`diameter_summary` of nuclei counted in :data:`BINS` (bin centres; empty dict for none)."""
+    counts = np.asarray(counts, np.int64)
+    if counts.sum() == 0:
+        return {}
+    centres = (BINS[:-1] + BINS[1:]) / 2
+    cumulative = np.cumsum(counts) / counts.sum()
+    p10, median, p90 = (float(centres[np.searchsorted(cumulative, q)]) for q in (0.1, 0.5, 0.9))
+    return {"median": median, "p10": p10, "p90": p90, "n": int(counts.sum())}
 
 
 def diameter_summary(diameters: np.ndarray) -> dict:

@@ -68,6 +68,7 @@ from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intens
 from nucseg.model import DEVICES, PRESETS, ModelConfig, choose_device
 from nucseg.nets import SEMANTIC_PRESETS
 from nucseg.preprocess import make_targets
+from nucseg.scale import diameter_histogram, summary_of_histogram
 from nucseg.tasks import Task, make_task
 
 log = logging.getLogger(__name__)
@@ -527,10 +528,15 @@ def write_model_folder(
     model_config: dict,
     invert_dark: bool,
     device: torch.device,
+    nuclei: dict | None = None,
 ) -> dict:
     """The model folder (weights.pt of the best epoch, config.json, history.csv, curves.png),
-    written under a temporary name and renamed; returns the contents of config.json."""
+    written under a temporary name and renamed; returns the contents of config.json.
+
+    ``nuclei``: the training nuclei's diameters (:func:`training_nuclei`), recorded as
+    ``config.json`` ``nuclei``: the target of ``predict.scale: auto``."""
     best_row = table.loc[table["val_iou"].idxmax()]
+    extra = {"nuclei": nuclei} if nuclei else {}
     config = dict(
         nucseg_version=nucseg.__version__,
         **task.describe(),
@@ -547,6 +553,7 @@ def write_model_folder(
         best_epoch=int(best_row["epoch"]),
         best_val_iou=float(best_row["val_iou"]),
         epochs_run=len(table),
+        **extra,
     )
     with atomic_dir(out_dir, overwrite=True) as tmp:
         with open(tmp / "weights.pt", "wb") as out:
@@ -558,6 +565,13 @@ def write_model_folder(
         save_curves(table, tmp / "curves.png", *task.curve_labels(settings))
     log.info("best validation IoU %.4f at epoch %d; model in %s", config["best_val_iou"], config["best_epoch"], out_dir)
     return config
+
+
+def training_nuclei(train_set: CropDataset) -> dict:
+    """Median, 10th and 90th percentile of the diameters (px) of the nuclei of the training
+    examples (those touching a crop's edge left out), and their number."""
+    counts = train_set.per_example(diameter_histogram)
+    return summary_of_histogram(counts.sum(axis=0)) if len(counts) else {}
 
 
 def train_model(
@@ -673,4 +687,5 @@ def train_model(
     if state.bad_epochs >= settings.stop_patience:
         log.info("early stop: no better validation IoU for %d epochs", state.bad_epochs)
 
-    return write_model_folder(out_dir, state.best_state, pd.DataFrame(history), settings, task, architecture, model_config, invert_dark, device)
+    nuclei = training_nuclei(train_set) if task.name == "instance" else None
+    return write_model_folder(out_dir, state.best_state, pd.DataFrame(history), settings, task, architecture, model_config, invert_dark, device, nuclei)
