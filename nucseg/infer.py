@@ -40,7 +40,7 @@ from nucseg.bigimage import LazyImage, image_statistics
 from nucseg.files import atomic_dir, atomic_file
 from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
 from nucseg.model import DEVICES, choose_device, load_model
-from nucseg.scale import DEFAULT_DIAMETER, estimate_scale
+from nucseg.scale import DEFAULT_NUCLEI, estimate_scale
 from nucseg.tiling import MULTIPLE, stream_tiled
 
 log = logging.getLogger(__name__)
@@ -224,15 +224,16 @@ class Predictor:
     scale : float
         The scale windows are resized by (:attr:`PredictSettings.scale`; :func:`predict_lazy`
         sets it per image from its settings).
-    diameter : float, optional
-        The model's training nucleus diameter, pixels (``config.json`` ``nuclei.median``), the
-        target of ``scale: auto``; :data:`nucseg.scale.DEFAULT_DIAMETER` when not recorded.
+    nuclei : dict, optional
+        The model's training nucleus diameters, pixels (``config.json`` ``nuclei``: ``median``,
+        ``p10``, ``p90``), the target of ``scale: auto``; :data:`nucseg.scale.DEFAULT_NUCLEI`
+        (the shipped model's) for what a folder does not record.
     """
 
-    def __init__(self, engine, heads: list[str], normalize: dict | None, tta: bool = False, scale: float | str = 1.0, diameter: float | None = None) -> None:
+    def __init__(self, engine, heads: list[str], normalize: dict | None, tta: bool = False, scale: float | str = 1.0, nuclei: dict | None = None) -> None:
         self.engine, self.heads, self.tta = engine, list(heads), tta
         self.scale = 1.0 if scale == "auto" else float(scale)
-        self.diameter = float(diameter) if diameter else DEFAULT_DIAMETER
+        self.nuclei = {**DEFAULT_NUCLEI, **(nuclei or {})}
         normalize = dict(normalize or {})
         self.low = float(normalize.get("low", NORMALIZE_LOW))
         self.high = float(normalize.get("high", NORMALIZE_HIGH))
@@ -283,15 +284,15 @@ def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettin
     image's estimate for ``"auto"``, :func:`nucseg.scale.estimate_scale`)."""
     read = predictor.normalizer(image)
     if settings.scale == "auto":
-        estimate = estimate_scale(predictor, read, image.shape, predictor.diameter)
+        estimate = estimate_scale(predictor, read, image.shape, predictor.nuclei)
         scale = estimate.scale
         found = ", ".join(f"{s:g}: {n} of {d:.1f} px" for s, (n, d) in estimate.by_scale.items())
         log.info(
-            "%s: predict scale %g (nuclei of %.1f px, the model's %.1f px; probe at each scale: %s)",
+            "%s: predict scale %g (nuclei of %.1f px; the model's %.1f-%.1f px; probes, nuclei of px per scale: %s)",
             image.name,
             scale,
             estimate.diameter,
-            estimate.target,
+            *estimate.band,
             found,
         )
     else:
@@ -388,7 +389,7 @@ def open_predictor(model_dir: str | os.PathLike, settings: PredictSettings, thre
         settings.tta,
         settings.scale,
     )
-    return Predictor(engine, list(model.config.heads), config.get("normalize"), settings.tta, settings.scale, (config.get("nuclei") or {}).get("median"))
+    return Predictor(engine, list(model.config.heads), config.get("normalize"), settings.tta, settings.scale, config.get("nuclei"))
 
 
 def open_output_group(path: str | os.PathLike, predictor: Predictor, model_dir: str | os.PathLike, settings: PredictSettings) -> zarr.Group:

@@ -1,22 +1,26 @@
 """The nucleus size of an image, and the predict scale that brings it to the model's.
 
-A model sees nuclei at the sizes of its training images (the shipped one: a median of about
-20 px across); nuclei three times larger come out as speckles of their texture, much smaller
-ones merge. ``predict.scale: auto`` (what Cellpose's size model is for) measures each image
-before it is predicted:
+A model sees nuclei at the sizes of its training images (the shipped one: 8.75 to 31.25 px
+across for the central 80 %, a median of 19.75); nuclei five times larger come out as
+speckles of their texture, much smaller ones merge. ``predict.scale: auto`` (what Cellpose's
+size model is for) measures each image before it is predicted:
 
-1. a probe: the window of :data:`PROBE` px (at most; the whole image when smaller) of the
-   image's most varied intensities (of the candidates on a 3 x 3 grid), normalised with the
-   whole image's statistics as prediction normalises it;
-2. the probe predicted at each of :data:`CANDIDATES` and segmented with the default segment
-   settings: the median equivalent diameter of the nuclei found (those touching the probe's
-   edge left out), in the image's pixels;
-3. the scale whose nuclei, brought to the model's pixels (diameter x scale), come nearest (by
-   ratio) to the model's training diameter; a model at its own size finds nuclei of the right
-   size, while one at a wrong size finds fragments or merges, whose size in its pixels is far
-   from its training size. No nucleus at any scale: 1.
+1. at each of :data:`CANDIDATES` ``s``, a probe of ``PROBE / s`` px (at most the image), the
+   window of most varied intensities among 3 x 3 candidates, normalised with the whole image's
+   statistics, is predicted at that scale: every candidate costs the network the same
+   ``PROBE^2`` pixels and sees as many nuclei of the size it suits;
+2. each is segmented with the default settings: the median equivalent diameter of the nuclei
+   found (those touching the probe's edge left out), in the image's pixels;
+3. the image's nucleus size is the diameter that the most candidates agree on (within a factor
+   1.3): nuclei measured at any scale the model can work at keep their size in the image's
+   pixels, while the fragments of a too-large nucleus's texture (or merges of too-small ones)
+   follow the scale (:func:`measure_size`);
+4. the scale: 1 when that size lies within the central 80 % of the model's training nuclei
+   (``p10`` to ``p90``; the model knows these sizes, and a resize costs detail), else the
+   candidate nearest 1 that brings it there (none does: the one nearest the model's median).
+   No size found: 1.
 
-The probe costs the network about ``PROBE^2 * sum(s^2)`` pixels (0.6 megapixels), once per image.
+The probes cost the network ``len(CANDIDATES) * PROBE^2`` pixels (0.6 megapixels) per image.
 """
 
 from __future__ import annotations
@@ -28,17 +32,21 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CANDIDATES", "PROBE", "ScaleEstimate", "nucleus_diameters", "diameter_summary", "probe_window", "choose_scale", "estimate_scale"]
+__all__ = ["CANDIDATES", "PROBE", "ScaleEstimate", "nucleus_diameters", "diameter_summary", "probe_window", "measure_size", "choose_scale", "estimate_scale"]
 
 #: The scales tried, geometric steps of about sqrt(2): nuclei up to 4x and down to 0.7x the model's size.
 CANDIDATES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4)
-#: Side of the probe window, pixels (a multiple of 32).
-PROBE = 384
+#: Side of the probe window in the network's pixels (a multiple of 32): ``PROBE / s`` image
+#: pixels at scale ``s``.
+PROBE = 320
 #: Fewest nuclei a scale must find in the probe to take part.
 MIN_NUCLEI = 3
-#: The training diameter of a model whose folder does not record one: the shipped model's
-#: (median over the nuclei of its training images, stage1_train_fixed).
-DEFAULT_DIAMETER = 19.75
+#: Diameters within this factor of each other are one size (:func:`measure_size`).
+CONSISTENT = 1.3
+#: The training nuclei of a model whose folder does not record them: the shipped model's
+#: (diameters over the nuclei of its training crops, stage1_train_fixed; px).
+DEFAULT_NUCLEI = {"median": 19.75, "p10": 8.75, "p90": 31.25}
+DEFAULT_DIAMETER = DEFAULT_NUCLEI["median"]
 
 
 def nucleus_diameters(labels: np.ndarray, drop_edge: bool = True) -> np.ndarray:
@@ -134,7 +142,9 @@ class ScaleEstimate:
     diameter : float
         The median nucleus diameter found at that scale, in the image's pixels (NaN: none).
     target : float
-        The model's training diameter.
+        The model's training diameter (median).
+    band : (float, float)
+        The model's ``p10`` and ``p90`` training diameters: sizes kept at scale 1.
     by_scale : dict
         ``{scale: (nuclei found, median diameter in image pixels)}`` for every candidate.
     """
@@ -142,24 +152,43 @@ class ScaleEstimate:
     scale: float
     diameter: float
     target: float
+    band: tuple = (float("nan"), float("nan"))
     by_scale: dict = field(default_factory=dict)
 
 
-def choose_scale(by_scale: dict, target: float, min_nuclei: int = MIN_NUCLEI) -> tuple[float, float]:
-    """``(scale, diameter)``: the candidate whose median diameter in the model's pixels
-    (``diameter * scale``) is nearest to ``target`` by ratio, among those finding at least
-    ``min_nuclei`` nuclei; ties go to the scale nearest 1; ``(1.0, nan)`` if none qualifies."""
-    best, best_key = (1.0, float("nan")), None
-    for s, (n, diameter) in by_scale.items():
-        if n < min_nuclei or not diameter > 0:
-            continue
-        key = (abs(np.log(diameter * s / target)), abs(np.log(s)))
-        if best_key is None or key < best_key:
-            best, best_key = (float(s), float(diameter)), key
+def measure_size(by_scale: dict, tolerance: float = CONSISTENT, min_nuclei: int = MIN_NUCLEI) -> float:
+    """The image's nucleus diameter (px): the size that the most candidate scales agree on.
+
+    A nucleus measured at any scale the model can work at has the same size in the image's
+    pixels; fragments of a too-large nucleus's texture, or merges of too-small ones, have a
+    size that follows the scale instead (fragments are about the model's own size in its
+    pixels, whatever the scale). So each candidate finding at least ``min_nuclei`` nuclei is
+    backed by the candidates whose diameter is within a factor ``tolerance`` of its own; the
+    best-backed group (ties: more nuclei found in it) gives the median of its diameters.
+    NaN when no candidate qualifies.
+    """
+    found = {s: (n, d) for s, (n, d) in by_scale.items() if n >= min_nuclei and d > 0}
+    best, best_key = float("nan"), None
+    for s, (_, d) in found.items():
+        group = [(n2, d2) for n2, d2 in found.values() if abs(np.log(d2 / d)) <= np.log(tolerance)]
+        key = (len(group), sum(n2 for n2, _ in group))
+        if best_key is None or key > best_key:
+            best, best_key = float(np.median([d2 for _, d2 in group])), key
     return best
 
 
-def estimate_scale(predictor, read, shape: tuple[int, int], target: float, candidates: tuple[float, ...] = CANDIDATES) -> ScaleEstimate:
+def choose_scale(diameter: float, band: tuple[float, float], candidates: tuple[float, ...] = CANDIDATES, fallback: float = 1.0) -> float:
+    """The predict scale for nuclei of ``diameter`` px: 1 when it lies within ``band`` (the
+    model's p10..p90 training diameters), else the candidate nearest 1 (by ratio) that brings
+    ``diameter * scale`` into the band; ``fallback`` when none does; 1 for an unknown size."""
+    lo, hi = band
+    if not diameter > 0 or lo <= diameter <= hi:
+        return 1.0
+    inside = [s for s in candidates if lo <= diameter * s <= hi]
+    return float(min(inside, key=lambda s: abs(np.log(s)))) if inside else float(fallback)
+
+
+def estimate_scale(predictor, read, shape: tuple[int, int], nuclei: dict, candidates: tuple[float, ...] = CANDIDATES) -> ScaleEstimate:
     """The predict scale of one image (module docstring).
 
     Parameters
@@ -170,26 +199,36 @@ def estimate_scale(predictor, read, shape: tuple[int, int], target: float, candi
         ``read(rows, cols)``: the image's normalised pixels (:meth:`Predictor.normalizer`).
     shape : (int, int)
         The image's height and width.
-    target : float
-        The model's training diameter, pixels.
+    nuclei : dict
+        The model's training diameters, px: ``median``, ``p10``, ``p90`` (``config.json``
+        ``nuclei``; missing ones from :data:`DEFAULT_NUCLEI`).
     """
     from nucseg.postprocess import SegmentSettings, segment_probability
 
-    rows, cols = probe_window(read, shape)
-    window = read(np.arange(rows.start, min(rows.stop, shape[0])), np.arange(cols.start, min(cols.stop, shape[1])))
-    ph, pw = rows.stop - rows.start, cols.stop - cols.start
-    if window.shape[:2] != (ph, pw):  # an image smaller than 32 px: mirror it up to the probe
-        window = np.pad(window, ((0, ph - window.shape[0]), (0, pw - window.shape[1]), (0, 0)), mode="symmetric")
+    nuclei = {**DEFAULT_NUCLEI, **(nuclei or {})}
     body = predictor.heads.index("body")
     saved = predictor.scale
     by_scale = {}
     try:
         for s in candidates:
+            window = _probe(read, shape, int(round(PROBE / s)))
             predictor.scale = float(s)
             prob = predictor(window[None])[0, body]
             d = nucleus_diameters(segment_probability(prob, SegmentSettings()))
             by_scale[float(s)] = (int(d.size), float(np.median(d)) if d.size else float("nan"))
     finally:
         predictor.scale = saved
-    scale, diameter = choose_scale(by_scale, target)
-    return ScaleEstimate(scale, diameter, float(target), by_scale)
+    diameter = measure_size(by_scale)
+    band = (float(nuclei["p10"]), float(nuclei["p90"]))
+    scale = choose_scale(diameter, band, candidates, fallback=min(candidates, key=lambda s: abs(np.log(diameter * s / nuclei["median"]))))
+    return ScaleEstimate(scale, diameter, float(nuclei["median"]), band, by_scale)
+
+
+def _probe(read, shape: tuple[int, int], side: int) -> np.ndarray:
+    """The normalised pixels of :func:`probe_window` (an image under 32 px mirrored up to it)."""
+    rows, cols = probe_window(read, shape, side)
+    window = read(np.arange(rows.start, min(rows.stop, shape[0])), np.arange(cols.start, min(cols.stop, shape[1])))
+    ph, pw = rows.stop - rows.start, cols.stop - cols.start
+    if window.shape[:2] != (ph, pw):
+        window = np.pad(window, ((0, ph - window.shape[0]), (0, pw - window.shape[1]), (0, 0)), mode="symmetric")
+    return window

@@ -15,7 +15,17 @@ from nucseg.datasets import read_sample, unpack_zip
 from nucseg.infer import PredictSettings, open_predictor, predict_lazy
 from nucseg.metrics import matching
 from nucseg.postprocess import SegmentSettings, segment_probability
-from nucseg.scale import BINS, choose_scale, diameter_histogram, diameter_summary, nucleus_diameters, probe_window, summary_of_histogram
+from nucseg.scale import (
+    BINS,
+    CANDIDATES,
+    choose_scale,
+    diameter_histogram,
+    diameter_summary,
+    measure_size,
+    nucleus_diameters,
+    probe_window,
+    summary_of_histogram,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,14 +57,25 @@ def test_histogram_summary_equals_the_direct_one():
     assert summary_of_histogram(np.zeros(len(BINS) - 1)) == {} and diameter_summary(np.zeros(0)) == {}
 
 
+def test_measure_size_takes_the_size_the_scales_agree_on():
+    """Nuclei of 100 px are found as such at 0.25..0.7; at 1.0 and 1.4 the model finds fragments
+    of its own size (about 20 px in its pixels, so 20 and 14 in the image's): the consistent
+    size wins, however near the fragments come to the model's size."""
+    by_scale = {0.25: (12, 111.0), 0.35: (8, 112.0), 0.5: (5, 107.0), 0.7: (3, 104.0), 1.0: (2, 108.0), 1.4: (5, 16.0)}
+    assert measure_size(by_scale) == pytest.approx(np.median([111.0, 112.0, 107.0, 104.0]))  # 1.0 found too few
+    assert measure_size({0.5: (40, 21.0), 1.0: (50, 20.0), 1.4: (45, 19.0)}) == 20.0
+    assert np.isnan(measure_size({1.0: (0, float("nan")), 0.5: (2, 40.0)}))
+
+
 def test_choose_scale():
-    """The scale whose nuclei, in the model's pixels, come nearest its training size; scales
-    finding too few nuclei take no part; none at all: 1."""
-    # nuclei 40 px across are found at 0.5 and 0.7; at 1.0 the model finds fragments of 12 px
-    by_scale = {0.25: (2, 38.0), 0.5: (30, 40.0), 0.7: (28, 41.0), 1.0: (80, 12.0)}
-    assert choose_scale(by_scale, target=20.0) == (0.5, 40.0)
-    assert choose_scale({1.0: (50, 21.0), 0.7: (50, 22.0)}, target=20.0) == (1.0, 21.0)
-    assert choose_scale({1.0: (0, float("nan")), 0.5: (2, 40.0)}, target=20.0)[0] == 1.0
+    """1 within the model's band; else the candidate nearest 1 that brings the size into it."""
+    band = (8.75, 31.25)
+    assert choose_scale(20.0, band) == 1.0 and choose_scale(31.0, band) == 1.0
+    assert choose_scale(40.0, band) == 0.7  # 28 px
+    assert choose_scale(100.0, band) == 0.25  # 25 px (0.35 would give 35)
+    assert choose_scale(7.0, band) == 1.4  # 9.8 px
+    assert choose_scale(float("nan"), band) == 1.0
+    assert choose_scale(500.0, band, fallback=0.25) == 0.25  # out of reach: the fallback
 
 
 def test_probe_window_takes_the_varied_part():
@@ -66,10 +87,10 @@ def test_probe_window_takes_the_varied_part():
     def read(rows, cols):
         return image[np.ix_(rows, cols)]
 
-    rows, cols = probe_window(read, image.shape[:2])
+    rows, cols = probe_window(read, image.shape[:2], 384)
     assert (rows.stop - rows.start, cols.stop - cols.start) == (384, 384)
     assert rows.stop == 1000 and cols.stop == 900
-    rows, cols = probe_window(read, (100, 50))  # smaller than the probe: the image, to a multiple of 32
+    rows, cols = probe_window(read, (100, 50), 384)  # smaller than the probe: the image, to a multiple of 32
     assert (rows.stop - rows.start, cols.stop - cols.start) == (96, 32)
 
 
@@ -93,20 +114,31 @@ def _auto(predictor, image):
 
 
 def test_auto_scale_follows_the_magnification(sample_image):
-    """The shipped model on a real image and on the same image enlarged 2x and 3x: the chosen
-    scale falls by the same factor (about 1/2 and 1/3 of the original's, one candidate step),
-    and the nuclei found are the same ones."""
+    """The shipped model on a real image and on the same image enlarged 2x and 3x: the nucleus
+    size measured grows by the same factor, the chosen scale brings it into the model's band
+    (the factor nearest 1 that does: 0.7 at 2x, 0.5 at 3x), and the nuclei found are the same ones."""
     predictor = open_predictor(nucseg.PRETRAINED_MODEL, PredictSettings())
     base_scale, base = _auto(predictor, sample_image.image)
-    assert 0.7 <= base_scale <= 1.4
+    base_size = _size(predictor, sample_image.image)
+    assert base_scale == 1.0 and 15 <= base_size.diameter <= 30  # 23 px in the ground truth
     for k in (2, 3):
         big = cv2.resize(sample_image.image, None, fx=k, fy=k, interpolation=cv2.INTER_LINEAR)
         scale, labels = _auto(predictor, big)
-        assert base_scale / k / 1.45 <= scale <= base_scale / k * 1.45, (k, scale, base_scale)
+        size = _size(predictor, big)
+        assert size.scale == scale and size.diameter == pytest.approx(k * base_size.diameter, rel=0.2), (k, size)
+        assert size.band[0] <= size.diameter * scale <= size.band[1]
+        larger = [c for c in CANDIDATES if scale < c <= 1.0]
+        assert larger and size.diameter * larger[0] > size.band[1]  # the largest factor that fits: 2x 0.7, 3x 0.5
         back = cv2.resize(labels.astype(np.float32), sample_image.image.shape[1::-1], interpolation=cv2.INTER_NEAREST).astype(np.int32)
         same = matching(base, back, 0.5)
         assert same["f1"] >= 0.8, (k, same)
     assert predictor.scale == 1.0  # restored after each image
+
+
+def _size(predictor, image):
+    from nucseg.scale import estimate_scale
+
+    return estimate_scale(predictor, predictor.normalizer(LazyImage(image, "YXC", "test")), image.shape[:2], predictor.nuclei)
 
 
 def test_auto_scale_recorded_in_the_maps(tmp_path, sample_image):
