@@ -249,6 +249,12 @@ class Predictor:
         maps = self._maps(resized)
         return np.stack([np.stack([cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR) for m in window]) for window in maps])
 
+    def network_maps(self, windows: np.ndarray) -> np.ndarray:
+        """Probabilities of windows ``(B, h, w, 3)`` already at the network's size (h, w multiples
+        of 32): no resize and no test-time augmentation (the probes of ``scale: auto``)."""
+        x = np.ascontiguousarray(windows.transpose(0, 3, 1, 2), dtype=np.float32)
+        return expit(self.engine(x))
+
     def _maps(self, windows: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(windows.transpose(0, 3, 1, 2), dtype=np.float32)
         if not self.tta:

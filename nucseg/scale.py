@@ -9,8 +9,9 @@ size model is for) measures each image before it is predicted:
    window of most varied intensities among 3 x 3 candidates, normalised with the whole image's
    statistics, is predicted at that scale: every candidate costs the network the same
    ``PROBE^2`` pixels and sees as many nuclei of the size it suits;
-2. each is segmented with the default settings: the median equivalent diameter of the nuclei
-   found (those touching the probe's edge left out), in the image's pixels;
+2. each is segmented at the network's size with the default settings: the median equivalent
+   diameter of the nuclei found (those touching the probe's edge left out), in the image's
+   pixels;
 3. the image's nucleus size is the diameter that the most candidates agree on (within a factor
    1.3): nuclei measured at any scale the model can work at keep their size in the image's
    pixels, while the fragments of a too-large nucleus's texture (or merges of too-small ones)
@@ -28,6 +29,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -194,7 +196,7 @@ def estimate_scale(predictor, read, shape: tuple[int, int], nuclei: dict, candid
     Parameters
     ----------
     predictor : nucseg.infer.Predictor
-        Its ``scale`` is set to each candidate in turn and restored.
+        Its :meth:`~nucseg.infer.Predictor.network_maps` predicts the probes (no test-time augmentation).
     read : callable
         ``read(rows, cols)``: the image's normalised pixels (:meth:`Predictor.normalizer`).
     shape : (int, int)
@@ -207,17 +209,15 @@ def estimate_scale(predictor, read, shape: tuple[int, int], nuclei: dict, candid
 
     nuclei = {**DEFAULT_NUCLEI, **(nuclei or {})}
     body = predictor.heads.index("body")
-    saved = predictor.scale
     by_scale = {}
-    try:
-        for s in candidates:
-            window = _probe(read, shape, int(round(PROBE / s)))
-            predictor.scale = float(s)
-            prob = predictor(window[None])[0, body]
-            d = nucleus_diameters(segment_probability(prob, SegmentSettings()))
-            by_scale[float(s)] = (int(d.size), float(np.median(d)) if d.size else float("nan"))
-    finally:
-        predictor.scale = saved
+    for s in candidates:
+        window = _probe(read, shape, int(round(PROBE / s)))
+        # at the network's size: the probe is segmented there (PROBE^2 pixels, whatever s)
+        size = tuple(max(32, int(round(n * s / 32)) * 32) for n in window.shape[:2])
+        resized = cv2.resize(window, size[::-1], interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        prob = predictor.network_maps(resized[None])[0, body]
+        d = nucleus_diameters(segment_probability(prob, SegmentSettings())) * (window.shape[0] / size[0])
+        by_scale[float(s)] = (int(d.size), float(np.median(d)) if d.size else float("nan"))
     diameter = measure_size(by_scale)
     band = (float(nuclei["p10"]), float(nuclei["p90"]))
     scale = choose_scale(diameter, band, candidates, fallback=min(candidates, key=lambda s: abs(np.log(diameter * s / nuclei["median"]))))
