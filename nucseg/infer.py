@@ -85,7 +85,7 @@ class PredictSettings:
     engine: str = "auto"
     chunk: int = 1024
     device: str = "auto"
-    scale: float | str = 1.0
+    scale: float | str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.scale, str):

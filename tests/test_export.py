@@ -47,7 +47,7 @@ def test_packaged_model_computes_nucsegs_prediction(model_folder, tmp_path, dark
     with zipfile.ZipFile(package) as z:
         expected = np.load(z.open("test_output.npy"))
     net, config = load_model(model_folder)
-    ours = predict_image(net, image[0].transpose(1, 2, 0).astype(np.uint8), PredictSettings(), config["normalize"])
+    ours = predict_image(net, image[0].transpose(1, 2, 0).astype(np.uint8), PredictSettings(scale=1.0), config["normalize"])
     np.testing.assert_allclose(expected[0], ours, atol=2e-3)
 
 

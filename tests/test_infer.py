@@ -19,6 +19,7 @@ from nucseg.bigimage import LazyImage, open_image
 from nucseg.imageio import decode_image, has_dark_nuclei, normalize_image, to_rgb_uint8
 from nucseg.infer import EagerEngine, OnnxEngine, Predictor, PredictSettings, onnx_model, predict_dataset, predict_image, predict_to_zarr, to_float16
 from nucseg.model import ModelConfig, ResUNet
+from nucseg.scale import CANDIDATES
 from nucseg.tiling import plan_windows
 
 from .conftest import SHARED
@@ -173,7 +174,8 @@ def test_streamed_zarr_from_a_tiled_tiff_equals_in_memory_prediction(tiny_model,
 
 def test_predict_dataset_writes_the_documented_zarr(tiny_model, tmp_path):
     """Contract the segment stage reads: one (K, H, W) float16 array per image in [0, 1], chunks
-    (K, chunk, chunk), group attributes heads, model, tta, engine."""
+    (K, chunk, chunk), group attributes heads, model, tta, engine, scale (the setting), and
+    each image's own predict scale."""
     model_dir = save_model_folder(tiny_model, tmp_path / "model", {"low": 1.0, "high": 99.8})
     store = zarr.open_group(tmp_path / "full.zarr", mode="w")
     rng = np.random.default_rng(0)
@@ -183,9 +185,10 @@ def test_predict_dataset_writes_the_documented_zarr(tiny_model, tmp_path):
     pd.DataFrame({"image_id": list(shapes)}).to_csv(tmp_path / "index.csv", index=False)
     predict_dataset(model_dir, tmp_path / "full.zarr", tmp_path / "index.csv", tmp_path / "pred.zarr", PredictSettings(chunk=64, tile=64, margin=16), threads=1)
     root = zarr.open_group(tmp_path / "pred.zarr", mode="r")
-    assert dict(root.attrs) == {"heads": ["body", "border"], "model": str(model_dir), "tta": False, "engine": "onnx", "scale": 1.0}
+    assert dict(root.attrs) == {"heads": ["body", "border"], "model": str(model_dir), "tta": False, "engine": "onnx", "scale": "auto"}
     for image_id, shape in shapes.items():
         array = root[image_id]
+        assert array.attrs["scale"] in (*CANDIDATES, 1.0)  # the factor this image was predicted at
         assert array.shape == (2,) + shape and array.dtype == np.float16
         assert array.chunks == (2, min(64, shape[0]), min(64, shape[1]))
         values = array[:]
