@@ -20,6 +20,7 @@ import pickle
 import re
 import resource
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -180,3 +181,36 @@ def test_a_checkpoint_loads_with_weights_only(tmp_path):
     train_model([store], [index], tmp_path / "model", TrainSettings(**dict(SETTINGS, epochs=1)), checkpoint=tmp_path / "ckpt.pt", threads=1)
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert isinstance(state["rng"]["numpy"][1], torch.Tensor) and isinstance(state["rng"]["python"][1], list)
+
+
+CHECKPOINT_TO_MODEL = Path(__file__).resolve().parent.parent / "scripts" / "checkpoint_to_model.py"
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_checkpoint_to_model_refuses_a_pickled_payload(tmp_path, how):
+    """Regression: scripts/checkpoint_to_model.py read checkpoints with weights_only=False, so a
+    crafted checkpoint's object ran its code (here: created a folder) when converted."""
+    ckpt = tmp_path / "ckpt.pt"
+    contents = {"identity": {}, "history": [], "epoch": 1, "best_state": Payload(tmp_path / "ran")}
+    if how == "pickle":
+        ckpt.write_bytes(pickle.dumps(contents, protocol=2))
+    else:
+        with open(ckpt, "wb") as out:
+            torch.save(contents, out)
+    result = subprocess.run([sys.executable, str(CHECKPOINT_TO_MODEL), str(ckpt), str(tmp_path / "model")], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert not (tmp_path / "ran").exists(), "the payload ran"
+    assert not (tmp_path / "model").exists()
+    assert result.stderr.strip() == (
+        f"ERROR checkpoint_to_model: {ckpt}: refused: it holds pickled Python objects besides tensors and plain data, which could run code when loaded"
+    )
+
+
+def test_checkpoint_to_model_names_a_file_that_is_no_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    with open(ckpt, "wb") as out:
+        torch.save({"epoch": 3}, out)
+    result = subprocess.run([sys.executable, str(CHECKPOINT_TO_MODEL), str(ckpt), str(tmp_path / "model")], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{ckpt}: not a nucseg training checkpoint (no identity, history, best_state)" in result.stderr
+    assert not (tmp_path / "model").exists()
