@@ -45,9 +45,7 @@ def read_checkpoint(checkpoint: Path) -> dict:
     try:
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"{checkpoint}: refused: it holds pickled Python objects besides tensors and plain data, which could run code when loaded"
-        ) from exc
+        raise ValueError(f"{checkpoint}: refused: it holds pickled Python objects besides tensors and plain data, which could run code when loaded") from exc
     except (OSError, RuntimeError, EOFError) as exc:
         raise ValueError(f"{checkpoint}: not a readable checkpoint ({exc})") from exc
     missing = [key for key in ("identity", "history", "best_state", "epoch") if not isinstance(ckpt, dict) or key not in ckpt]
