@@ -10,6 +10,8 @@ would refuse after downloading and training is refused before any job runs.
 
 from __future__ import annotations
 
+import math
+
 import jsonschema
 import yaml
 
@@ -17,9 +19,98 @@ import yaml
 SECTIONS = ("download", "preprocess", "train", "predict", "segment")
 MODEL_SECTIONS = ("train", "predict", "segment")
 
+#: The most values (keys, items and scalars) a config may expand to through YAML aliases. A
+#: real config has a few hundred; anchors nested in each other (an "alias bomb": nine aliases
+#: of nine aliases of ... nine values) reach billions, which every later step (Snakemake's
+#: merge, the schema check, an error message) would expand in memory.
+MAX_CONFIG_VALUES = 100_000
+
 
 def _location(path) -> str:
     return ".".join(str(part) for part in path) or "the config's top level"
+
+
+def _children(node) -> list:
+    if isinstance(node, dict):
+        return list(node.values())
+    return list(node) if isinstance(node, (list, tuple)) else []
+
+
+def _expanded_sizes(root, limit: int) -> tuple[dict[int, int], dict[int, int]]:
+    """How many values each container under ``root`` stands for once its aliases are expanded
+    (capped at ``limit + 1``; a container holding itself counts ``limit + 1``), and how often
+    each is referenced, by ``id``. Every distinct container is visited once, so an alias bomb
+    costs the size of its text, not of its expansion."""
+    sizes: dict[int, int] = {}
+    refs: dict[int, int] = {}
+    open_: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_.discard(key)
+            total = 1 + sum(sizes.get(id(child), limit + 1) if isinstance(child, (dict, list, tuple)) else 1 for child in _children(node))
+            total += len(node) if isinstance(node, dict) else 0  # the keys
+            sizes[key] = min(total, limit + 1)
+            continue
+        if key in sizes:
+            continue
+        open_.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if isinstance(child, (dict, list, tuple)):
+                refs[id(child)] = refs.get(id(child), 0) + 1
+                if id(child) not in sizes and id(child) not in open_:
+                    stack.append((child, False))
+    return sizes, refs
+
+
+def config_size_problem(config, limit: int = MAX_CONFIG_VALUES) -> str | None:
+    """Why ``config`` is refused for its size, or ``None``: more than ``limit`` values once its
+    YAML aliases are expanded (anchors nested in each other: an alias bomb), or a value that
+    holds itself through an alias. Counted over each distinct value once, before anything
+    expands it: call this before any other use of a config read from YAML.
+
+    Returns
+    -------
+    str or None
+        One line naming the key (``segment.threshold: expands to more than 100,000 values ...``).
+    """
+    if not isinstance(config, (dict, list, tuple)):
+        return None
+    sizes, refs = _expanded_sizes(config, limit)
+    if sizes[id(config)] <= limit:
+        return None
+    # name the key: go down through mappings along values over the limit, and stop at the
+    # first one that an alias points at (referenced more than once) or at a list
+    path, node = [], config
+    while isinstance(node, dict) and (not path or refs.get(id(node), 0) <= 1):
+        big = next(((k, v) for k, v in node.items() if isinstance(v, (dict, list, tuple)) and sizes.get(id(v), 0) > limit), None)
+        if big is None:
+            break
+        path.append(big[0])
+        node = big[1]
+    return (
+        f"{_location(path)}: expands to more than {limit:,} values through YAML aliases (*name) of anchors (&name) nested in each "
+        "other, or holds itself: refused before anything reads it (a config needs a few hundred values)"
+    )
+
+
+def non_finite_problems(config) -> list[tuple[list, str]]:
+    """Every NaN or infinite number in ``config`` (``.nan``, ``.inf`` in YAML), by key: no
+    setting takes one, and a JSON schema's bounds let NaN through (every comparison with it is
+    false). Call after :func:`config_size_problem` (this visits every value)."""
+    problems, stack = [], [([], config)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            problems.append((path, f"{_location(path)}: {node} is not allowed: every number in the config must be finite (not NaN or infinity)"))
+        elif isinstance(node, dict):
+            stack.extend((path + [key], value) for key, value in node.items())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((path + [i], value) for i, value in enumerate(node))
+    return problems
 
 
 def _typed(value, kinds: tuple[type, ...] = (bool, int, float, list)):
@@ -101,7 +192,7 @@ def _cross_field_problems(config: dict) -> list[tuple[list, str]]:
             path[-1] == "segment"
             and isinstance(bounds, list)
             and len(bounds) == 2
-            and all(isinstance(b, (int, float)) for b in bounds)
+            and all(isinstance(b, (int, float)) and math.isfinite(b) for b in bounds)  # NaN and inf: non_finite_problems
             and bounds[0] > bounds[1]
         ):
             key = path + ["otsu_bounds"]
@@ -189,15 +280,25 @@ def config_problems(config: dict, schema: dict) -> list[str]:
     Returns
     -------
     list of str
-        Empty when the config is valid. An unknown key gives
+        Empty when the config is valid. A config that expands to more than
+        :data:`MAX_CONFIG_VALUES` values through YAML aliases gives that one line alone
+        (:func:`config_size_problem`); a NaN or infinite number gives ``"train.learning_rate:
+        nan is not allowed: every number in the config must be finite ..."``. An unknown key gives
         ``"segment.min_sise: unknown key (segment takes: threshold, ...)"``; a value that is not
         one of the allowed kinds says which are (``"segment.threshold: 1.5 is not allowed: use
         'otsu', or a number greater than 0 and less than 1"``); any other problem gives the key's
         path, the validator's message and the key's description.
     """
+    too_large = config_size_problem(config)
+    if too_large:  # the schema check, and its messages quoting the values, would expand it all
+        return [too_large]
+    non_finite = non_finite_problems(config)
     validator = jsonschema.Draft202012Validator(schema)
-    problems = []
+    problems = list(non_finite)
+    flagged = {tuple(path) for path, _ in non_finite}
     for error in validator.iter_errors(config):
+        if tuple(error.absolute_path) in flagged:
+            continue  # named as not finite already (NaN passes or fails the bounds by chance)
         path = list(error.absolute_path)
         if error.validator == "additionalProperties" and error.validator_value is False:
             allowed = list(error.schema.get("properties", {}))

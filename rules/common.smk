@@ -7,8 +7,15 @@ import re
 import nucseg
 import nucseg.tasks
 import yaml
-from nucseg.config import SECTIONS, config_problems, type_cli_config
+from nucseg.config import SECTIONS, config_problems, config_size_problem, type_cli_config
 from snakemake.exceptions import WorkflowError
+
+# Before anything else touches it: a config of YAML anchors nested in each other (an alias
+# bomb) would be expanded in memory by every step below. (Snakemake's own merge of config files,
+# before this runs, copies nested mappings: anchors of mappings expand there already; see README.)
+_too_large = config_size_problem(config)
+if _too_large:
+    raise WorkflowError(f"invalid config: {_too_large}")
 
 # The jobs inherit this: OpenMP threads that spin while waiting for each other take the cores
 # from one another on a busy machine (a sample run took 19 minutes instead of 1 at load 5);
