@@ -11,6 +11,7 @@ would refuse after downloading and training is refused before any job runs.
 from __future__ import annotations
 
 import math
+import reprlib
 
 import jsonschema
 import yaml
@@ -171,10 +172,14 @@ def _describe(schema: dict) -> str:
 
 
 def _message(error: jsonschema.ValidationError) -> str:
+    """The problem in words; a value quoted in it is shortened (``[{'model': {...}, ...}]``),
+    so that a large one does not make a line of megabytes."""
+    shown = reprlib.repr(error.instance)
     if error.validator in ("oneOf", "anyOf"):
         choices = ", or ".join(_describe(option) for option in error.validator_value)
-        return f"{error.instance!r} is not allowed: use {choices}"
-    return error.message
+        return f"{shown} is not allowed: use {choices}"
+    full = repr(error.instance)
+    return error.message.replace(full, shown) if len(full) > len(shown) else error.message
 
 
 def _cross_field_problems(config: dict) -> list[tuple[list, str]]:
@@ -266,6 +271,30 @@ def _dataset_problems(config: dict) -> list[tuple[list, str]]:
     return problems
 
 
+def schema_problems(instance, schema: dict) -> list[tuple[list, str]]:
+    """Every way ``instance`` breaks the JSON ``schema``, and every NaN or infinite number in it,
+    as ``(key path, line)``; the line names the key by its dotted path, says what is wrong and
+    what is allowed (for an unknown key: the keys that place takes). Call after
+    :func:`config_size_problem` for anything read from YAML."""
+    non_finite = non_finite_problems(instance)
+    problems = list(non_finite)
+    flagged = {tuple(path) for path, _ in non_finite}
+    for error in jsonschema.Draft202012Validator(schema).iter_errors(instance):
+        path = list(error.absolute_path)
+        if tuple(path) in flagged:
+            continue  # named as not finite already (NaN passes or fails the bounds by chance)
+        if error.validator == "additionalProperties" and error.validator_value is False:
+            allowed = list(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - set(allowed), key=str):
+                place = _location(path) if path else "the top level"
+                problems.append((path + [key], f"{_location(path + [key])}: unknown key ({place} takes: {', '.join(allowed)})"))
+            continue
+        description = error.schema.get("description") if isinstance(error.schema, dict) else None
+        suffix = f" ({description})" if description and error.validator != "required" else ""
+        problems.append((path, f"{_location(path)}: {_message(error)}{suffix}"))
+    return problems
+
+
 def config_problems(config: dict, schema: dict) -> list[str]:
     """Every way ``config`` breaks ``schema`` or the rules between its keys, one line each, sorted by key.
 
@@ -292,22 +321,6 @@ def config_problems(config: dict, schema: dict) -> list[str]:
     too_large = config_size_problem(config)
     if too_large:  # the schema check, and its messages quoting the values, would expand it all
         return [too_large]
-    non_finite = non_finite_problems(config)
-    validator = jsonschema.Draft202012Validator(schema)
-    problems = list(non_finite)
-    flagged = {tuple(path) for path, _ in non_finite}
-    for error in validator.iter_errors(config):
-        if tuple(error.absolute_path) in flagged:
-            continue  # named as not finite already (NaN passes or fails the bounds by chance)
-        path = list(error.absolute_path)
-        if error.validator == "additionalProperties" and error.validator_value is False:
-            allowed = list(error.schema.get("properties", {}))
-            for key in sorted(set(error.instance) - set(allowed), key=str):
-                place = _location(path) if path else "the top level"
-                problems.append((path + [key], f"{_location(path + [key])}: unknown key ({place} takes: {', '.join(allowed)})"))
-            continue
-        description = error.schema.get("description") if isinstance(error.schema, dict) else None
-        suffix = f" ({description})" if description and error.validator != "required" else ""
-        problems.append((path, f"{_location(path)}: {_message(error)}{suffix}"))
+    problems = schema_problems(config, schema)
     problems += _cross_field_problems(config) + _dataset_problems(config)
     return [line for _, line in sorted(problems, key=lambda item: [str(part) for part in item[0]])]

@@ -192,10 +192,121 @@ def choose_device(name: str = "auto") -> torch.device:
     return device
 
 
-def _semantic_net(config: dict) -> nn.Module:
-    from nucseg.nets import NetConfig, build_net
+#: The most parameters a model folder's network may have (4 GB of float32 weights; the paper's
+#: model has 14.6 million): a config.json asking for more is refused before anything is allocated.
+MAX_PARAMETERS = 1_000_000_000
 
-    return build_net(NetConfig(**config["model"]))
+
+def model_folder_schema() -> dict:
+    """The JSON schema of a model folder's ``config.json``: what rebuilding the network reads.
+
+    ``model`` (the network's settings, per task) and ``normalize`` (``low``, ``high``,
+    ``invert_dark``) are required, whole, and take no other keys; ``task`` and ``classes`` are typed. The other top-level keys are the record of
+    the training (settings, scores, versions, notes) and are free.
+    """
+    from nucseg.nets import SEMANTIC_PRESETS
+
+    positive = {"type": "integer", "minimum": 1}
+    instance = {
+        "type": "object",
+        "description": "the ResUNet's settings",
+        "required": ["width", "blocks", "heads", "in_channels"],
+        "additionalProperties": False,
+        "properties": {
+            "width": positive,
+            "blocks": positive,
+            "heads": {"type": "array", "items": {"enum": list(HEADS)}, "minItems": 1, "uniqueItems": True},
+            "in_channels": positive,
+        },
+    }
+    semantic = {
+        "type": "object",
+        "description": "the semantic network's settings",
+        "required": ["architecture", "width", "classes", "in_channels"],
+        "additionalProperties": False,
+        "properties": {
+            "architecture": {"enum": list(SEMANTIC_PRESETS)},
+            "width": positive,
+            "classes": {"type": "array", "items": {"type": "string"}, "minItems": 2, "uniqueItems": True},
+            "in_channels": positive,
+        },
+    }
+    percentile = {"type": "number", "minimum": 0, "maximum": 100}
+    return {
+        "type": "object",
+        "required": ["model", "normalize"],
+        "properties": {
+            "task": {"enum": ["instance", "semantic"]},
+            "classes": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 255}},
+            "architecture": {"type": "string"},
+            "model": {"type": "object"},
+            "normalize": {
+                "type": "object",
+                "description": "the intensity percentiles the model was trained with",
+                "required": ["low", "high", "invert_dark"],
+                "additionalProperties": False,
+                "properties": {"low": percentile, "high": percentile, "invert_dark": {"type": "boolean"}},
+            },
+        },
+        "if": {"properties": {"task": {"const": "semantic"}}, "required": ["task"]},
+        "then": {"properties": {"model": semantic}},
+        "else": {"properties": {"model": instance}},
+    }
+
+
+def read_model_config(model_dir: str | os.PathLike) -> dict:
+    """The ``config.json`` of a model folder, checked against :func:`model_folder_schema`.
+
+    Raises
+    ------
+    ValueError
+        The file is missing, not JSON, or breaks the schema: one line naming the file and each
+        key (``<folder>/config.json: model.width: 'sixteen' is not of type 'integer'``); a
+        missing ``normalize`` section is an error, not a default.
+    """
+    from nucseg.config import schema_problems
+
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{model_dir}: not a readable nucseg model folder ({exc})") from exc
+    problems = [line for _, line in sorted(schema_problems(config, model_folder_schema()), key=lambda item: [str(p) for p in item[0]])]
+    if isinstance(config, dict) and isinstance(config.get("normalize"), dict):
+        low, high = config["normalize"].get("low"), config["normalize"].get("high")
+        if all(isinstance(v, (int, float)) for v in (low, high)) and not low < high:
+            problems.append(f"normalize: low {low} must be below high {high}")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems).replace("the config's top level", "the top level"))
+    return config
+
+
+def _build(config: dict) -> nn.Module:
+    """The network ``config`` (checked by :func:`read_model_config`) describes."""
+    if config.get("task", "instance") == "semantic":
+        from nucseg.nets import NetConfig, build_net
+
+        return build_net(NetConfig(**config["model"]))
+    return ResUNet(ModelConfig(**config["model"]))
+
+
+def _check_size(model_dir: Path, config: dict) -> None:
+    """Refuse a network larger than :data:`MAX_PARAMETERS`, or than ``weights.pt`` can hold even
+    at 16 bits a value, counted on PyTorch's meta device (nothing allocated)."""
+    try:
+        with torch.device("meta"):
+            net = _build(config)
+    except (TypeError, ValueError) as exc:  # what the schema cannot say (heads start with body)
+        raise ValueError(f"{model_dir / 'config.json'}: model: {exc}") from exc
+    count = sum(t.numel() for t in net.parameters()) + sum(t.numel() for t in net.buffers())
+    weights = model_dir / "weights.pt"
+    size = weights.stat().st_size if weights.is_file() else None
+    if count > MAX_PARAMETERS or (size is not None and 2 * count > size):
+        held = f"; {weights} holds {size:,} bytes" if size is not None else ""
+        raise ValueError(
+            f"{model_dir / 'config.json'}: model: {json.dumps(config['model'])} is a network of {count:,} values ({4 * count / 1e9:.2f} GB at float32){held}: "
+            f"refused before allocating it (at most {MAX_PARAMETERS:,}, and no more than the weights file holds)"
+        )
 
 
 def load_model(model_dir: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
@@ -204,12 +315,21 @@ def load_model(model_dir: str | os.PathLike, device: torch.device | str = "cpu")
     A semantic model (``config.json``: ``task: semantic``, :mod:`nucseg.nets`) comes wrapped in
     :class:`nucseg.nets.SoftmaxAsLogits`, so that the predictor's sigmoid gives its class
     probabilities; ``model.config.heads`` names its output channels either way.
+
+    Raises
+    ------
+    ValueError
+        ``config.json`` breaks :func:`model_folder_schema` (:func:`read_model_config`), asks for
+        a network over :data:`MAX_PARAMETERS` or larger than ``weights.pt`` (checked before
+        anything is allocated), or ``weights.pt`` is unreadable, holds pickled objects (refused
+        unread) or does not fit the network.
     """
     model_dir = Path(model_dir)
+    config = read_model_config(model_dir)
+    semantic = config.get("task", "instance") == "semantic"
+    _check_size(model_dir, config)
     try:
-        config = json.loads((model_dir / "config.json").read_text())
-        semantic = config.get("task", "instance") == "semantic"
-        model = _semantic_net(config) if semantic else ResUNet(ModelConfig(**config["model"]))
+        model = _build(config)
         model.load_state_dict(torch.load(model_dir / "weights.pt", map_location=device, weights_only=True))
         if semantic:
             from nucseg.nets import SoftmaxAsLogits

@@ -153,7 +153,7 @@ def test_a_pickled_payload_in_weights_pt_is_refused(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     config = ModelConfig(width=4)
-    (folder / "config.json").write_text(json.dumps({"model": config.to_dict()}))
+    (folder / "config.json").write_text(json.dumps({"model": config.to_dict(), "normalize": {"low": 1.0, "high": 99.8, "invert_dark": False}}))
     weights = dict(ResUNet(config).state_dict(), extra=Payload(tmp_path / "ran"))
     with open(folder / "weights.pt", "wb") as out:
         torch.save(weights, out)
