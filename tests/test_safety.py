@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from nucseg.datasets import unpack_zip
@@ -62,6 +63,20 @@ class Disk:
             resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, kib: int):
+    """A tmpfs of ``kib`` KiB mounted on ``path`` for the block (skips the test where it cannot be)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a real full disk) needs root; CI runs as root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
 @pytest.fixture(params=["tmpfs", "fsize"])
 def disk(request, tmp_path):
     path = tmp_path / "disk"
@@ -69,15 +84,8 @@ def disk(request, tmp_path):
     if request.param == "fsize":
         yield Disk(path, "fsize")
         return
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs (a real full disk) needs root; CI runs as root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={LIMIT >> 10}k", "tmpfs", str(path)], capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(path, LIMIT >> 10):
         yield Disk(path, "tmpfs")
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 def incompressible(n: int) -> bytes:
@@ -214,3 +222,32 @@ def test_checkpoint_to_model_names_a_file_that_is_no_checkpoint(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"{ckpt}: not a nucseg training checkpoint (no identity, history, best_state)" in result.stderr
     assert not (tmp_path / "model").exists()
+
+
+# the outputs' chunk files are each below the fsize limit: only a real full file system reaches them
+@pytest.mark.parametrize("kib", [256, 2048])  # full in the probability maps; in the image's outputs (on this image, the OME-Zarr)
+def test_nucseg_segment_on_a_full_disk_names_the_file_and_leaves_nothing(kib, tmp_path, caplog, capfd):
+    """Regression: a full --out gave two raw tracebacks (ENOSPC from a zarr thread, then
+    "Directory not empty" from the clean-up), named no path and left 23 MB of scratch."""
+    from nucseg.cli import main
+
+    from .test_infer import save_model_folder
+
+    torch.manual_seed(0)
+    model = save_model_folder(ResUNet(ModelConfig(width=4, heads=("body", "border"))).eval(), tmp_path / "model")
+    image = tmp_path / "a.tif"
+    tifffile.imwrite(image, np.random.default_rng(0).integers(0, 256, (1024, 1024), dtype=np.uint8))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = disk / "out"
+    with tmpfs(disk, kib):
+        assert main(["segment", "--model", str(model), "--out", str(out), "--engine", "eager", str(image)]) == 1
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and re.fullmatch(re.escape(f"no space left on device while writing {out}/") + r"\S+", errors[0]), errors
+        assert "Traceback" not in capfd.readouterr().err
+        # nothing half-written: no scratch, no temporaries, no lock, no output of the image (the
+        # tables, if they fit, list the images whose outputs were all written: none)
+        left = sorted(p.name for p in out.iterdir())
+        assert set(left) <= {"objects.csv", "images.csv"}, left
+        for name in left:
+            assert len((out / name).read_text().splitlines()) == 1  # the header
