@@ -249,3 +249,15 @@ def test_the_workflow_refuses_an_alias_bomb_and_nan_before_any_job(tmp_path):
     assert nan.returncode != 0
     assert "train.learning_rate: nan is not allowed: every number in the config must be finite" in nan.stdout + nan.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("name", ["../up", "a/b", "my data", "a;rm -rf x", "$(touch x)", ".hidden"])
+def test_dataset_and_model_names_that_would_be_paths_or_commands_are_refused(name):
+    """Held (issue 24): a dataset or model name becomes a folder and a wildcard value: ``../``,
+    ``/``, spaces, ``;`` and ``$()`` are refused by the config check, before any job."""
+    config = copy.deepcopy(CONFIG)
+    config["datasets"][name] = config["datasets"]["sample_test"]
+    config["models"][name] = {}
+    problems = config_problems(config, SCHEMA)
+    assert f"datasets: {name!r} does not match '^[A-Za-z0-9][A-Za-z0-9_.-]*$'" in problems
+    assert f"models: {name!r} does not match '^[A-Za-z0-9][A-Za-z0-9_.-]*$'" in problems

@@ -157,17 +157,42 @@ class Payload:
         return (os.mkdir, (self.path,))
 
 
-def test_a_pickled_payload_in_weights_pt_is_refused(tmp_path):
-    folder = tmp_path / "model"
+def payload_model_folder(folder: Path, ran: Path, width: int = 4) -> Path:
+    """A model folder whose weights.pt holds, besides the tensors, an object that creates ``ran`` when unpickled."""
     folder.mkdir()
-    config = ModelConfig(width=4)
-    (folder / "config.json").write_text(json.dumps({"model": config.to_dict(), "normalize": {"low": 1.0, "high": 99.8, "invert_dark": False}}))
-    weights = dict(ResUNet(config).state_dict(), extra=Payload(tmp_path / "ran"))
+    config = ModelConfig(width=width)
+    normalize = {"low": 1.0, "high": 99.8, "invert_dark": False}
+    (folder / "config.json").write_text(json.dumps({"architecture": "ResUNet", "model": config.to_dict(), "normalize": normalize}))
+    weights = dict(ResUNet(config).state_dict(), extra=Payload(ran))
     with open(folder / "weights.pt", "wb") as out:
         torch.save(weights, out)
+    return folder
+
+
+def test_a_pickled_payload_in_weights_pt_is_refused(tmp_path):
+    folder = payload_model_folder(tmp_path / "model", tmp_path / "ran")
     with pytest.raises(ValueError, match=r"weights\.pt: refused: it holds pickled Python objects"):
         load_model(folder)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_pickled_payload_in_weights_pt_is_refused_by_the_command_line_and_train_init(tmp_path, caplog):
+    """Held (issue 24): the same folder through ``nucseg segment --model`` (one line, nothing
+    written) and through ``train.init`` (no model folder, no checkpoint)."""
+    from nucseg.cli import main
+
+    folder = payload_model_folder(tmp_path / "model", tmp_path / "ran")
+    image = tmp_path / "a.tif"
+    tifffile.imwrite(image, np.zeros((64, 64), np.uint8))
+    assert main(["segment", "--model", str(folder), "--out", str(tmp_path / "out"), str(image)]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"{folder / 'weights.pt'}: refused: it holds pickled Python objects")
+    assert not (tmp_path / "out").exists()
+    store, index = synthetic_store(tmp_path)
+    settings = TrainSettings(**dict(SETTINGS, epochs=1, init=str(folder)))
+    with pytest.raises(ValueError, match=re.escape(f"train.init: {folder / 'weights.pt'}: not loadable into the network")):
+        train_model([store], [index], tmp_path / "tuned", settings, checkpoint=tmp_path / "ckpt.pt", threads=1)
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "tuned").exists() and not (tmp_path / "ckpt.pt").exists()
 
 
 def test_a_pickled_payload_in_a_checkpoint_is_not_run(tmp_path, caplog):
