@@ -10,8 +10,12 @@ would refuse after downloading and training is refused before any job runs.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import reprlib
+from collections.abc import Sequence
+from pathlib import Path
 
 import jsonschema
 import yaml
@@ -324,3 +328,90 @@ def config_problems(config: dict, schema: dict) -> list[str]:
     problems = schema_problems(config, schema)
     problems += _cross_field_problems(config) + _dataset_problems(config)
     return [line for _, line in sorted(problems, key=lambda item: [str(part) for part in item[0]])]
+
+
+# A model folder's config.json (nucseg.model.load_model, the workflow's folder: and train.init).
+
+
+def model_folder_schema(heads: Sequence[str] | None = None, architectures: Sequence[str] | None = None) -> dict:
+    """The JSON schema of a model folder's ``config.json``: what rebuilding the network reads.
+
+    ``model`` (the network's settings, per task) and ``normalize`` (``low``, ``high``,
+    ``invert_dark``) are required, whole, and take no other keys; ``task`` and ``classes`` are
+    typed. The other top-level keys are the record of the training (settings, scores, versions,
+    notes) and are free. ``heads`` and ``architectures`` (:data:`nucseg.model.HEADS`,
+    :data:`nucseg.nets.SEMANTIC_PRESETS`) restrict the head and semantic network names; without
+    them (the workflow's config check, which does not import PyTorch) any text is taken.
+    """
+    positive = {"type": "integer", "minimum": 1}
+    head = {"enum": list(heads)} if heads is not None else {"type": "string"}
+    instance = {
+        "type": "object",
+        "description": "the ResUNet's settings",
+        "required": ["width", "blocks", "heads", "in_channels"],
+        "additionalProperties": False,
+        "properties": {
+            "width": positive,
+            "blocks": positive,
+            "heads": {"type": "array", "items": head, "minItems": 1, "uniqueItems": True},
+            "in_channels": positive,
+        },
+    }
+    semantic = {
+        "type": "object",
+        "description": "the semantic network's settings",
+        "required": ["architecture", "width", "classes", "in_channels"],
+        "additionalProperties": False,
+        "properties": {
+            "architecture": {"enum": list(architectures)} if architectures is not None else {"type": "string"},
+            "width": positive,
+            "classes": {"type": "array", "items": {"type": "string"}, "minItems": 2, "uniqueItems": True},
+            "in_channels": positive,
+        },
+    }
+    percentile = {"type": "number", "minimum": 0, "maximum": 100}
+    return {
+        "type": "object",
+        "required": ["model", "normalize"],
+        "properties": {
+            "task": {"enum": ["instance", "semantic"]},
+            "classes": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 255}},
+            "architecture": {"type": "string"},
+            "model": {"type": "object"},
+            "normalize": {
+                "type": "object",
+                "description": "the intensity percentiles the model was trained with",
+                "required": ["low", "high", "invert_dark"],
+                "additionalProperties": False,
+                "properties": {"low": percentile, "high": percentile, "invert_dark": {"type": "boolean"}},
+            },
+        },
+        "if": {"properties": {"task": {"const": "semantic"}}, "required": ["task"]},
+        "then": {"properties": {"model": semantic}},
+        "else": {"properties": {"model": instance}},
+    }
+
+
+def read_model_folder_config(model_dir: str | os.PathLike, heads: Sequence[str] | None = None, architectures: Sequence[str] | None = None) -> dict:
+    """The ``config.json`` of a model folder, checked against :func:`model_folder_schema`.
+
+    Raises
+    ------
+    ValueError
+        The file is missing, not JSON, or breaks the schema: one line naming the file and each
+        key (``<folder>/config.json: model.width: 'sixteen' is not of type 'integer'``).
+    """
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{model_dir}: not a readable nucseg model folder ({exc})") from exc
+    found = schema_problems(config, model_folder_schema(heads, architectures))
+    problems = [line for _, line in sorted(found, key=lambda item: [str(part) for part in item[0]])]
+    if isinstance(config, dict) and isinstance(config.get("normalize"), dict):
+        low, high = config["normalize"].get("low"), config["normalize"].get("high")
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)) and not low < high:
+            problems.append(f"normalize: low {low} must be below high {high}")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems).replace("the config's top level", "the top level"))
+    return config

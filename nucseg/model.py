@@ -197,65 +197,9 @@ def choose_device(name: str = "auto") -> torch.device:
 MAX_PARAMETERS = 1_000_000_000
 
 
-def model_folder_schema() -> dict:
-    """The JSON schema of a model folder's ``config.json``: what rebuilding the network reads.
-
-    ``model`` (the network's settings, per task) and ``normalize`` (``low``, ``high``,
-    ``invert_dark``) are required, whole, and take no other keys; ``task`` and ``classes`` are typed. The other top-level keys are the record of
-    the training (settings, scores, versions, notes) and are free.
-    """
-    from nucseg.nets import SEMANTIC_PRESETS
-
-    positive = {"type": "integer", "minimum": 1}
-    instance = {
-        "type": "object",
-        "description": "the ResUNet's settings",
-        "required": ["width", "blocks", "heads", "in_channels"],
-        "additionalProperties": False,
-        "properties": {
-            "width": positive,
-            "blocks": positive,
-            "heads": {"type": "array", "items": {"enum": list(HEADS)}, "minItems": 1, "uniqueItems": True},
-            "in_channels": positive,
-        },
-    }
-    semantic = {
-        "type": "object",
-        "description": "the semantic network's settings",
-        "required": ["architecture", "width", "classes", "in_channels"],
-        "additionalProperties": False,
-        "properties": {
-            "architecture": {"enum": list(SEMANTIC_PRESETS)},
-            "width": positive,
-            "classes": {"type": "array", "items": {"type": "string"}, "minItems": 2, "uniqueItems": True},
-            "in_channels": positive,
-        },
-    }
-    percentile = {"type": "number", "minimum": 0, "maximum": 100}
-    return {
-        "type": "object",
-        "required": ["model", "normalize"],
-        "properties": {
-            "task": {"enum": ["instance", "semantic"]},
-            "classes": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 255}},
-            "architecture": {"type": "string"},
-            "model": {"type": "object"},
-            "normalize": {
-                "type": "object",
-                "description": "the intensity percentiles the model was trained with",
-                "required": ["low", "high", "invert_dark"],
-                "additionalProperties": False,
-                "properties": {"low": percentile, "high": percentile, "invert_dark": {"type": "boolean"}},
-            },
-        },
-        "if": {"properties": {"task": {"const": "semantic"}}, "required": ["task"]},
-        "then": {"properties": {"model": semantic}},
-        "else": {"properties": {"model": instance}},
-    }
-
-
 def read_model_config(model_dir: str | os.PathLike) -> dict:
-    """The ``config.json`` of a model folder, checked against :func:`model_folder_schema`.
+    """The ``config.json`` of a model folder, checked against its schema
+    (:func:`nucseg.config.model_folder_schema`, with this code's heads and semantic networks).
 
     Raises
     ------
@@ -264,21 +208,10 @@ def read_model_config(model_dir: str | os.PathLike) -> dict:
         key (``<folder>/config.json: model.width: 'sixteen' is not of type 'integer'``); a
         missing ``normalize`` section is an error, not a default.
     """
-    from nucseg.config import schema_problems
+    from nucseg.config import read_model_folder_config
+    from nucseg.nets import SEMANTIC_PRESETS
 
-    path = Path(model_dir) / "config.json"
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{model_dir}: not a readable nucseg model folder ({exc})") from exc
-    problems = [line for _, line in sorted(schema_problems(config, model_folder_schema()), key=lambda item: [str(p) for p in item[0]])]
-    if isinstance(config, dict) and isinstance(config.get("normalize"), dict):
-        low, high = config["normalize"].get("low"), config["normalize"].get("high")
-        if all(isinstance(v, (int, float)) for v in (low, high)) and not low < high:
-            problems.append(f"normalize: low {low} must be below high {high}")
-    if problems:
-        raise ValueError(f"{path}: " + "; ".join(problems).replace("the config's top level", "the top level"))
-    return config
+    return read_model_folder_config(model_dir, HEADS, SEMANTIC_PRESETS)
 
 
 def _build(config: dict) -> nn.Module:
@@ -319,7 +252,7 @@ def load_model(model_dir: str | os.PathLike, device: torch.device | str = "cpu")
     Raises
     ------
     ValueError
-        ``config.json`` breaks :func:`model_folder_schema` (:func:`read_model_config`), asks for
+        ``config.json`` breaks its schema (:func:`read_model_config`), asks for
         a network over :data:`MAX_PARAMETERS` or larger than ``weights.pt`` (checked before
         anything is allocated), or ``weights.pt`` is unreadable, holds pickled objects (refused
         unread) or does not fit the network.

@@ -261,3 +261,22 @@ def test_dataset_and_model_names_that_would_be_paths_or_commands_are_refused(nam
     problems = config_problems(config, SCHEMA)
     assert f"datasets: {name!r} does not match '^[A-Za-z0-9][A-Za-z0-9_.-]*$'" in problems
     assert f"models: {name!r} does not match '^[A-Za-z0-9][A-Za-z0-9_.-]*$'" in problems
+
+
+def test_the_workflow_checks_a_model_folders_config_json_before_any_job(tmp_path):
+    """Regression: a broken config.json of a `folder:` or `train.init` model folder failed inside
+    the job, with a raw TypeError, after the earlier stages ran. Refused by the config check: one
+    line naming the config key, the file and its key."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model": {"width": "sixteen", "blocks": 2, "heads": ["body"], "in_channels": 3}, "normalize": null}')
+    (broken / "weights.pt").write_bytes(b"")
+    problems = "model.width: 'sixteen' is not of type 'integer'; normalize: None is not of type 'object'"
+    for key, models in (("models.mine.folder", {"mine": {"folder": str(broken)}}), ("models.tuned.train.init", {"tuned": {"train": {"init": str(broken)}}})):
+        configfile = tmp_path / "config.yaml"
+        configfile.write_text(yaml.safe_dump(dict(copy.deepcopy(CONFIG), models=models)))
+        run = snakemake(tmp_path, "-n", "--configfile", str(configfile), "--replace-workflow-config")
+        output = run.stdout + run.stderr
+        assert run.returncode != 0, output[-2000:]
+        assert f"config: {key}: {broken / 'config.json'}: {problems}" in output, output[-2000:]
+    assert not (tmp_path / "results").exists()
