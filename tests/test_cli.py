@@ -174,8 +174,11 @@ def test_geojson_takes_its_name_only_when_complete(tmp_path):
 
 def test_a_killed_run_leaves_scratch_that_the_next_run_removes(model_dir, images, tmp_path):
     """Regression: kill -9 left .nucseg-*/ (161 MB for 8192^2) in --out, which no later run
-    removed; nor did its stale lock block the next run."""
+    removed, and a killed rerun truncated the GeoJSON of an earlier run; nor may the killed
+    run's lock block the next run."""
     out = tmp_path / "out"
+    assert cli("segment", "--model", model_dir, "--out", out, "--engine", "eager", images / "a.tif") == 0
+    earlier = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     command = [sys.executable, "-m", "nucseg.cli", "segment", "--model", str(model_dir), "--out", str(out), "--engine", "eager", str(images / "a.tif")]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -185,6 +188,7 @@ def test_a_killed_run_leaves_scratch_that_the_next_run_removes(model_dir, images
     child.wait()
     left = sorted(p.name for p in out.iterdir())
     assert any(name.startswith(".nucseg-") for name in left), f"killed too late to leave scratch: {left}"
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name in earlier} == earlier  # the earlier run's files, whole
     (out / ".b.geojson.part").write_text('{"type": "FeatureCollection", "features": [\n{"type": "Fea')  # as a kill mid-write leaves it
     assert cli("segment", "--model", model_dir, "--out", out, "--engine", "eager", images / "a.tif") == 0
     assert sorted(p.name for p in out.iterdir()) == ["a.geojson", "a.ome.zarr", "a.tif", "images.csv", "objects.csv"]
