@@ -129,11 +129,10 @@ def _each_image(args: argparse.Namespace, out: Path, step) -> None:
 
 
 #: What ``nucseg segment`` leaves in ``--out`` when it is killed outright: its scratch folder
-#: (``.nucseg-<8 characters>``: probability maps, large label stores) and the temporaries of
-#: the outputs it was writing (``.<name>.tif.part``, ``.<name>.geojson.part``,
-#: ``.<table>.csv.part``, ``.<name>.ome.zarr.<8 characters>.part``). The next run into the
-#: folder removes them, holding the folder's lock.
-SEGMENT_LEFTOVERS = r"\.nucseg-[a-z0-9_]{8}|\..+\.(tif|geojson|csv)\.part|\..+\.ome\.zarr\.[a-z0-9_]{8}\.part"
+#: (``.nucseg-<8 characters>``: probability maps, large label stores, the image outputs being
+#: written) and the temporaries of the tables (``.objects.csv.part``, ``.images.csv.part``).
+#: The next run into the folder removes them, holding the folder's lock.
+SEGMENT_LEFTOVERS = r"\.nucseg-[a-z0-9_]{8}|\.(objects|images)\.csv\.part"
 
 
 #: The files ``nucseg segment`` writes per image, after its name.

@@ -189,7 +189,7 @@ def test_a_killed_run_leaves_scratch_that_the_next_run_removes(model_dir, images
     left = sorted(p.name for p in out.iterdir())
     assert any(name.startswith(".nucseg-") for name in left), f"killed too late to leave scratch: {left}"
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name in earlier} == earlier  # the earlier run's files, whole
-    (out / ".b.geojson.part").write_text('{"type": "FeatureCollection", "features": [\n{"type": "Fea')  # as a kill mid-write leaves it
+    (out / ".objects.csv.part").write_text("image_id,label,ar")  # as a kill while writing the table leaves it
     assert cli("segment", "--model", model_dir, "--out", out, "--engine", "eager", images / "a.tif") == 0
     assert sorted(p.name for p in out.iterdir()) == ["a.geojson", "a.ome.zarr", "a.tif", "images.csv", "objects.csv"]
     json.loads((out / "a.geojson").read_text())
