@@ -175,10 +175,16 @@ def _describe(schema: dict) -> str:
     return text + (" " + " and ".join(bounds) if bounds else "")
 
 
+#: How a message quotes a value: text up to 160 characters whole, lists and mappings cut short.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = _QUOTE.maxother = 160
+_QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxtuple, _QUOTE.maxdict = 2, 4, 4, 4
+
+
 def _message(error: jsonschema.ValidationError) -> str:
-    """The problem in words; a value quoted in it is shortened (``[{'model': {...}, ...}]``),
-    so that a large one does not make a line of megabytes."""
-    shown = reprlib.repr(error.instance)
+    """The problem in words; a large value quoted in it is shortened (``[{'model': {...}, ...}]``),
+    so that it does not make a line of megabytes."""
+    shown = _QUOTE.repr(error.instance)
     if error.validator in ("oneOf", "anyOf"):
         choices = ", or ".join(_describe(option) for option in error.validator_value)
         return f"{shown} is not allowed: use {choices}"
