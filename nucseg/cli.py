@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -127,36 +128,85 @@ def _each_image(args: argparse.Namespace, out: Path, step) -> None:
         raise ValueError(f"{len(failed)} of {len(names)} inputs could not be read and were skipped: {', '.join(map(str, failed))}")
 
 
-def _segment(args: argparse.Namespace) -> None:
-    import tempfile
+#: What ``nucseg segment`` leaves in ``--out`` when it is killed outright: its scratch folder
+#: (``.nucseg-<8 characters>``: probability maps, large label stores, the image outputs being
+#: written) and the temporaries of the tables (``.objects.csv.part``, ``.images.csv.part``).
+#: The next run into the folder removes them, holding the folder's lock.
+SEGMENT_LEFTOVERS = r"\.nucseg-[a-z0-9_]{8}|\.(objects|images)\.csv\.part"
 
+
+#: The files ``nucseg segment`` writes per image, after its name.
+IMAGE_OUTPUTS = (".tif", ".ome.zarr", ".geojson")
+
+
+def _publish(staging: Path, out: Path, name: str) -> None:
+    """Move one image's finished outputs from ``staging`` into ``out`` (same file system: renames),
+    replacing those of an earlier run."""
+    import shutil
+
+    for suffix in IMAGE_OUTPUTS:
+        source, dest = staging / f"{name}{suffix}", out / f"{name}{suffix}"
+        if not source.exists():
+            continue
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        os.replace(source, dest)
+
+
+def _segment(args: argparse.Namespace) -> None:
     import zarr
 
-    from nucseg.files import write_csv
+    from nucseg.files import NoSpaceError, locked_folder, remove_stale, reporting_no_space, scratch_dir, write_csv
     from nucseg.measure import COLUMNS, IMAGE_COLUMNS
     from nucseg.outputs import ImageWriters
     from nucseg.postprocess import SegmentSettings
 
     settings = SegmentSettings(threshold=args.threshold)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, predictor = _open_predictor(args)
+    model, predictor = _open_predictor(args)  # a broken model folder is named before anything is written
     predict_settings = _predict_settings(args)
     tables, rows = [], []
-    writers = ImageWriters(out, out, out)  # <name>.tif, <name>.ome.zarr, <name>.geojson
-    with tempfile.TemporaryDirectory(dir=out, prefix=".nucseg-") as scratch:
-        maps_group = zarr.open_group(Path(scratch) / "maps.zarr", mode="w")
 
-        def step(path, name, image):
-            maps = _predict_maps(predictor, image, maps_group, name, predict_settings)
-            rows.append(_segment_maps(maps, predictor.heads, image, name, settings, Path(scratch), tables, writers))
-            log.info("%s: %d nuclei -> %s/%s.{tif,ome.zarr,geojson}", path, rows[-1]["count"], out, name)
+    def write_tables() -> None:
+        write_csv(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["image_id", *COLUMNS]), out / "objects.csv")
+        write_csv(pd.DataFrame(rows, columns=IMAGE_COLUMNS), out / "images.csv")
 
-        try:
-            _each_image(args, out, step)
-        finally:  # the tables always match the label images written
-            write_csv(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["image_id", *COLUMNS]), out / "objects.csv")
-            write_csv(pd.DataFrame(rows, columns=IMAGE_COLUMNS), out / "images.csv")
+    with locked_folder(out, "nucseg segment"):
+        remove_stale(out, SEGMENT_LEFTOVERS)  # a killed run's: no live run writes here while we hold the lock
+        with scratch_dir(out, ".nucseg-") as scratch:
+            maps_zarr, staging = scratch / "maps.zarr", scratch / "outputs"
+            maps_group = zarr.open_group(maps_zarr, mode="w")
+            staging.mkdir()
+            # an image's files are written into the scratch folder and moved into --out together
+            # once all are complete: an image has all of them or none, and the tables list it then
+            writers = ImageWriters(staging, staging, staging)
+
+            def step(path, name, image):
+                with reporting_no_space(maps_zarr):  # zarr's writer threads raise the bare OSError
+                    maps = _predict_maps(predictor, image, maps_group, name, predict_settings)
+                objects: list = []
+                try:
+                    with reporting_no_space(scratch):  # the label store of a large image (the outputs name themselves)
+                        row = _segment_maps(maps, predictor.heads, image, name, settings, scratch, objects, writers)
+                except NoSpaceError as exc:  # name the output, not its place in the scratch folder
+                    written = Path(exc.filename)
+                    raise NoSpaceError(out / written.relative_to(staging) if written.is_relative_to(staging) else written, exc.errno) from exc
+                _publish(staging, out, name)
+                tables.extend(objects)
+                rows.append(row)
+                log.info("%s: %d nuclei -> %s/%s.{tif,ome.zarr,geojson}", path, row["count"], out, name)
+
+            try:
+                _each_image(args, out, step)
+            except BaseException:
+                # the tables always match the label images written; when they cannot be written
+                # either (the disk is full) the first error is the one to report
+                try:
+                    write_tables()
+                except NoSpaceError as exc:
+                    log.debug("tables not written: %s", exc)
+                raise
+            write_tables()
 
 
 def _predict(args: argparse.Namespace) -> None:
@@ -295,9 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from nucseg.files import NoSpaceError
+
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, NoSpaceError) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -10,6 +10,13 @@ would refuse after downloading and training is refused before any job runs.
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import reprlib
+from collections.abc import Sequence
+from pathlib import Path
+
 import jsonschema
 import yaml
 
@@ -17,9 +24,98 @@ import yaml
 SECTIONS = ("download", "preprocess", "train", "predict", "segment")
 MODEL_SECTIONS = ("train", "predict", "segment")
 
+#: The most values (keys, items and scalars) a config may expand to through YAML aliases. A
+#: real config has a few hundred; anchors nested in each other (an "alias bomb": nine aliases
+#: of nine aliases of ... nine values) reach billions, which every later step (Snakemake's
+#: merge, the schema check, an error message) would expand in memory.
+MAX_CONFIG_VALUES = 100_000
+
 
 def _location(path) -> str:
     return ".".join(str(part) for part in path) or "the config's top level"
+
+
+def _children(node) -> list:
+    if isinstance(node, dict):
+        return list(node.values())
+    return list(node) if isinstance(node, (list, tuple)) else []
+
+
+def _expanded_sizes(root, limit: int) -> tuple[dict[int, int], dict[int, int]]:
+    """How many values each container under ``root`` stands for once its aliases are expanded
+    (capped at ``limit + 1``; a container holding itself counts ``limit + 1``), and how often
+    each is referenced, by ``id``. Every distinct container is visited once, so an alias bomb
+    costs the size of its text, not of its expansion."""
+    sizes: dict[int, int] = {}
+    refs: dict[int, int] = {}
+    open_: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_.discard(key)
+            total = 1 + sum(sizes.get(id(child), limit + 1) if isinstance(child, (dict, list, tuple)) else 1 for child in _children(node))
+            total += len(node) if isinstance(node, dict) else 0  # the keys
+            sizes[key] = min(total, limit + 1)
+            continue
+        if key in sizes:
+            continue
+        open_.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if isinstance(child, (dict, list, tuple)):
+                refs[id(child)] = refs.get(id(child), 0) + 1
+                if id(child) not in sizes and id(child) not in open_:
+                    stack.append((child, False))
+    return sizes, refs
+
+
+def config_size_problem(config, limit: int = MAX_CONFIG_VALUES) -> str | None:
+    """Why ``config`` is refused for its size, or ``None``: more than ``limit`` values once its
+    YAML aliases are expanded (anchors nested in each other: an alias bomb), or a value that
+    holds itself through an alias. Counted over each distinct value once, before anything
+    expands it: call this before any other use of a config read from YAML.
+
+    Returns
+    -------
+    str or None
+        One line naming the key (``segment.threshold: expands to more than 100,000 values ...``).
+    """
+    if not isinstance(config, (dict, list, tuple)):
+        return None
+    sizes, refs = _expanded_sizes(config, limit)
+    if sizes[id(config)] <= limit:
+        return None
+    # name the key: go down through mappings along values over the limit, and stop at the
+    # first one that an alias points at (referenced more than once) or at a list
+    path, node = [], config
+    while isinstance(node, dict) and (not path or refs.get(id(node), 0) <= 1):
+        big = next(((k, v) for k, v in node.items() if isinstance(v, (dict, list, tuple)) and sizes.get(id(v), 0) > limit), None)
+        if big is None:
+            break
+        path.append(big[0])
+        node = big[1]
+    return (
+        f"{_location(path)}: expands to more than {limit:,} values through YAML aliases (*name) of anchors (&name) nested in each "
+        "other, or holds itself: refused before anything reads it (a config needs a few hundred values)"
+    )
+
+
+def non_finite_problems(config) -> list[tuple[list, str]]:
+    """Every NaN or infinite number in ``config`` (``.nan``, ``.inf`` in YAML), by key: no
+    setting takes one, and a JSON schema's bounds let NaN through (every comparison with it is
+    false). Call after :func:`config_size_problem` (this visits every value)."""
+    problems, stack = [], [([], config)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            problems.append((path, f"{_location(path)}: {node} is not allowed: every number in the config must be finite (not NaN or infinity)"))
+        elif isinstance(node, dict):
+            stack.extend((path + [key], value) for key, value in node.items())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((path + [i], value) for i, value in enumerate(node))
+    return problems
 
 
 def _typed(value, kinds: tuple[type, ...] = (bool, int, float, list)):
@@ -79,11 +175,21 @@ def _describe(schema: dict) -> str:
     return text + (" " + " and ".join(bounds) if bounds else "")
 
 
+#: How a message quotes a value: text up to 160 characters whole, lists and mappings cut short.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = _QUOTE.maxother = 160
+_QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxtuple, _QUOTE.maxdict = 2, 4, 4, 4
+
+
 def _message(error: jsonschema.ValidationError) -> str:
+    """The problem in words; a large value quoted in it is shortened (``[{'model': {...}, ...}]``),
+    so that it does not make a line of megabytes."""
+    shown = _QUOTE.repr(error.instance)
     if error.validator in ("oneOf", "anyOf"):
         choices = ", or ".join(_describe(option) for option in error.validator_value)
-        return f"{error.instance!r} is not allowed: use {choices}"
-    return error.message
+        return f"{shown} is not allowed: use {choices}"
+    full = repr(error.instance)
+    return error.message.replace(full, shown) if len(full) > len(shown) else error.message
 
 
 def _cross_field_problems(config: dict) -> list[tuple[list, str]]:
@@ -101,7 +207,7 @@ def _cross_field_problems(config: dict) -> list[tuple[list, str]]:
             path[-1] == "segment"
             and isinstance(bounds, list)
             and len(bounds) == 2
-            and all(isinstance(b, (int, float)) for b in bounds)
+            and all(isinstance(b, (int, float)) and math.isfinite(b) for b in bounds)  # NaN and inf: non_finite_problems
             and bounds[0] > bounds[1]
         ):
             key = path + ["otsu_bounds"]
@@ -175,6 +281,30 @@ def _dataset_problems(config: dict) -> list[tuple[list, str]]:
     return problems
 
 
+def schema_problems(instance, schema: dict) -> list[tuple[list, str]]:
+    """Every way ``instance`` breaks the JSON ``schema``, and every NaN or infinite number in it,
+    as ``(key path, line)``; the line names the key by its dotted path, says what is wrong and
+    what is allowed (for an unknown key: the keys that place takes). Call after
+    :func:`config_size_problem` for anything read from YAML."""
+    non_finite = non_finite_problems(instance)
+    problems = list(non_finite)
+    flagged = {tuple(path) for path, _ in non_finite}
+    for error in jsonschema.Draft202012Validator(schema).iter_errors(instance):
+        path = list(error.absolute_path)
+        if tuple(path) in flagged:
+            continue  # named as not finite already (NaN passes or fails the bounds by chance)
+        if error.validator == "additionalProperties" and error.validator_value is False:
+            allowed = list(error.schema.get("properties", {}))
+            for key in sorted(set(error.instance) - set(allowed), key=str):
+                place = _location(path) if path else "the top level"
+                problems.append((path + [key], f"{_location(path + [key])}: unknown key ({place} takes: {', '.join(allowed)})"))
+            continue
+        description = error.schema.get("description") if isinstance(error.schema, dict) else None
+        suffix = f" ({description})" if description and error.validator != "required" else ""
+        problems.append((path, f"{_location(path)}: {_message(error)}{suffix}"))
+    return problems
+
+
 def config_problems(config: dict, schema: dict) -> list[str]:
     """Every way ``config`` breaks ``schema`` or the rules between its keys, one line each, sorted by key.
 
@@ -189,24 +319,111 @@ def config_problems(config: dict, schema: dict) -> list[str]:
     Returns
     -------
     list of str
-        Empty when the config is valid. An unknown key gives
+        Empty when the config is valid. A config that expands to more than
+        :data:`MAX_CONFIG_VALUES` values through YAML aliases gives that one line alone
+        (:func:`config_size_problem`); a NaN or infinite number gives ``"train.learning_rate:
+        nan is not allowed: every number in the config must be finite ..."``. An unknown key gives
         ``"segment.min_sise: unknown key (segment takes: threshold, ...)"``; a value that is not
         one of the allowed kinds says which are (``"segment.threshold: 1.5 is not allowed: use
         'otsu', or a number greater than 0 and less than 1"``); any other problem gives the key's
         path, the validator's message and the key's description.
     """
-    validator = jsonschema.Draft202012Validator(schema)
-    problems = []
-    for error in validator.iter_errors(config):
-        path = list(error.absolute_path)
-        if error.validator == "additionalProperties" and error.validator_value is False:
-            allowed = list(error.schema.get("properties", {}))
-            for key in sorted(set(error.instance) - set(allowed), key=str):
-                place = _location(path) if path else "the top level"
-                problems.append((path + [key], f"{_location(path + [key])}: unknown key ({place} takes: {', '.join(allowed)})"))
-            continue
-        description = error.schema.get("description") if isinstance(error.schema, dict) else None
-        suffix = f" ({description})" if description and error.validator != "required" else ""
-        problems.append((path, f"{_location(path)}: {_message(error)}{suffix}"))
+    too_large = config_size_problem(config)
+    if too_large:  # the schema check, and its messages quoting the values, would expand it all
+        return [too_large]
+    problems = schema_problems(config, schema)
     problems += _cross_field_problems(config) + _dataset_problems(config)
     return [line for _, line in sorted(problems, key=lambda item: [str(part) for part in item[0]])]
+
+
+# A model folder's config.json (nucseg.model.load_model, the workflow's folder: and train.init).
+
+
+def model_folder_schema(heads: Sequence[str] | None = None, architectures: Sequence[str] | None = None) -> dict:
+    """The JSON schema of a model folder's ``config.json``: what rebuilding the network reads.
+
+    ``model`` (the network's settings, per task) and ``normalize`` (``low``, ``high``,
+    ``invert_dark``) are required, whole, and take no other keys; ``task``, ``classes`` and
+    ``nuclei`` (the training nuclei's diameters) are typed. The other top-level keys are the record of the training (settings, scores, versions,
+    notes) and are free. ``heads`` and ``architectures`` (:data:`nucseg.model.HEADS`,
+    :data:`nucseg.nets.SEMANTIC_PRESETS`) restrict the head and semantic network names; without
+    them (the workflow's config check, which does not import PyTorch) any text is taken.
+    """
+    positive = {"type": "integer", "minimum": 1}
+    head = {"enum": list(heads)} if heads is not None else {"type": "string"}
+    instance = {
+        "type": "object",
+        "description": "the ResUNet's settings",
+        "required": ["width", "blocks", "heads", "in_channels"],
+        "additionalProperties": False,
+        "properties": {
+            "width": positive,
+            "blocks": positive,
+            "heads": {"type": "array", "items": head, "minItems": 1, "uniqueItems": True},
+            "in_channels": positive,
+        },
+    }
+    semantic = {
+        "type": "object",
+        "description": "the semantic network's settings",
+        "required": ["architecture", "width", "classes", "in_channels"],
+        "additionalProperties": False,
+        "properties": {
+            "architecture": {"enum": list(architectures)} if architectures is not None else {"type": "string"},
+            "width": positive,
+            "classes": {"type": "array", "items": {"type": "string"}, "minItems": 2, "uniqueItems": True},
+            "in_channels": positive,
+        },
+    }
+    percentile = {"type": "number", "minimum": 0, "maximum": 100}
+    return {
+        "type": "object",
+        "required": ["model", "normalize"],
+        "properties": {
+            "task": {"enum": ["instance", "semantic"]},
+            "classes": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 255}},
+            "architecture": {"type": "string"},
+            "model": {"type": "object"},
+            "normalize": {
+                "type": "object",
+                "description": "the intensity percentiles the model was trained with",
+                "required": ["low", "high", "invert_dark"],
+                "additionalProperties": False,
+                "properties": {"low": percentile, "high": percentile, "invert_dark": {"type": "boolean"}},
+            },
+            "nuclei": {
+                "type": "object",
+                "description": "the training nuclei's diameters, px (the target of predict.scale auto)",
+                "required": ["median", "p10", "p90"],
+                "properties": {k: {"type": "number", "exclusiveMinimum": 0} for k in ("median", "p10", "p90")} | {"n": {"type": "integer", "minimum": 0}},
+            },
+        },
+        "if": {"properties": {"task": {"const": "semantic"}}, "required": ["task"]},
+        "then": {"properties": {"model": semantic}},
+        "else": {"properties": {"model": instance}},
+    }
+
+
+def read_model_folder_config(model_dir: str | os.PathLike, heads: Sequence[str] | None = None, architectures: Sequence[str] | None = None) -> dict:
+    """The ``config.json`` of a model folder, checked against :func:`model_folder_schema`.
+
+    Raises
+    ------
+    ValueError
+        The file is missing, not JSON, or breaks the schema: one line naming the file and each
+        key (``<folder>/config.json: model.width: 'sixteen' is not of type 'integer'``).
+    """
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{model_dir}: not a readable nucseg model folder ({exc})") from exc
+    found = schema_problems(config, model_folder_schema(heads, architectures))
+    problems = [line for _, line in sorted(found, key=lambda item: [str(part) for part in item[0]])]
+    if isinstance(config, dict) and isinstance(config.get("normalize"), dict):
+        low, high = config["normalize"].get("low"), config["normalize"].get("high")
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)) and not low < high:
+            problems.append(f"normalize: low {low} must be below high {high}")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems).replace("the config's top level", "the top level"))
+    return config

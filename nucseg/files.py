@@ -3,8 +3,10 @@
 Outputs are built under a hidden temporary sibling name and renamed when complete. A process
 killed outright (``kill -9``, a cluster's time limit) cannot clean up after itself: its
 temporary folder stays behind, and is removed the next time the same output is written
-(:func:`atomic_dir`). Two processes must not write the same output at the same time (Snakemake
-never runs two jobs for one output).
+(:func:`atomic_dir`). Two processes must not write the same output at the same time: Snakemake
+never runs two jobs for one output, and the command line holds its output folder
+(:func:`locked_folder`). Scratch folders of a killed run are removed by the next run that uses
+them (:func:`scratch_dir`, :func:`remove_stale`).
 
 A write that fails because the file system is full raises :class:`NoSpaceError`, whose message
 is ``no space left on device while writing <path>`` (or, for a full disk quota or a file size
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,6 +99,99 @@ def remove_stale_temporaries(dest: str | os.PathLike) -> list[Path]:
     return stale
 
 
+def remove_stale(folder: str | os.PathLike, pattern: str) -> list[Path]:
+    """Remove the entries of ``folder`` whose whole name matches the regular expression
+    ``pattern`` (scratch and temporaries that killed writers left behind); return them.
+
+    Only for a folder no live process is writing into: the one output of a Snakemake job (a
+    job owns its outputs), or a folder held with :func:`locked_folder`.
+    """
+    folder, regex = Path(folder), re.compile(pattern)
+    if not folder.is_dir():
+        return []
+    stale = sorted(p for p in folder.iterdir() if regex.fullmatch(p.name) and not p.is_symlink())
+    for path in stale:
+        log.info("removing %s, left by an interrupted earlier run", path)
+        if path.is_dir():
+            _rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a folder; again if a writer thread that had not yet stopped (a failed zarr write's
+    siblings) added to it meanwhile (``Directory not empty``)."""
+    for _ in range(5):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.1)
+    shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def scratch_dir(folder: str | os.PathLike, prefix: str) -> Iterator[Path]:
+    """A temporary folder ``<folder>/<prefix><8 characters>`` for the block, removed afterwards
+    whatever happens; those a killed run left (same prefix) are removed first, so call it only
+    where no live process shares the prefix (:func:`remove_stale`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale(folder, re.escape(prefix) + r"[a-z0-9_]{8}")
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+    try:
+        yield path
+    finally:
+        _rmtree(path)
+
+
+#: The lock file :func:`locked_folder` holds in the folder.
+LOCK_NAME = ".nucseg.lock"
+
+
+@contextlib.contextmanager
+def locked_folder(folder: str | os.PathLike, command: str) -> Iterator[Path]:
+    """Hold ``<folder>/.nucseg.lock`` for the block, so that one process at a time writes into
+    ``folder``; a second is refused at once.
+
+    The lock is the kernel's (``flock``): it ends with the process that holds it, however that
+    ends, so the lock file a killed run leaves behind blocks nothing. The file holds the holder's
+    process id, and is removed when the block ends.
+
+    Raises
+    ------
+    ValueError
+        Another process holds the folder: ``<folder>: another <command> (process <pid>) is
+        writing into this folder; wait for it to end, or choose another folder``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            message = f"{folder}: another {command} (process {holder}) is writing into this folder; wait for it to end, or choose another folder"
+            raise ValueError(message) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # its holder removed the file between our open and our lock: take the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder under a temporary sibling name; rename it to ``dest`` on success.
@@ -123,7 +220,7 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            _rmtree(tmp)  # writer threads of a failed write (dask, zarr) may still be adding files
 
 
 @contextlib.contextmanager

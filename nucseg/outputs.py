@@ -32,7 +32,7 @@ import orjson
 import pandas as pd
 import tifffile
 
-from nucseg.files import atomic_dir
+from nucseg.files import atomic_dir, atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +75,13 @@ def write_label_tiff(path: str | os.PathLike, labels, count: int) -> Path:
     path = Path(path)
     dtype = label_dtype(count)
     shape = tuple(labels.shape)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
+    with atomic_file(path) as tmp:  # a full disk: NoSpaceError naming path, nothing left
         if shape[0] * shape[1] <= TILED_PIXELS:
             tifffile.imwrite(tmp, np.asarray(labels[:]).astype(dtype), compression="zlib")
         else:
             bigtiff = shape[0] * shape[1] * dtype.itemsize > 2**31 - 2**25
             tiles = (np.asarray(labels[tile]).astype(dtype) for tile in _bands(shape, TIFF_TILE))
             tifffile.imwrite(tmp, tiles, shape=shape, dtype=dtype, tile=(TIFF_TILE, TIFF_TILE), compression="zlib", bigtiff=bigtiff)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -235,12 +231,15 @@ class ImageWriters:
 
     @contextlib.contextmanager
     def geojson(self, image_id: str) -> Iterator[Callable]:
-        """A callable ``add(chunk_result, table)`` streaming the chunk's nuclei into ``<id>.geojson``."""
+        """A callable ``add(chunk_result, table)`` streaming the chunk's nuclei into ``<id>.geojson``
+        (written under a temporary name, renamed when the block ends without an error)."""
         if self.geojson_dir is None:
             yield lambda result, table: None
             return
         path = self.geojson_dir / f"{image_id}.geojson"
-        with open(path, "w") as f:
+        # under .<id>.geojson.part until the collection is closed: a killed run leaves no cut-off
+        # file under the final name, nor truncates one of an earlier run
+        with atomic_file(path) as tmp, open(tmp, "w") as f:
             f.write('{"type": "FeatureCollection", "features": [\n')
             first = [True]
 

@@ -27,7 +27,6 @@ import dataclasses
 import logging
 import math
 import os
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from nucseg.files import atomic_dir, atomic_file, write_csv
+from nucseg.files import atomic_dir, atomic_file, remove_stale, scratch_dir, write_csv
 from nucseg.measure import COLUMNS, IMAGE_COLUMNS, ImageSummary, measure_objects
 
 log = logging.getLogger(__name__)
@@ -563,14 +562,22 @@ def segment_map(maps, heads: list[str] | tuple[str, ...], settings: SegmentSetti
 # ---------------------------------------------------------------- the stage
 
 
+#: The temporary label store of a large image (:func:`label_canvas`): its prefix, and its names.
+LABEL_SCRATCH_PREFIX = ".labels."
+LABEL_SCRATCH = r"\.labels\.[a-z0-9_]{8}"
+
+
 @contextlib.contextmanager
 def label_canvas(shape: tuple[int, int], scratch: str | os.PathLike) -> Iterator:
     """An image-sized uint32 label array, zero: in memory up to :data:`IN_MEMORY_PIXELS`,
-    else a chunked zarr array in a temporary folder under ``scratch`` (removed afterwards)."""
+    else a chunked zarr array in a temporary folder ``<scratch>/.labels.<8 characters>``
+    (removed afterwards). Those that a killed run left in ``scratch`` are removed first: no
+    other live process may use ``scratch`` (the segment job's own folder; the command line's
+    scratch folder)."""
     if shape[0] * shape[1] <= IN_MEMORY_PIXELS:
         yield np.zeros(shape, np.uint32)
         return
-    with tempfile.TemporaryDirectory(prefix=".labels.", dir=scratch) as tmp:
+    with scratch_dir(scratch, LABEL_SCRATCH_PREFIX) as tmp:
         # LZ4: a scratch store written and read once per chunk, where zstd's ratio buys nothing
         lz4 = zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")
         yield zarr.create_array(Path(tmp) / "labels.zarr", shape=shape, chunks=(1024, 1024), dtype=np.uint32, fill_value=0, compressors=lz4)
@@ -680,6 +687,9 @@ def segment_dataset(
         log.info("method 'border': the model has no border head (heads %s), so the paper's method runs", heads)
     images = zarr.open_group(images_zarr, mode="r")["images"]
     rows = []
+    # label stores of large images that a killed run of this job left (label_canvas); the folder
+    # is this job's, no live process writes there
+    remove_stale(Path(objects_csv).parent, LABEL_SCRATCH)
     with contextlib.ExitStack() as stack:
         labels_tmp = stack.enter_context(atomic_dir(out_dir, overwrite=True))
         ome_tmp = stack.enter_context(atomic_dir(ome_zarr_dir, overwrite=True)) if ome_zarr_dir is not None else None

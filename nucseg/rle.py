@@ -107,7 +107,17 @@ def _parse_runs(rle: str, n_pixels: int) -> tuple[NDArray[np.int64], NDArray[np.
         raise ValueError(f"run-length pairs must be non-negative integers, got {bad!r}")
     if len(tokens) % 2:
         raise ValueError(f"run-length encoding needs start/length pairs, got an odd number of values ({len(tokens)})")
-    values = np.array([int(t) for t in tokens], dtype=np.int64).reshape(-1, 2)
+    numbers = [int(t) for t in tokens]
+    # a number past the image is named here, before numpy (int64) would overflow on it
+    for k in range(0, len(numbers), 2):
+        start, length = numbers[k], numbers[k + 1]
+        if start > n_pixels:
+            raise ValueError(f"run {start} {length} starts at pixel {start}, beyond the image's {n_pixels} pixels")
+        if length > n_pixels:
+            raise ValueError(f"run {start} {length} is {length} pixels long, longer than the image's {n_pixels} pixels")
+    if n_pixels > np.iinfo(np.int64).max:
+        raise ValueError(f"an image of {n_pixels} pixels is larger than any image can be")
+    values = np.array(numbers, dtype=np.int64).reshape(-1, 2)
     starts, lengths = values[:, 0], values[:, 1]
     if starts.size:
         if starts.min() < 1:
@@ -144,8 +154,8 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> NDArray[np.bool_]:
     ------
     ValueError
         A value that is not a non-negative integer, an odd number of values,
-        a start of 0, a length of 0, a run beyond the image's ``H * W``
-        pixels, or runs that are unsorted or overlap.
+        a start of 0, a length of 0, a run that starts or ends beyond the image's ``H * W``
+        pixels or is longer than it (numbers of any size), or runs that are unsorted or overlap.
 
     Examples
     --------

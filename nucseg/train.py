@@ -65,7 +65,7 @@ import nucseg
 from nucseg.augment import Augmenter, AugmentSettings
 from nucseg.files import atomic_dir, atomic_file
 from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
-from nucseg.model import DEVICES, PRESETS, ModelConfig, choose_device
+from nucseg.model import DEVICES, PRESETS, ModelConfig, choose_device, read_model_config
 from nucseg.nets import SEMANTIC_PRESETS
 from nucseg.preprocess import make_targets
 from nucseg.scale import diameter_histogram, summary_of_histogram
@@ -358,10 +358,10 @@ def initialise(model: torch.nn.Module, architecture: str, model_config: dict, in
     builds (architecture, width, depth, heads, input channels); the error names what differs."""
     folder = init_folder(init)
     try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"train.init: {folder}: not a readable nucseg model folder ({exc})") from exc
-    theirs = dict(architecture=config.get("architecture"), **config.get("model", {}))
+        config = read_model_config(folder)
+    except ValueError as exc:
+        raise ValueError(f"train.init: {exc}") from exc
+    theirs = dict(architecture=config.get("architecture"), **config["model"])
     ours = json.loads(json.dumps(dict(architecture=architecture, **model_config)))
     differ = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)}
     if differ:

@@ -7,9 +7,16 @@ import re
 import nucseg
 import nucseg.tasks
 import yaml
-from nucseg.config import SECTIONS, config_problems, type_cli_config
+from nucseg.config import SECTIONS, config_problems, config_size_problem, read_model_folder_config, type_cli_config
 from nucseg.datasets import GROUND_TRUTH_LAYOUTS
 from snakemake.exceptions import WorkflowError
+
+# Before anything else touches it: a config of YAML anchors nested in each other (an alias
+# bomb) would be expanded in memory by every step below. (Snakemake's own merge of config files,
+# before this runs, copies nested mappings: anchors of mappings expand there already; see README.)
+_too_large = config_size_problem(config)
+if _too_large:
+    raise WorkflowError(f"invalid config: {_too_large}")
 
 # The jobs inherit this: OpenMP threads that spin while waiting for each other take the cores
 # from one another on a busy machine (a sample run took 19 minutes instead of 1 at load 5);
@@ -117,6 +124,25 @@ def model_folder(value):
     return nucseg.PRETRAINED_MODEL if value == "pretrained" else local_or_url(value)
 
 
+def check_model_folders():
+    """The config.json of each model folder the config names (`folder:`, `train.init`) and that
+    exists, against its schema before any job (nucseg.config.read_model_folder_config; the head
+    and network names are checked when the folder is loaded, since this process does not import
+    PyTorch). A folder that does not exist is a missing input, named by Snakemake."""
+    for name, overrides in MODELS.items():
+        init = {**(config.get("train") or {}), **(overrides.get("train") or {})}.get("init")
+        places = [(f"models.{name}.folder", overrides.get("folder"))]
+        if init and (init == "pretrained" or init not in MODELS):
+            places.append((f"models.{name}.train.init" if "init" in (overrides.get("train") or {}) else "train.init", init))
+        for key, value in places:
+            folder = model_folder(value) if value else None
+            if folder and os.path.isfile(os.path.join(folder, "config.json")):
+                try:
+                    read_model_folder_config(folder)
+                except ValueError as exc:
+                    raise WorkflowError(f"config: {key}: {exc}") from None
+
+
 def ready_model(name):
     """The folder of a model given as `folder:` (the shipped one for 'pretrained'), else None
     (the model is trained by the train rule)."""
@@ -183,6 +209,9 @@ def local_or_url(source):
     if source is None or re.match(r"https?://", source) or os.path.isabs(source) or glob.glob(source):
         return source
     return os.path.join(workflow.basedir, source)
+
+
+check_model_folders()  # (here: it resolves the folders with local_or_url)
 
 
 def dataset_source(name):

@@ -7,28 +7,57 @@ epoch, config.json, history.csv, curves.png), for example to score a long run pa
 
     python scripts/checkpoint_to_model.py results/checkpoints/pretrained.pt /tmp/pretrained_so_far
 
-A checkpoint is a file of one's own runs: it is read with ``weights_only=False`` (checkpoints
-of nucseg versions before 0.1 hold numpy random states), never use it on a file from elsewhere.
+The checkpoint is read with PyTorch's ``weights_only=True``, as training reads it to resume:
+it holds tensors and plain data only (numbers, text, lists, dicts). A file that holds pickled
+Python objects besides them (which could run code when loaded; checkpoints of nucseg before
+0.1 held numpy random states as objects) is refused with a message, and nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import pickle
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from nucseg.files import atomic_file
 from nucseg.tasks import make_task
 from nucseg.train import TrainSettings, write_model_folder
+
+log = logging.getLogger("checkpoint_to_model")
+
+
+def read_checkpoint(checkpoint: Path) -> dict:
+    """The checkpoint's contents, read weights-only.
+
+    Raises
+    ------
+    ValueError
+        The file is missing or unreadable, holds pickled objects besides tensors and plain data
+        (refused: loading them could run code), or lacks what a model folder is made from.
+    """
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{checkpoint}: refused: it holds pickled Python objects besides tensors and plain data, which could run code when loaded") from exc
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise ValueError(f"{checkpoint}: not a readable checkpoint ({exc})") from exc
+    missing = [key for key in ("identity", "history", "best_state", "epoch") if not isinstance(ckpt, dict) or key not in ckpt]
+    if missing:
+        raise ValueError(f"{checkpoint}: not a nucseg training checkpoint (no {', '.join(missing)})")
+    return ckpt
 
 
 def checkpoint_to_model(checkpoint: Path, out_dir: Path) -> dict:
     """The model folder of ``checkpoint`` (as :func:`nucseg.train.train_model` writes it, with
     ``train.epochs`` the epochs run and a ``stopped`` note); returns its config.json contents."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(checkpoint)
     identity, history = ckpt["identity"], pd.DataFrame(ckpt["history"])
     task = make_task(identity["task"]["task"], identity["task"].get("classes"))
     settings = TrainSettings(**identity["settings"])
@@ -46,7 +75,8 @@ def checkpoint_to_model(checkpoint: Path, out_dir: Path) -> dict:
         torch.device("cpu"),
     )
     config["stopped"] = f"after epoch {ckpt['epoch']} of the run's {settings.epochs} (checkpoint {checkpoint.name}, scripts/checkpoint_to_model.py)"
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    with atomic_file(out_dir / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
     return config
 
 
@@ -55,7 +85,12 @@ def main() -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("out_dir", type=Path)
     args = parser.parse_args()
-    config = checkpoint_to_model(args.checkpoint, args.out_dir)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = checkpoint_to_model(args.checkpoint, args.out_dir)
+    except ValueError as exc:
+        log.error("%s", exc)
+        sys.exit(1)
     print(f"{args.out_dir}: best epoch {config['best_epoch']} of {config['epochs_run']} (validation crop IoU {config['best_val_iou']:.4f})")
 
 

@@ -75,6 +75,7 @@ def test_statistics_in_bounded_memory_equal_the_whole_images(monkeypatch):
     [
         (np.zeros((2, 30, 30), np.uint8), "1, 3 or 4 channels"),
         (np.full((20, 20), np.nan, np.float32), "NaN"),
+        (np.full((20, 20), np.inf, np.float32), "NaN or infinite values"),
         (np.zeros((3, 4, 20, 20), np.uint8), "one 2-D plane"),
     ],
 )

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +19,10 @@ import zarr
 
 from nucseg import PRETRAINED_MODEL
 from nucseg.cli import main, output_names
+from nucseg.files import locked_folder
 from nucseg.imageio import read_labels
 from nucseg.model import ModelConfig, ResUNet
+from nucseg.outputs import ImageWriters
 
 from .test_infer import FIXTURE, real_tiles, save_model_folder
 
@@ -137,3 +143,64 @@ def test_score_prints_json_without_nan(tmp_path, capsys):
     assert "NaN" not in text
     scores = json.loads(text)
     assert isinstance(scores, dict) and scores
+
+
+# The output folder: one writer at a time, nothing half-written under a final name, no scratch left.
+
+
+def test_a_second_writer_into_the_same_out_is_refused(model_dir, images, tmp_path, caplog):
+    """Regression: two `nucseg segment` into one --out both exited 0 and left a GeoJSON mixing
+    both runs. A live holder of the folder (here this process) refuses the second with one line."""
+    out = tmp_path / "out"
+    with locked_folder(out, "nucseg segment"):
+        assert cli("segment", "--model", model_dir, "--out", out, images / "a.png") == 1
+        assert list(out.iterdir()) == [out / ".nucseg.lock"]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"{out}: another nucseg segment (process {os.getpid()}) is writing into this folder; wait for it to end, or choose another folder"]
+    assert cli("segment", "--model", model_dir, "--out", out, images / "a.png") == 0  # the lock ended with its block
+    assert sorted(p.name for p in out.iterdir()) == ["a.geojson", "a.ome.zarr", "a.tif", "images.csv", "objects.csv"]
+
+
+def test_geojson_takes_its_name_only_when_complete(tmp_path):
+    """Regression: the GeoJSON was written under its final name: a killed run left it cut off
+    mid-feature, and truncated a good one of an earlier run."""
+    good = '{"type": "FeatureCollection", "features": []}\n'
+    (tmp_path / "a.geojson").write_text(good)
+    with pytest.raises(KeyboardInterrupt), ImageWriters(geojson_dir=tmp_path).geojson("a"):
+        assert (tmp_path / ".a.geojson.part").is_file()
+        raise KeyboardInterrupt  # the run stopped while the collection was open
+    assert (tmp_path / "a.geojson").read_text() == good and list(tmp_path.iterdir()) == [tmp_path / "a.geojson"]
+
+
+def test_a_killed_run_leaves_scratch_that_the_next_run_removes(model_dir, images, tmp_path):
+    """Regression: kill -9 left .nucseg-*/ (161 MB for 8192^2) in --out, which no later run
+    removed, and a killed rerun truncated the GeoJSON of an earlier run; nor may the killed
+    run's lock block the next run."""
+    out = tmp_path / "out"
+    assert cli("segment", "--model", model_dir, "--out", out, "--engine", "eager", images / "a.tif") == 0
+    earlier = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    command = [sys.executable, "-m", "nucseg.cli", "segment", "--model", str(model_dir), "--out", str(out), "--engine", "eager", str(images / "a.tif")]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".nucseg-*/maps.zarr")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.kill()
+    child.wait()
+    left = sorted(p.name for p in out.iterdir())
+    assert any(name.startswith(".nucseg-") for name in left), f"killed too late to leave scratch: {left}"
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name in earlier} == earlier  # the earlier run's files, whole
+    (out / ".objects.csv.part").write_text("image_id,label,ar")  # as a kill while writing the table leaves it
+    assert cli("segment", "--model", model_dir, "--out", out, "--engine", "eager", images / "a.tif") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.geojson", "a.ome.zarr", "a.tif", "images.csv", "objects.csv"]
+    json.loads((out / "a.geojson").read_text())
+
+
+def test_a_broken_model_folder_is_one_line_and_writes_nothing(images, tmp_path, caplog):
+    """config.json with a wrong type: the file and key are named, --out is not even created."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model": {"width": "sixteen", "blocks": 2, "heads": ["body"], "in_channels": 3}}))
+    assert cli("segment", "--model", folder, "--out", tmp_path / "out", images / "a.png") == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"{folder / 'config.json'}: the top level: 'normalize' is a required property; model.width: 'sixteen' is not of type 'integer'"]
+    assert not (tmp_path / "out").exists()

@@ -3,12 +3,15 @@ in by the workflow for keys a config leaves out) and the nucseg settings classes
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
+import time
 
 import pytest
 import yaml
 
-from nucseg.config import config_problems, type_cli_config
+from nucseg.config import MAX_CONFIG_VALUES, config_problems, config_size_problem, type_cli_config
 from nucseg.download import DownloadSettings
 from nucseg.infer import PredictSettings
 from nucseg.postprocess import SegmentSettings
@@ -172,4 +175,108 @@ def test_the_workflow_checks_the_command_line_config_before_any_job(tmp_path):
     bad = snakemake(tmp_path, "-n", "--config", "segment={otsu_bounds: [0.8, 0.2]}")
     assert bad.returncode != 0
     assert "segment.otsu_bounds: [0.8, 0.2] is inverted" in bad.stdout + bad.stderr
+    assert not (tmp_path / "results").exists()
+
+
+# Hostile values: NaN and infinity, YAML alias bombs.
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [("segment", "threshold", math.nan), ("predict", "scale", math.nan), ("train", "learning_rate", math.nan), ("predict", "scale", math.inf)],
+)
+def test_nan_and_infinity_are_refused_for_every_number(section, key, value):
+    """Regression: .nan passed the schema's bounds (every comparison with NaN is false) for
+    segment.threshold, predict.scale and train.learning_rate, and failed only inside the job."""
+    config = copy.deepcopy(CONFIG)
+    config[section][key] = value
+    assert config_problems(config, SCHEMA) == [f"{section}.{key}: {value} is not allowed: every number in the config must be finite (not NaN or infinity)"]
+
+
+def test_nan_in_a_models_override_is_named_by_its_path():
+    config = copy.deepcopy(CONFIG)
+    config["models"] = {"m": {"segment": {"otsu_bounds": [0.2, -math.inf]}}}
+    assert config_problems(config, SCHEMA) == [
+        "models.m.segment.otsu_bounds.1: -inf is not allowed: every number in the config must be finite (not NaN or infinity)"
+    ]
+
+
+def alias_bomb(kind: str, levels: int = 9) -> str:
+    """A config whose ``segment.threshold`` is nine aliases of nine aliases ... of nine values: 9**levels once expanded."""
+    if kind == "list":
+        lines = ["segment:", "  threshold:", "  - &a0 [x, x, x, x, x, x, x, x, x]"]
+        lines += [f"  - &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    else:
+        lines = ["segment:", "  threshold:", "    a0: &a0 {" + ", ".join(f"k{j}: x" for j in range(9)) + "}"]
+        lines += [f"    a{i}: &a{i} {{" + ", ".join(f"k{j}: *a{i - 1}" for j in range(9)) + "}" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("kind, key", [("list", "segment.threshold"), ("dict", "segment.threshold.a4")])
+def test_an_alias_bomb_is_refused_at_once_naming_the_key(kind, key):
+    """Regression: nested anchors (9**9 values under one key) ended in MemoryError after 90 s.
+    The key named is the first anchored value past the bound (a4: 9**5 mappings)."""
+    config = yaml.safe_load(alias_bomb(kind))
+    started = time.perf_counter()
+    problems = config_problems(config, SCHEMA)
+    assert time.perf_counter() - started < 1
+    assert problems == [
+        f"{key}: expands to more than {MAX_CONFIG_VALUES:,} values through YAML aliases (*name) of anchors (&name) nested in each other, "
+        "or holds itself: refused before anything reads it (a config needs a few hundred values)"
+    ]
+
+
+def test_aliases_within_the_bound_and_a_value_holding_itself():
+    shared = yaml.safe_load("a: &a [1, 2, 3]\nb: [*a, *a, *a]")
+    assert config_size_problem(shared) is None
+    assert config_size_problem(CONFIG) is None
+    assert config_size_problem(yaml.safe_load("train: &t {heads: [*t]}")).startswith("train: expands to more than")
+
+
+def test_the_workflow_refuses_an_alias_bomb_and_nan_before_any_job(tmp_path):
+    """The workflow's own check, on a --configfile and on --config: one line naming the key, no
+    traceback, no results. (A bomb of anchored mappings is expanded by Snakemake's merge of the
+    config files before the workflow runs, so this one is of lists, which Snakemake keeps shared.)"""
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb("list"))
+    started = time.perf_counter()
+    bad = snakemake(tmp_path, "-n", "--configfile", str(bomb))
+    assert time.perf_counter() - started < 60
+    output = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "Traceback" not in output
+    assert "invalid config: segment.threshold: expands to more than 100,000 values through YAML aliases" in output
+    nan = snakemake(tmp_path, "-n", "--config", "train={learning_rate: .nan}")
+    assert nan.returncode != 0
+    assert "train.learning_rate: nan is not allowed: every number in the config must be finite" in nan.stdout + nan.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("name", ["../up", "a/b", "my data", "a;rm -rf x", "$(touch x)", ".hidden"])
+def test_dataset_and_model_names_that_would_be_paths_or_commands_are_refused(name):
+    """Held (issue 24): a dataset or model name becomes a folder and a wildcard value: ``../``,
+    ``/``, spaces, ``;`` and ``$()`` are refused by the config check, before any job."""
+    config = copy.deepcopy(CONFIG)
+    config["datasets"][name] = config["datasets"]["sample_test"]
+    config["models"][name] = {}
+    problems = config_problems(config, SCHEMA)
+    assert f"datasets: {name!r} does not match '^[A-Za-z0-9][A-Za-z0-9_.-]*$'" in problems
+    assert f"models: {name!r} does not match '^[A-Za-z0-9][A-Za-z0-9_.-]*$'" in problems
+
+
+def test_the_workflow_checks_a_model_folders_config_json_before_any_job(tmp_path):
+    """Regression: a broken config.json of a `folder:` or `train.init` model folder failed inside
+    the job, with a raw TypeError, after the earlier stages ran. Refused by the config check: one
+    line naming the config key, the file and its key."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model": {"width": "sixteen", "blocks": 2, "heads": ["body"], "in_channels": 3}, "normalize": null}')
+    (broken / "weights.pt").write_bytes(b"")
+    problems = "model.width: 'sixteen' is not of type 'integer'; normalize: None is not of type 'object'"
+    for key, models in (("models.mine.folder", {"mine": {"folder": str(broken)}}), ("models.tuned.train.init", {"tuned": {"train": {"init": str(broken)}}})):
+        configfile = tmp_path / "config.yaml"
+        configfile.write_text(yaml.safe_dump(dict(copy.deepcopy(CONFIG), models=models)))
+        run = snakemake(tmp_path, "-n", "--configfile", str(configfile), "--replace-workflow-config")
+        output = run.stdout + run.stderr
+        assert run.returncode != 0, output[-2000:]
+        assert f"config: {key}: {broken / 'config.json'}: {problems}" in output, output[-2000:]
     assert not (tmp_path / "results").exists()

@@ -173,3 +173,10 @@ def test_local_copy_and_missing_local_file(tmp_path):
     assert dest.read_bytes() == src.read_bytes()
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "none.zip"))):
         fetch(str(tmp_path / "none.zip"), tmp_path / "out" / "none.zip")
+
+
+def test_a_local_file_that_is_no_archive_is_named_and_not_kept(tmp_path):
+    """Held (issue 24): /etc/passwd as a dataset source is named as not a zip archive, and nothing is kept."""
+    with pytest.raises(ValueError, match=re.escape("/etc/passwd: downloaded file is not a complete zip archive")):
+        fetch("/etc/passwd", tmp_path / "dl" / "data.zip", settings=DownloadSettings(progress=False))
+    assert not (tmp_path / "dl").exists() or list((tmp_path / "dl").iterdir()) == []

@@ -68,13 +68,16 @@ def calibrated_model(heads=("body", "border"), width: int = 16, seed: int = 0) -
     return model.eval()
 
 
+#: A model's ``normalize`` section at the defaults, without inversion.
+PLAIN_NORMALIZE = {"low": 1.0, "high": 99.8, "invert_dark": False}
+
+
 def save_model_folder(model: ResUNet, folder: Path, normalize: dict | None = None) -> Path:
-    """A model folder as training writes it: ``weights.pt`` and ``config.json``."""
+    """A model folder as training writes it: ``weights.pt`` and ``config.json`` (``normalize``
+    default :data:`PLAIN_NORMALIZE`)."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / "weights.pt")
-    config = {"model": model.config.to_dict()}
-    if normalize is not None:
-        config["normalize"] = normalize
+    config = {"model": model.config.to_dict(), "normalize": normalize or PLAIN_NORMALIZE}
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
@@ -176,7 +179,7 @@ def test_predict_dataset_writes_the_documented_zarr(tiny_model, tmp_path):
     """Contract the segment stage reads: one (K, H, W) float16 array per image in [0, 1], chunks
     (K, chunk, chunk), group attributes heads, model, tta, engine, scale (the setting), and
     each image's own predict scale."""
-    model_dir = save_model_folder(tiny_model, tmp_path / "model", {"low": 1.0, "high": 99.8})
+    model_dir = save_model_folder(tiny_model, tmp_path / "model", {"low": 1.0, "high": 99.8, "invert_dark": False})
     store = zarr.open_group(tmp_path / "full.zarr", mode="w")
     rng = np.random.default_rng(0)
     shapes = {"a": (70, 90), "b": (20, 300)}

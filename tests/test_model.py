@@ -1,7 +1,12 @@
+import json
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
-from nucseg.model import PRESETS, ModelConfig, ResUNet
+from nucseg import PRETRAINED_MODEL
+from nucseg.model import PRESETS, ModelConfig, ResUNet, load_model, read_model_config
 
 
 @pytest.mark.parametrize("heads", [("body",), ("body", "border")])
@@ -76,3 +81,74 @@ def test_batch_norm_after_every_convolution_but_the_output():
     convs = [m for m in model.modules() if type(m) is torch.nn.Conv2d]
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(norms) == len(convs) - 1 and convs[-1] is model.head
+
+
+# A model folder's config.json from someone else: checked against its schema before anything is built.
+
+GOOD = {"model": {"width": 4, "blocks": 1, "heads": ["body"], "in_channels": 3}, "normalize": {"low": 1.0, "high": 99.8, "invert_dark": False}}
+
+
+def model_folder(root: Path, config, weights: bool = True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    if weights:
+        torch.save(ResUNet(ModelConfig(**GOOD["model"])).state_dict(), root / "weights.pt")
+    return root
+
+
+def changed(**top):
+    config = json.loads(json.dumps(GOOD))
+    for key, value in top.items():
+        if value is DROP:
+            config.pop(key)
+        elif isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    return config
+
+
+DROP = object()
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (changed(model={"depth": 3}), "model.depth: unknown key (model takes: width, blocks, heads, in_channels)"),
+        (changed(model={"width": "sixteen"}), "model.width: 'sixteen' is not of type 'integer'"),
+        (changed(model=[16]), "model: [16] is not of type 'object'"),
+        (changed(model=None), "model: None is not of type 'object'"),
+        ([GOOD], "the top level: [{"),
+        (None, "the top level: None is not of type 'object'"),
+        (changed(task="semantic"), "model: 'architecture' is a required property"),
+        (changed(normalize=DROP), "the top level: 'normalize' is a required property"),
+        (changed(normalize={"high": float("nan")}), "normalize.high: nan is not allowed: every number in the config must be finite"),
+        (changed(normalize={"low": 99.8, "high": 1.0}), "normalize: low 99.8 must be below high 1.0"),
+        (changed(model={"heads": ["border", "body"]}), "model: model heads must start with 'body'"),
+    ],
+)
+def test_a_broken_config_json_is_named_by_file_and_key(tmp_path, config, message):
+    """Regression: an extra key, a wrong type, a list or null instead of an object, task: semantic
+    on instance weights gave raw TypeError/AttributeError; a missing normalize was defaulted."""
+    folder = model_folder(tmp_path / "m", config)
+    with pytest.raises(ValueError) as caught:
+        load_model(folder)
+    text = str(caught.value)
+    assert text.startswith(f"{folder / 'config.json'}: ") and message in text and "\n" not in text
+
+
+def test_a_network_larger_than_its_weights_is_refused_before_allocating(tmp_path):
+    """Regression: width 100000 asked for 360 GB before it failed."""
+    folder = model_folder(tmp_path / "m", changed(model={"width": 100000}))
+    started = time.perf_counter()
+    too_large = r"config\.json: model: .* is a network of [\d,]+ values \(\d+\.\d+ GB at float32\); .*weights\.pt holds [\d,]+ bytes: refused"
+    with pytest.raises(ValueError, match=too_large):
+        load_model(folder)
+    assert time.perf_counter() - started < 5
+    folder = model_folder(tmp_path / "wide", changed(model={"width": 40000}), weights=False)
+    with pytest.raises(ValueError, match=r"refused before allocating it \(at most 1,000,000,000"):
+        load_model(folder)
+
+
+def test_the_shipped_model_and_a_good_folder_pass():
+    assert read_model_config(PRETRAINED_MODEL)["normalize"] == {"low": 1.0, "high": 99.8, "invert_dark": True}

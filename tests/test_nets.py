@@ -78,8 +78,9 @@ def test_load_model_rebuilds_a_semantic_folder(tmp_path):
     config = NetConfig("deeplabv3plus", 4, ("background", "nucleus"))
     net = build_net(config).eval()
     torch.save(net.state_dict(), tmp_path / "weights.pt")
+    normalize = dict(low=1.0, high=99.8, invert_dark=False)
     (tmp_path / "config.json").write_text(
-        json.dumps(dict(task="semantic", classes={"background": 0, "nucleus": 1}, architecture="deeplabv3plus", model=config.to_dict(), normalize={}))
+        json.dumps(dict(task="semantic", classes={"background": 0, "nucleus": 1}, architecture="deeplabv3plus", model=config.to_dict(), normalize=normalize))
     )
     model, loaded = load_model(tmp_path)
     assert loaded["task"] == "semantic" and model.config.heads == ("background", "nucleus")

@@ -424,7 +424,8 @@ def test_segment_dataset_names_a_missing_map(tmp_path, make_dataset):
 def test_segment_dataset_large_image_path(tmp_path, make_dataset, monkeypatch):
     """The path of images too large for memory (label canvas in a temporary zarr store, tiled
     TIFF and OME-Zarr read from it, 32-pixel chunks) gives the in-memory result; nothing is left
-    behind in the scratch folder."""
+    behind in the scratch folder, and the label store a killed run left there is removed
+    (regression: a killed segment job's .labels.*/ stayed through every later successful run)."""
     from nucseg import outputs, postprocess
 
     pred, full, index = write_stage_inputs(tmp_path, make_dataset, ["img_a"])
@@ -432,6 +433,8 @@ def test_segment_dataset_large_image_path(tmp_path, make_dataset, monkeypatch):
     monkeypatch.setattr(postprocess, "IN_MEMORY_PIXELS", 100)
     monkeypatch.setattr(outputs, "TILED_PIXELS", 100)
     (tmp_path / "big").mkdir()
+    killed = tmp_path / "big/.labels.k1lled_0/labels.zarr"  # as a job killed in label_canvas leaves it
+    zarr.create_array(killed, shape=(64, 64), chunks=(32, 32), dtype=np.uint32, fill_value=0)[:] = 1
     segment_dataset(
         pred, full, index, tmp_path / "big/labels", tmp_path / "big/objects.csv", SegmentSettings(chunk=64, overlap=32), ome_zarr_dir=tmp_path / "big/ome"
     )

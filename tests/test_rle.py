@@ -191,6 +191,10 @@ def test_rows_of_images_may_interleave_and_usage_ignored_is_skipped(tmp_path):
         (["a,1 2,3,zero"], "row 2 (ImageId 'a'): Height and Width must be positive integers"),
         (["a,1 2,0,3"], "row 2 (ImageId 'a'): Height and Width must be positive integers"),
         ([",1 2,3,3"], "row 2 has no ImageId"),
+        # regression: OverflowError (Python int too large to convert to C long), no file, row or ImageId
+        (["a,1 2,3,3", "a,99999999999999999999 1,3,3"], "row 3 (ImageId 'a'): run 99999999999999999999 1 starts at pixel 99999999999999999999, beyond"),
+        (["a,1 99999999999999999999,3,3"], "row 2 (ImageId 'a'): run 1 99999999999999999999 is 99999999999999999999 pixels long, longer than"),
+        (["a,1 1,99999999999,99999999999"], "row 2 (ImageId 'a'): an image of 9999999999800000000001 pixels is larger than any image can be"),
     ],
 )
 def test_malformed_solution_names_file_row_and_image(tmp_path, rows, message):

@@ -20,11 +20,13 @@ import pickle
 import re
 import resource
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from nucseg.datasets import unpack_zip
@@ -61,6 +63,20 @@ class Disk:
             resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, kib: int):
+    """A tmpfs of ``kib`` KiB mounted on ``path`` for the block (skips the test where it cannot be)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs (a real full disk) needs root; CI runs as root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
 @pytest.fixture(params=["tmpfs", "fsize"])
 def disk(request, tmp_path):
     path = tmp_path / "disk"
@@ -68,15 +84,8 @@ def disk(request, tmp_path):
     if request.param == "fsize":
         yield Disk(path, "fsize")
         return
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs (a real full disk) needs root; CI runs as root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={LIMIT >> 10}k", "tmpfs", str(path)], capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(path, LIMIT >> 10):
         yield Disk(path, "tmpfs")
-    finally:
-        subprocess.run(["umount", str(path)], check=True)
 
 
 def incompressible(n: int) -> bytes:
@@ -148,17 +157,42 @@ class Payload:
         return (os.mkdir, (self.path,))
 
 
-def test_a_pickled_payload_in_weights_pt_is_refused(tmp_path):
-    folder = tmp_path / "model"
+def payload_model_folder(folder: Path, ran: Path, width: int = 4) -> Path:
+    """A model folder whose weights.pt holds, besides the tensors, an object that creates ``ran`` when unpickled."""
     folder.mkdir()
-    config = ModelConfig(width=4)
-    (folder / "config.json").write_text(json.dumps({"model": config.to_dict()}))
-    weights = dict(ResUNet(config).state_dict(), extra=Payload(tmp_path / "ran"))
+    config = ModelConfig(width=width)
+    normalize = {"low": 1.0, "high": 99.8, "invert_dark": False}
+    (folder / "config.json").write_text(json.dumps({"architecture": "ResUNet", "model": config.to_dict(), "normalize": normalize}))
+    weights = dict(ResUNet(config).state_dict(), extra=Payload(ran))
     with open(folder / "weights.pt", "wb") as out:
         torch.save(weights, out)
+    return folder
+
+
+def test_a_pickled_payload_in_weights_pt_is_refused(tmp_path):
+    folder = payload_model_folder(tmp_path / "model", tmp_path / "ran")
     with pytest.raises(ValueError, match=r"weights\.pt: refused: it holds pickled Python objects"):
         load_model(folder)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_pickled_payload_in_weights_pt_is_refused_by_the_command_line_and_train_init(tmp_path, caplog):
+    """Held (issue 24): the same folder through ``nucseg segment --model`` (one line, nothing
+    written) and through ``train.init`` (no model folder, no checkpoint)."""
+    from nucseg.cli import main
+
+    folder = payload_model_folder(tmp_path / "model", tmp_path / "ran")
+    image = tmp_path / "a.tif"
+    tifffile.imwrite(image, np.zeros((64, 64), np.uint8))
+    assert main(["segment", "--model", str(folder), "--out", str(tmp_path / "out"), str(image)]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"{folder / 'weights.pt'}: refused: it holds pickled Python objects")
+    assert not (tmp_path / "out").exists()
+    store, index = synthetic_store(tmp_path)
+    settings = TrainSettings(**dict(SETTINGS, epochs=1, init=str(folder)))
+    with pytest.raises(ValueError, match=re.escape(f"train.init: {folder / 'weights.pt'}: not loadable into the network")):
+        train_model([store], [index], tmp_path / "tuned", settings, checkpoint=tmp_path / "ckpt.pt", threads=1)
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "tuned").exists() and not (tmp_path / "ckpt.pt").exists()
 
 
 def test_a_pickled_payload_in_a_checkpoint_is_not_run(tmp_path, caplog):
@@ -180,3 +214,65 @@ def test_a_checkpoint_loads_with_weights_only(tmp_path):
     train_model([store], [index], tmp_path / "model", TrainSettings(**dict(SETTINGS, epochs=1)), checkpoint=tmp_path / "ckpt.pt", threads=1)
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert isinstance(state["rng"]["numpy"][1], torch.Tensor) and isinstance(state["rng"]["python"][1], list)
+
+
+CHECKPOINT_TO_MODEL = Path(__file__).resolve().parent.parent / "scripts" / "checkpoint_to_model.py"
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_checkpoint_to_model_refuses_a_pickled_payload(tmp_path, how):
+    """Regression: scripts/checkpoint_to_model.py read checkpoints with weights_only=False, so a
+    crafted checkpoint's object ran its code (here: created a folder) when converted."""
+    ckpt = tmp_path / "ckpt.pt"
+    contents = {"identity": {}, "history": [], "epoch": 1, "best_state": Payload(tmp_path / "ran")}
+    if how == "pickle":
+        ckpt.write_bytes(pickle.dumps(contents, protocol=2))
+    else:
+        with open(ckpt, "wb") as out:
+            torch.save(contents, out)
+    result = subprocess.run([sys.executable, str(CHECKPOINT_TO_MODEL), str(ckpt), str(tmp_path / "model")], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert not (tmp_path / "ran").exists(), "the payload ran"
+    assert not (tmp_path / "model").exists()
+    assert result.stderr.strip() == (
+        f"ERROR checkpoint_to_model: {ckpt}: refused: it holds pickled Python objects besides tensors and plain data, which could run code when loaded"
+    )
+
+
+def test_checkpoint_to_model_names_a_file_that_is_no_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    with open(ckpt, "wb") as out:
+        torch.save({"epoch": 3}, out)
+    result = subprocess.run([sys.executable, str(CHECKPOINT_TO_MODEL), str(ckpt), str(tmp_path / "model")], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"{ckpt}: not a nucseg training checkpoint (no identity, history, best_state)" in result.stderr
+    assert not (tmp_path / "model").exists()
+
+
+# the outputs' chunk files are each below the fsize limit: only a real full file system reaches them
+@pytest.mark.parametrize("kib", [256, 2048])  # full in the probability maps; in the image's outputs (on this image, the OME-Zarr)
+def test_nucseg_segment_on_a_full_disk_names_the_file_and_leaves_nothing(kib, tmp_path, caplog, capfd):
+    """Regression: a full --out gave two raw tracebacks (ENOSPC from a zarr thread, then
+    "Directory not empty" from the clean-up), named no path and left 23 MB of scratch."""
+    from nucseg.cli import main
+
+    from .test_infer import save_model_folder
+
+    torch.manual_seed(0)
+    model = save_model_folder(ResUNet(ModelConfig(width=4, heads=("body", "border"))).eval(), tmp_path / "model")
+    image = tmp_path / "a.tif"
+    tifffile.imwrite(image, np.random.default_rng(0).integers(0, 256, (1024, 1024), dtype=np.uint8))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = disk / "out"
+    with tmpfs(disk, kib):
+        assert main(["segment", "--model", str(model), "--out", str(out), "--engine", "eager", str(image)]) == 1
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and re.fullmatch(re.escape(f"no space left on device while writing {out}/") + r"\S+", errors[0]), errors
+        assert "Traceback" not in capfd.readouterr().err
+        # nothing half-written: no scratch, no temporaries, no lock, no output of the image (the
+        # tables, if they fit, list the images whose outputs were all written: none)
+        left = sorted(p.name for p in out.iterdir())
+        assert set(left) <= {"objects.csv", "images.csv"}, left
+        for name in left:
+            assert len((out / name).read_text().splitlines()) == 1  # the header

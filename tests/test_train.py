@@ -3,6 +3,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -166,6 +167,23 @@ def test_init_with_unreadable_weights_is_named_and_leaves_no_model(trained, tmp_
     weights.write_bytes(weights.read_bytes()[:1000])
     settings = TrainSettings(**dict(SETTINGS, init=str(tmp_path / "broken")))
     with pytest.raises(ValueError, match=r"train.init: .*broken/weights.pt: not loadable into the network"):
+        train_model([store], [index], tmp_path / "model", settings, checkpoint=tmp_path / "ckpt.pt", threads=1)
+    assert not (tmp_path / "model").exists() and not (tmp_path / "ckpt.pt").exists()
+
+
+def test_init_with_a_broken_config_json_is_named_before_building(trained, tmp_path):
+    """A train.init folder whose config.json has no normalize section and a width as text: the
+    file and keys are named (not a TypeError), and no model folder or checkpoint is left."""
+    root, store, index, _ = trained
+    shutil.copytree(root / "model", tmp_path / "broken")
+    config = json.loads((tmp_path / "broken" / "config.json").read_text())
+    del config["normalize"]
+    config["model"]["width"] = "sixteen"
+    (tmp_path / "broken" / "config.json").write_text(json.dumps(config))
+    settings = TrainSettings(**dict(SETTINGS, init=str(tmp_path / "broken")))
+    problems = "the top level: 'normalize' is a required property; model.width: 'sixteen' is not of type 'integer'"
+    message = f"train.init: {tmp_path / 'broken' / 'config.json'}: {problems}"
+    with pytest.raises(ValueError, match=re.escape(message)):
         train_model([store], [index], tmp_path / "model", settings, checkpoint=tmp_path / "ckpt.pt", threads=1)
     assert not (tmp_path / "model").exists() and not (tmp_path / "ckpt.pt").exists()
 
