@@ -195,10 +195,12 @@ def dataset_solution(name):
 
 def dataset_exclude(name):
     """Image ids the dataset's `exclude` file lists (left out of training), sorted."""
-    from nucseg.preprocess import read_id_list
-
     path = local_or_url(DATASETS[name].get("exclude"))
-    return sorted(read_id_list(path)) if path else []
+    if not path:
+        return []
+    from nucseg.preprocess import read_id_list  # (imports zarr, scipy, skimage: only when needed)
+
+    return sorted(read_id_list(path))
 
 
 def dataset_files(name):

@@ -285,3 +285,17 @@ def test_editing_a_module_reruns_exactly_the_rules_that_run_it(tmp_path, task):
         if module == "plots":
             assert "train" not in reasons, reasons
     assert "Nothing to be done" in run_copy(copy, workdir, "--dry-run", *config)
+
+
+def test_parsing_the_instance_workflow_imports_no_torch():
+    """Every Snakemake start (a no-op rerun, each cluster job) parses the workflow: what
+    rules/common.smk imports there stays light (torch took 2 s of a 4-7 s no-op rerun)."""
+    code = (
+        "import sys, nucseg, nucseg.tasks, nucseg.config\n"
+        "nucseg.tasks.make_task('instance').plots\n"
+        "[nucseg.script_code_hash(p) for p in sys.argv[1:]]\n"
+        "heavy = sorted({'torch', 'zarr', 'skimage'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *map(str, ADAPTERS)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
