@@ -556,7 +556,7 @@ def write_model_folder(
             torch.save(best_state, out)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         table.to_csv(tmp / "history.csv", index=False)
-        from nucseg.plots import save_curves  # not a module-level import: a plot change does not retrain
+        from nucseg.plots import save_curves  # a plot change does not retrain (nucseg.EXCLUDED_BEFORE)
 
         save_curves(table, tmp / "curves.png", *task.curve_labels(settings))
     log.info("best validation IoU %.4f at epoch %d; model in %s", config["best_val_iou"], config["best_epoch"], out_dir)
