@@ -22,6 +22,7 @@ qc                :mod:`nucseg.qc`            :func:`~nucseg.qc.qc_pictures`
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import os
 from collections.abc import Iterator
@@ -37,28 +38,119 @@ __version__ = "0.1.0"
 PRETRAINED_MODEL = str(resources.files(__name__) / "pretrained")
 
 
-def imported_modules(source: str | os.PathLike) -> list[str]:
-    """The ``nucseg`` modules a Python file uses, directly or through each other.
+#: The workflow's stages in data-flow order: a stage's results are made from the code and the
+#: results of the stages before it, never from those after it.
+STAGES = ("download", "preprocess", "train", "predict", "segment", "evaluate", "aggregate", "figures")
 
-    Follows every ``import nucseg.x`` / ``from nucseg.x import ...`` / ``from nucseg import x``
-    of the file (at any depth, function bodies included) and then the module-level imports of
-    those modules, to the closure. A package module imports what shapes its results at module
-    level; a function-level import loads an optional library or code another task needs, and
-    is not followed (so that, say, a QC colour does not retrain a model). Returns module names relative to the package (``"train"``,
-    ``"tasks.semantic"``), sorted. The workflow hashes them (:func:`code_hash`) so that a rule
-    reruns when any code its adapter script runs changes, without a hand-written list that can
-    go stale.
+#: The stage of each rule of the workflow, by name; its adapter is ``workflow_scripts/<rule>.py``
+#: (or ``<rule>_task.py``, run for the tasks other than instance). An adapter not named here is
+#: taken as of the last stage: every module it reaches is one of its rerun triggers.
+RULE_STAGES = {
+    "download": "download",
+    "preprocess_train": "preprocess",
+    "preprocess_test": "preprocess",
+    "train": "train",
+    "predict": "predict",
+    "segment": "segment",
+    "evaluate": "evaluate",
+    "aggregate": "aggregate",
+    "image_tables": "aggregate",
+    "plots": "figures",
+    "qc": "figures",
+    "training_curves": "figures",
+}
+
+#: The one exclusion from the rerun triggers: modules that a rule's imports reach but whose edits
+#: cannot change that rule's results, each with the first stage whose rules they do rerun. They
+#: make a later stage's results, and an earlier rule reaches them only through imports inside
+#: functions it never runs for its results: the task classes (:mod:`nucseg.tasks`) import each
+#: stage's step inside that stage's method (segment, evaluate, qc, plot), so the train rule
+#: reaches the watershed and the metrics; ``datasets`` and ``preprocess`` import the semantic
+#: task's class maps, whose module also builds networks and draws plots; and train draws
+#: ``curves.png`` with :mod:`nucseg.plots`, a picture that is no reason to retrain (nor is a QC
+#: colour). ``None``: no rule's results (where the log lines go). A rule neither hashes an
+#: excluded module nor follows its imports. Every module not named here is a trigger of every
+#: rule that reaches it, so a new module or import is a trigger until it is named here
+#: (tests/test_rerun_triggers.py checks this against the imports and against dry runs).
+EXCLUDED_BEFORE: dict[str, str | None] = {
+    "logs": None,
+    "preprocess": "preprocess",
+    "augment": "train",
+    "losses": "train",
+    "model": "train",
+    "nets": "train",
+    "tiling": "train",
+    "train": "train",
+    "tasks.instance": "train",
+    "postprocess": "segment",
+    "measure": "segment",
+    "outputs": "segment",
+    "evaluate": "evaluate",
+    "metrics": "evaluate",
+    "report": "aggregate",
+    "plots": "figures",
+    "qc": "figures",
+}
+
+
+def rule_stage(script: str | os.PathLike) -> str:
+    """The stage of the rule whose adapter is ``script`` (:data:`RULE_STAGES`; the last stage
+    for a script that is no rule's adapter)."""
+    name = Path(script).stem.removesuffix("_task")
+    return RULE_STAGES.get(name, STAGES[-1])
+
+
+def excluded_modules(stage: str) -> set[str]:
+    """The modules that rules of ``stage`` do not hash (:data:`EXCLUDED_BEFORE`)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; the stages are {list(STAGES)}")
+    order = STAGES.index(stage)
+    return {name for name, first in EXCLUDED_BEFORE.items() if first is None or STAGES.index(first) > order}
+
+
+def imported_modules(source: str | os.PathLike, stage: str | None = None) -> list[str]:
+    """The ``nucseg`` modules that are the rerun triggers of a rule whose adapter is ``source``.
+
+    Follows every import of the script and of each package module it reaches, to the closure:
+    ``import nucseg.x``, ``from nucseg.x import ...``, ``from nucseg import x`` and relative
+    imports, at module level and inside functions alike (``if TYPE_CHECKING:`` blocks, which
+    never run, aside), and the packages a module lies in (importing ``nucseg.tasks.semantic``
+    runs ``nucseg/tasks/__init__.py``). The modules :data:`EXCLUDED_BEFORE` names for the rule's
+    ``stage`` (by default :func:`rule_stage` of the script's name) are left out and not
+    followed. Returns module names relative to the package (``"train"``, ``"tasks.semantic"``),
+    sorted. The workflow hashes them (:func:`script_code_hash`), so that a rule reruns when any
+    code it runs changes, without a hand-written list that can go stale.
     """
-    package = Path(resources.files(__name__))
+    excluded = excluded_modules(stage or rule_stage(source))
+    return sorted(_closure(_imports_of(Path(source), None), excluded))
+
+
+def reachable_modules(source: str | os.PathLike) -> list[str]:
+    """Every ``nucseg`` module the imports of ``source`` reach, nothing excluded, sorted."""
+    return sorted(_closure(_imports_of(Path(source), None), set()))
+
+
+def stage_modules(*modules: str, stage: str) -> list[str]:
+    """The modules that ``modules`` and everything they import reach, as :func:`imported_modules`
+    derives them for a rule of ``stage`` (the train stage's checkpoint identity, for one)."""
+    return sorted(_closure(set(modules), excluded_modules(stage)))
+
+
+def _closure(names: set[str], excluded: set[str]) -> set[str]:
+    package = _package()
     seen: set[str] = set()
-    todo = list(_nucseg_imports(Path(source).read_text(), package))
+    todo = [name for name in names if name not in excluded]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
-        todo.extend(_nucseg_imports(_module_path(package, name).read_text(), package, name))
-    return sorted(seen)
+        todo.extend(other for other in _imports_of(_module_path(package, name), name) if other not in excluded)
+    return seen
+
+
+def _package() -> Path:
+    return Path(resources.files(__name__))
 
 
 def _module_path(package: Path, name: str) -> Path:
@@ -66,32 +158,39 @@ def _module_path(package: Path, name: str) -> Path:
     return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 
 
-def _nucseg_imports(text: str, package: Path, current: str | None = None) -> set[str]:
-    """Modules of the package imported by source ``text`` (``current``: its own module name,
-    for relative imports)."""
+def _imports_of(path: Path, current: str | None) -> set[str]:
+    """The package modules the file ``path`` imports (``current``: its module name, None for a
+    script outside the package). Read once per version of the file in a process: a workflow
+    parses each module once however many rules reach it."""
+    stat = path.stat()
+    return set(_cached_imports(str(path), stat.st_mtime_ns, stat.st_size, current))
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_imports(path: str, mtime_ns: int, size: int, current: str | None) -> frozenset[str]:
+    package = _package()
+    is_package = Path(path).name == "__init__.py"
     found: set[str] = set()
 
     def add(dotted: str) -> None:
-        # the longest prefix that is a module or subpackage of nucseg
+        # the longest prefix that is a module or subpackage of nucseg, and the packages above it
         parts = dotted.split(".")
         for k in range(len(parts), 0, -1):
-            name = ".".join(parts[:k])
-            if _module_path(package, name).is_file():
-                found.add(name)
+            if _module_path(package, ".".join(parts[:k])).is_file():
+                found.update(".".join(parts[:j]) for j in range(1, k + 1))
                 return
 
-    tree = ast.parse(text)
-    # a script: every import, at any depth; a module of the package: its module-level imports
-    # (function-level imports load optional heavy libraries or another task's code on demand)
-    nodes = ast.walk(tree) if current is None else _module_level(tree)
-    for node in nodes:
+    for node in _runnable_nodes(ast.parse(Path(path).read_bytes(), path)):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith(f"{__name__}."):
                     add(alias.name[len(__name__) + 1 :])
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from . import x / from .x import y
-                base = (current or "").split(".")[: -node.level] if current else []
+            if node.level:  # relative: from . import x / from .x import y / from .. import z
+                if current is None:
+                    continue
+                own = current.split(".") if is_package else current.split(".")[:-1]
+                base = own[: len(own) - (node.level - 1)] if node.level - 1 <= len(own) else []
                 module = ".".join(base + ([node.module] if node.module else []))
             elif node.module == __name__:
                 module = ""
@@ -99,28 +198,35 @@ def _nucseg_imports(text: str, package: Path, current: str | None = None) -> set
                 module = node.module[len(__name__) + 1 :]
             else:
                 continue
+            if module:
+                add(module)
             for alias in node.names:
                 candidate = f"{module}.{alias.name}" if module else alias.name
                 if _module_path(package, candidate).is_file():
-                    found.add(candidate)
-                elif module:
-                    add(module)
-    return found
+                    add(candidate)
+    return frozenset(found)
 
 
-def _module_level(tree: ast.Module) -> Iterator[ast.AST]:
-    """The statements of a module outside functions and classes (inside if/try blocks too)."""
-    todo = list(tree.body)
+def _runnable_nodes(tree: ast.Module) -> Iterator[ast.AST]:
+    """Every node of a module, at any depth, except those of ``if TYPE_CHECKING:`` blocks."""
+    todo: list[ast.AST] = [tree]
     while todo:
         node = todo.pop()
         yield node
-        if isinstance(node, (ast.If, ast.Try)):
-            todo.extend(node.body + node.orelse + getattr(node, "finalbody", []) + [s for h in getattr(node, "handlers", []) for s in h.body])
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def script_code_hash(script: str | os.PathLike) -> str:
-    """:func:`code_hash` of every ``nucseg`` module ``script`` uses (:func:`imported_modules`)
-    and of the script itself: the code that decides a rule's output."""
+    """:func:`code_hash` of every ``nucseg`` module that is a trigger of the rule whose adapter
+    is ``script`` (:func:`imported_modules`), and of the script itself: the code that decides
+    the rule's output."""
     digest = hashlib.sha256(code_hash(*imported_modules(script)).encode())
     digest.update(Path(script).read_bytes())
     return digest.hexdigest()[:12]
@@ -130,7 +236,8 @@ def code_hash(*modules: str) -> str:
     """Short hash of the source of the named ``nucseg`` modules.
 
     The workflow passes it to each rule as a ``param``, so that Snakemake reruns
-    a stage when the code it calls changes, and only then.
+    a stage when the code it calls changes, and only then. Each file is read and hashed
+    once per version in a process (a workflow's rules share most of their modules).
 
     Parameters
     ----------
@@ -143,11 +250,17 @@ def code_hash(*modules: str) -> str:
         12 hexadecimal characters.
     """
     digest = hashlib.sha256(__version__.encode())
-    package = resources.files(__name__)
+    package = _package()
     for name in sorted(set(modules)):
-        source = _module_path(Path(package), name.replace("/", "."))
+        source = _module_path(package, name.replace("/", "."))
         if not source.is_file():
             raise ValueError(f"nucseg has no module {name!r} (looked for {source})")
+        stat = source.stat()
         digest.update(name.encode())
-        digest.update(source.read_bytes())
+        digest.update(_file_digest(str(source), stat.st_mtime_ns, stat.st_size))
     return digest.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=None)
+def _file_digest(path: str, mtime_ns: int, size: int) -> bytes:
+    return hashlib.sha256(Path(path).read_bytes()).digest()

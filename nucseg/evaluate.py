@@ -14,13 +14,12 @@ from pathlib import Path
 import pandas as pd
 import zarr
 
+from nucseg.columns import ID_COLUMNS as ID_COLUMNS  # the leading columns of the table written here
 from nucseg.files import write_csv
 from nucseg.imageio import read_labels
 from nucseg.metrics import evaluate_image
 
 log = logging.getLogger(__name__)
-
-ID_COLUMNS = ["model", "dataset", "image_id", "modality", "height", "width"]
 
 
 def evaluate_dataset(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nucseg.evaluate import ID_COLUMNS
+from nucseg.columns import ID_COLUMNS
 from nucseg.files import atomic_file, write_csv
 
 log = logging.getLogger(__name__)

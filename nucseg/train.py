@@ -310,8 +310,11 @@ def _rng_state() -> dict:
     return state
 
 
-#: Modules whose code shapes the training run: a checkpoint written by other code is not resumed.
-TRAINING_CODE = ("train", "model", "losses", "augment", "imageio", "nets", "tasks", "tasks.instance", "tasks.semantic")
+def training_code() -> list[str]:
+    """The modules whose code shapes the training run: a checkpoint written by other code is not
+    resumed. Derived as the train rule's rerun triggers are (:func:`nucseg.stage_modules`: what
+    this module's imports reach, function-level ones included), so the two agree."""
+    return nucseg.stage_modules("train", stage="train")
 
 
 def data_fingerprint(store: str | os.PathLike, index: str | os.PathLike) -> str:
@@ -340,7 +343,7 @@ def checkpoint_identity(settings: TrainSettings, stores: list[str], indexes: lis
         task=task.describe(),
         stores=[str(s) for s in stores],
         data=[data_fingerprint(s, i) for s, i in zip(stores, indexes)],
-        code=nucseg.code_hash(*TRAINING_CODE),
+        code=nucseg.code_hash(*training_code()),
     )
     if settings.init:  # other weights at the same path: another training
         identity["init"] = hashlib.sha256((init_folder(settings.init) / "weights.pt").read_bytes()).hexdigest()[:16]
@@ -560,7 +563,7 @@ def write_model_folder(
             torch.save(best_state, out)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         table.to_csv(tmp / "history.csv", index=False)
-        from nucseg.plots import save_curves  # not a module-level import: a plot change does not retrain
+        from nucseg.plots import save_curves  # a plot change does not retrain (nucseg.EXCLUDED_BEFORE)
 
         save_curves(table, tmp / "curves.png", *task.curve_labels(settings))
     log.info("best validation IoU %.4f at epoch %d; model in %s", config["best_val_iou"], config["best_epoch"], out_dir)

@@ -95,13 +95,14 @@ elif CLASSES:
 
 #: The caption of each plot in the report (report/<plot>.rst has the long one).
 PLOT_LABELS = {"challenge_score": "challenge score per image", "score_vs_threshold": "score against IoU threshold", "counts": "predicted against true counts", "class_scores": "per-class Dice and IoU"}
-#: Modules the task's stages run beyond the instance path's (part of the rules' code hashes).
 
 
 def script_code(script):
     """Rerun trigger of a rule: the hash of its adapter script (a path as the rule's `script:`
-    gives it, relative to rules/) and of every nucseg module that script imports, directly or
-    through each other (nucseg.imported_modules): no hand-written list to go stale."""
+    gives it, relative to rules/) and of every nucseg module its imports reach, function-level
+    imports included, less the modules of later stages that nucseg.EXCLUDED_BEFORE names
+    (nucseg.imported_modules): no hand-written list to go stale. Each module is read and hashed
+    once per run, however many rules reach it."""
     return nucseg.script_code_hash(os.path.normpath(os.path.join(workflow.basedir, "rules", script)))
 
 
@@ -224,10 +225,12 @@ def dataset_solution(name):
 
 def dataset_exclude(name):
     """Image ids the dataset's `exclude` file lists (left out of training), sorted."""
-    from nucseg.preprocess import read_id_list
-
     path = local_or_url(DATASETS[name].get("exclude"))
-    return sorted(read_id_list(path)) if path else []
+    if not path:
+        return []
+    from nucseg.preprocess import read_id_list  # (imports zarr, scipy, skimage: only when needed)
+
+    return sorted(read_id_list(path))
 
 
 def dataset_files(name):

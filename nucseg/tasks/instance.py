@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
+
+# torch for the annotations only: the workflow makes this task when it parses the Snakefile (to
+# read its plot names), and importing torch there would add seconds to every Snakemake run
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 log = logging.getLogger(__name__)
 
