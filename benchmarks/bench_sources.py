@@ -44,7 +44,7 @@ from nucseg.datasets import download_dataset, list_images, read_sample
 from nucseg.infer import PredictSettings, open_predictor, predict_lazy
 from nucseg.metrics import evaluate_image
 from nucseg.postprocess import SegmentSettings, segment_probability
-from nucseg.scale import nucleus_diameters
+from nucseg.sizes import nucleus_diameters
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

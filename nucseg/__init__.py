@@ -82,7 +82,7 @@ EXCLUDED_BEFORE: dict[str, str | None] = {
     "tiling": "train",
     "train": "train",
     "tasks.instance": "train",
-    "postprocess": "segment",
+    "postprocess": "predict",  # predict.scale auto segments its probes
     "measure": "segment",
     "outputs": "segment",
     "evaluate": "evaluate",

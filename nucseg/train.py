@@ -68,7 +68,7 @@ from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intens
 from nucseg.model import DEVICES, PRESETS, ModelConfig, choose_device, read_model_config
 from nucseg.nets import SEMANTIC_PRESETS
 from nucseg.preprocess import make_targets
-from nucseg.scale import diameter_histogram, summary_of_histogram
+from nucseg.sizes import diameter_histogram, summary_of_histogram
 from nucseg.tasks import Task, make_task
 
 log = logging.getLogger(__name__)

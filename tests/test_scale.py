@@ -1,4 +1,4 @@
-"""The nucleus size of an image and the automatic predict scale (nucseg.scale)."""
+"""Nucleus sizes (nucseg.sizes) and the automatic predict scale (nucseg.scale)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,8 @@ from nucseg.datasets import read_sample, unpack_zip
 from nucseg.infer import PredictSettings, open_predictor, predict_lazy
 from nucseg.metrics import matching
 from nucseg.postprocess import SegmentSettings, segment_probability
-from nucseg.scale import (
-    BINS,
-    CANDIDATES,
-    choose_scale,
-    diameter_histogram,
-    diameter_summary,
-    measure_size,
-    nucleus_diameters,
-    probe_window,
-    summary_of_histogram,
-)
+from nucseg.scale import CANDIDATES, choose_scale, measure_size, probe_window
+from nucseg.sizes import BINS, diameter_histogram, diameter_summary, nucleus_diameters, summary_of_histogram
 
 ROOT = Path(__file__).resolve().parents[1]
 
