@@ -15,9 +15,11 @@ the per-image estimate of :mod:`nucseg.scale`) by the predict stage's own path, 
 the default segment settings (method ``paper``), and scored: the challenge score (mean over IoU
 0.50..0.95 of TP / (TP + FP + FN)), AP at 0.50 and 0.75, and the aggregated Jaccard index
 (AJI, MoNuSeg's score). ``oracle`` is each image's best fixed scale, known only with its
-ground truth: the ceiling of any scale choice. Prints one table per source and group.
+ground truth: the ceiling of any scale choice. ``floor`` is the no-network floor: the same
+segment step on the normalised image itself (Otsu + distance-transform watershed, no model).
+Prints one table per source and group.
 
-    python benchmarks/bench_sources.py                                 # shipped model, scales 1 and auto
+    python benchmarks/bench_sources.py                                 # shipped model: scales 1, auto, and the floor
     python benchmarks/bench_sources.py --scales 1 auto 0.35 0.5 0.7 1.4 --csv per_image.csv
     python benchmarks/bench_sources.py --model results/models/resunet --sources kromp_train
 
@@ -58,13 +60,22 @@ SOURCES = (*STARDIST_SOURCES, "dsb_val")
 LARGE = 20.0
 
 
-def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int):
-    """Yield ``(group, image_id, sample)`` for every image of a source."""
+def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int, trained_in: Path | None = None):
+    """Yield ``(group, image_id, sample)`` for every image of a source (with ``trained_in``, a
+    training run's working directory: only the validation split of a source that run trained
+    on, as group ``<source>_val``)."""
     if source in STARDIST_SOURCES:
         dest = workdir / "datasets" / source
         if not dest.is_dir():
             download_dataset(str(DATA / source / f"{source}.zip"), dest, layout="stardist", subdir=STARDIST_SOURCES[source])
-        ids = list_images(dest, "stardist")[: limit or None]
+        ids = list_images(dest, "stardist")
+        index_csv = trained_in / "results" / "preprocessed" / source / "train_index.csv" if trained_in else None
+        if index_csv is not None and index_csv.is_file():
+            index = pd.read_csv(index_csv, dtype={"image_id": str})
+            val = set(index.loc[index["split"] == "val", "image_id"])
+            ids = [i for i in ids if i in val]
+            source = f"{source}_val"
+        ids = ids[: limit or None]
         for image_id in ids:
             yield source, image_id, read_sample(dest, image_id, "stardist")
         return
@@ -84,7 +95,15 @@ def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int):
 
 
 def maps_at(predictor, image: np.ndarray, image_id: str, scale) -> tuple[np.ndarray, float, float]:
-    """``(body map, scale used, seconds)`` of a whole image at a predict scale (a number or ``auto``)."""
+    """``(body map, scale used, seconds)`` of a whole image at a predict scale (a number or
+    ``auto``); ``floor``: no network, the image itself normalised as prediction normalises it
+    (whole-image percentiles, dark nuclei inverted), grey, in [0, 1]: the no-network floor of
+    Otsu + distance-transform watershed."""
+    if scale == "floor":
+        t0 = time.perf_counter()
+        h, w = image.shape[:2]
+        grey = predictor.normalizer(LazyImage(image, "YXC", image_id))(np.arange(h), np.arange(w)).mean(axis=2)
+        return np.clip(grey, 0, 1), float("nan"), time.perf_counter() - t0
     settings = PredictSettings(scale=scale)
     prob = np.empty((len(predictor.heads),) + image.shape[:2], np.float32)
 
@@ -98,7 +117,7 @@ def maps_at(predictor, image: np.ndarray, image_id: str, scale) -> tuple[np.ndar
 
 def score_source(predictor, source: str, scales: list, args) -> pd.DataFrame:
     rows = []
-    for group, image_id, sample in images_of(source, args.workdir, args.accuracy_workdir, args.limit):
+    for group, image_id, sample in images_of(source, args.workdir, args.accuracy_workdir, args.limit, args.trained_in):
         truth_d = nucleus_diameters(sample.labels, drop_edge=False)
         for scale in scales:
             body, used, seconds = maps_at(predictor, sample.image, image_id, scale)
@@ -122,7 +141,7 @@ def score_source(predictor, source: str, scales: list, args) -> pd.DataFrame:
 
 def with_oracle(scores: pd.DataFrame) -> pd.DataFrame:
     """Add each image's best fixed scale (by challenge score) as scale ``oracle``."""
-    fixed = scores[scores["scale"] != "auto"]
+    fixed = scores[~scores["scale"].isin(["auto", "floor"])]
     if fixed["scale"].nunique() < 2:
         return scores
     best = fixed.loc[fixed.groupby(["source", "image_id"])["challenge_score"].idxmax()].assign(scale="oracle")
@@ -155,18 +174,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path(nucseg.PRETRAINED_MODEL), help="model folder (default: the shipped model)")
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES))
-    parser.add_argument("--scales", nargs="+", default=["1", "auto"], help="predict scales: numbers and/or auto")
+    parser.add_argument("--scales", nargs="+", default=["1", "auto", "floor"], help="predict scales: numbers, auto, and floor (no network)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "sources", help="where the sources are unpacked")
     parser.add_argument("--accuracy-workdir", type=Path, default=ROOT / "results" / "accuracy", help="bench_accuracy.py's workdir (dsb_val)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, default=0, help="the first N images of each source (0: all)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the per-image scores here")
+    parser.add_argument(
+        "--trained-in",
+        type=Path,
+        default=None,
+        help="the model's training run (its workdir): a source it trained on is scored on its validation split only (group <name>_val)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} not found: this benchmark needs ../shared/data beside the checkout")
     torch.set_num_threads(args.threads)
-    scales = [s if s == "auto" else float(s) for s in args.scales]
+    scales = [s if s in ("auto", "floor") else float(s) for s in args.scales]
     predictor = open_predictor(args.model, PredictSettings())
     t0 = time.perf_counter()
     scores = pd.concat([score_source(predictor, source, scales, args) for source in args.sources], ignore_index=True)
