@@ -1,7 +1,7 @@
 """The nucleus size of an image, and the predict scale that brings it to the model's.
 
-A model sees nuclei at the sizes of its training images (the shipped one: 8.75 to 31.25 px
-across for the central 80 %, a median of 19.75); nuclei five times larger come out as
+A model sees nuclei at the sizes of its training images (the shipped one: 9.25 to 34.25 px
+across for the central 80 %, a median of 20.75); nuclei five times larger come out as
 speckles of their texture, much smaller ones merge. ``predict.scale: auto`` (what Cellpose's
 size model is for) measures each image before it is predicted:
 
@@ -48,8 +48,8 @@ MIN_NUCLEI = 3
 #: Diameters within this factor of each other are one size (:func:`measure_size`).
 CONSISTENT = 1.3
 #: The training nuclei of a model whose folder does not record them: the shipped model's
-#: (diameters over the nuclei of its training crops, stage1_train_fixed; px).
-DEFAULT_NUCLEI = {"median": 19.75, "p10": 8.75, "p90": 31.25}
+#: (diameters of the nuclei of its 531 training images, stage1_train_fixed; px).
+DEFAULT_NUCLEI = {"median": 20.75, "p10": 9.25, "p90": 34.25}
 DEFAULT_DIAMETER = DEFAULT_NUCLEI["median"]
 
 

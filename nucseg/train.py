@@ -68,7 +68,7 @@ from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intens
 from nucseg.model import DEVICES, PRESETS, ModelConfig, choose_device, read_model_config
 from nucseg.nets import SEMANTIC_PRESETS
 from nucseg.preprocess import make_targets
-from nucseg.sizes import diameter_histogram, summary_of_histogram
+from nucseg.sizes import BINS, diameter_histogram, summary_of_histogram
 from nucseg.tasks import Task, make_task
 
 log = logging.getLogger(__name__)
@@ -570,9 +570,17 @@ def write_model_folder(
     return config
 
 
-def training_nuclei(train_set: CropDataset) -> dict:
-    """Median, 10th and 90th percentile of the diameters (px) of the nuclei of the training
-    examples (those touching a crop's edge left out), and their number."""
+def training_nuclei(train_set: CropDataset, indexes: list[str] | None = None) -> dict:
+    """Median, 10th and 90th percentile of the diameters (px) of the training images' nuclei,
+    and their number: from the stores' ``diameter_counts`` (whole images, the ``train`` split of
+    ``indexes``), or, for stores written without them, from the training crops (nuclei cut by a
+    crop's edge left out: large nuclei are then missed)."""
+    total = np.zeros(len(BINS) - 1, np.int64)
+    if indexes is not None and all("diameter_counts" in zarr.open_group(store, mode="r") for store in train_set.stores):
+        for store, index_csv in zip(train_set.stores, indexes):
+            split = pd.read_csv(index_csv)["split"].to_numpy()
+            total += zarr.open_group(store, mode="r")["diameter_counts"][:][split == "train"].sum(axis=0)
+        return summary_of_histogram(total)
     counts = train_set.per_example(diameter_histogram)
     return summary_of_histogram(counts.sum(axis=0)) if len(counts) else {}
 
@@ -690,5 +698,5 @@ def train_model(
     if state.bad_epochs >= settings.stop_patience:
         log.info("early stop: no better validation IoU for %d epochs", state.bad_epochs)
 
-    nuclei = training_nuclei(train_set) if task.name == "instance" else None
+    nuclei = training_nuclei(train_set, list(map(str, indexes))) if task.name == "instance" else None
     return write_model_folder(out_dir, state.best_state, pd.DataFrame(history), settings, task, architecture, model_config, invert_dark, device, nuclei)

@@ -22,6 +22,7 @@ from nucseg.preprocess import (
     preprocess_training,
     split_by_modality,
 )
+from nucseg.sizes import BINS, nucleus_diameters
 from nucseg.train import CropDataset, split_items
 
 INDEX_COLUMNS = ["image_id", "height", "width", "bit_depth", "channels", "modality", "dark_nuclei", "n_nuclei", "n_overlap_px"]
@@ -217,9 +218,12 @@ def test_preprocess_training_store_and_index(small_dataset, tmp_path):
     assert root["images"].chunks == (1, 32, 32, 3) and root["labels"].chunks == (1, 32, 32)
     assert dict(root.attrs) == dict(kind="training", size=32, mode="crop", n_images=3, border_radius=2)
     # no target arrays: training computes the targets from the labels after augmenting them
-    assert sorted(root.array_keys()) == ["images", "intensity_range", "labels"]
+    assert sorted(root.array_keys()) == ["diameter_counts", "images", "intensity_range", "labels"]
+    assert root["diameter_counts"].shape == (3, len(BINS) - 1) and root["diameter_counts"].dtype == np.int32
     for row in index.itertuples():
         sample = read_sample(small_dataset, row.image_id)
+        # each whole image's nuclei by diameter (those at its edge left out), in the index's order
+        np.testing.assert_array_equal(root["diameter_counts"][row.Index], np.histogram(nucleus_diameters(sample.labels), BINS)[0])
         imgs, labs = make_crops(sample.image, sample.labels, PreprocessSettings(size=32))
         np.testing.assert_array_equal(root["images"][row.first_crop : row.first_crop + row.n_crops], imgs)
         np.testing.assert_array_equal(root["labels"][row.first_crop : row.first_crop + row.n_crops], labs)

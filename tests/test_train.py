@@ -76,6 +76,10 @@ def test_model_folder_is_self_describing(trained):
     model, _ = load_model(folder)
     assert isinstance(model, ResUNet) and not model.training
     assert model.config.width == 4
+    # the training nuclei's sizes, the target of predict.scale auto: this store holds no
+    # diameter_counts (a hand-made one), so they come from the training crops
+    assert set(config["nuclei"]) == {"median", "p10", "p90", "n"} and config["nuclei"]["n"] > 0
+    assert config["nuclei"]["p10"] <= config["nuclei"]["median"] <= config["nuclei"]["p90"]
 
 
 def test_training_learns_the_discs(trained):
@@ -411,3 +415,21 @@ def test_checkpoint_to_model_writes_the_folder_training_would_have(trained, tmp_
     assert all(torch.equal(first[k], second[k]) for k in first)
     model, loaded = load_model(tmp_path / "model")
     assert loaded["model"] == config["model"] and not model.training
+
+
+def test_training_nuclei_from_the_whole_images(tmp_path):
+    """With the store's diameter_counts (the preprocess stage's, whole images), the recorded sizes
+    are those of the train split's images, nuclei larger than a crop included."""
+    from nucseg.sizes import BINS, summary_of_histogram
+    from nucseg.train import split_examples, training_nuclei
+
+    store, index = synthetic_store(tmp_path)
+    counts = np.zeros((6, len(BINS) - 1), np.int32)
+    counts[:4, np.searchsorted(BINS, 100.0)] = 5  # train images: nuclei of 100 px, wider than the 64-px crops
+    counts[4:, np.searchsorted(BINS, 10.0)] = 50  # validation images: not counted
+    zarr.open_group(store, mode="r+").create_array("diameter_counts", data=counts)
+    rows = split_examples([index])["train"]
+    train_set = CropDataset([store], [(s, k) for s, k, _, _ in rows], ("body",), None, 0)
+    nuclei = training_nuclei(train_set, [index])
+    assert nuclei == summary_of_histogram(counts[:4].sum(axis=0)) and nuclei["n"] == 20 and nuclei["median"] > 99
+    assert training_nuclei(train_set)["median"] < 20  # from the crops: the discs of 6 px radius
