@@ -265,7 +265,7 @@ def seconds_per_megapixel(model_dir: Path, side: int = 1024, repeat: int = 2) ->
     best = float("inf")
     for _ in range(repeat + 1):  # the first run warms the engine up
         t0 = time.perf_counter()
-        predict_lazy(predictor, LazyImage(image, "YXC", "random"), PredictSettings(), lambda r, block: None)
+        predict_lazy(predictor, LazyImage(image, "YXC", "random"), PredictSettings(scale=1.0), lambda r, block: None)
         best = min(best, time.perf_counter() - t0)
     return best / (side * side / 1e6)
 

@@ -111,7 +111,7 @@ def maps_at(predictor, image: np.ndarray, image_id: str, scale) -> tuple[np.ndar
         prob[:, r : r + block.shape[1]] = block
 
     t0 = time.perf_counter()
-    used = predict_lazy(predictor, LazyImage(image, "YXC", image_id), settings, sink)
+    used, _ = predict_lazy(predictor, LazyImage(image, "YXC", image_id), settings, sink)
     return prob[predictor.heads.index("body")], used, time.perf_counter() - t0
 
 

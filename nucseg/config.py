@@ -343,8 +343,9 @@ def model_folder_schema(heads: Sequence[str] | None = None, architectures: Seque
     """The JSON schema of a model folder's ``config.json``: what rebuilding the network reads.
 
     ``model`` (the network's settings, per task) and ``normalize`` (``low``, ``high``,
-    ``invert_dark``) are required, whole, and take no other keys; ``task``, ``classes`` and
-    ``nuclei`` (the training nuclei's diameters) are typed. The other top-level keys are the record of the training (settings, scores, versions,
+    ``invert_dark``) are required, whole, and take no other keys; ``task``, ``classes``,
+    ``nuclei`` (the training nuclei's diameters) and ``modalities`` (sub-folder names, one
+    level, no path) are typed. The other top-level keys are the record of the training (settings, scores, versions,
     notes) and are free. ``heads`` and ``architectures`` (:data:`nucseg.model.HEADS`,
     :data:`nucseg.nets.SEMANTIC_PRESETS`) restrict the head and semantic network names; without
     them (the workflow's config check, which does not import PyTorch) any text is taken.
@@ -390,6 +391,12 @@ def model_folder_schema(heads: Sequence[str] | None = None, architectures: Seque
                 "required": ["low", "high", "invert_dark"],
                 "additionalProperties": False,
                 "properties": {"low": percentile, "high": percentile, "invert_dark": {"type": "boolean"}},
+            },
+            "modalities": {
+                "type": "object",
+                "description": "a model folder inside this one for the images of a modality (the modality guess), by modality",
+                "propertyNames": {"enum": ["fluorescence", "brightfield", "histology"]},
+                "additionalProperties": {"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]*$"},
             },
             "nuclei": {
                 "type": "object",

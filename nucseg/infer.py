@@ -39,7 +39,7 @@ from scipy.special import expit
 from nucseg.bigimage import LazyImage, image_statistics
 from nucseg.files import atomic_dir, atomic_file
 from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
-from nucseg.model import DEVICES, choose_device, load_model
+from nucseg.model import DEVICES, choose_device, load_model, read_model_config
 from nucseg.scale import DEFAULT_NUCLEI, estimate_scale
 from nucseg.tiling import MULTIPLE, stream_tiled
 
@@ -231,7 +231,8 @@ class Predictor:
     """
 
     def __init__(self, engine, heads: list[str], normalize: dict | None, tta: bool = False, scale: float | str = 1.0, nuclei: dict | None = None) -> None:
-        self.engine, self.heads, self.tta = engine, list(heads), tta
+        self.engine, self.heads, self.routes = engine, list(heads), {}
+        self.tta = tta
         self.scale = 1.0 if scale == "auto" else float(scale)
         self.nuclei = {**DEFAULT_NUCLEI, **(nuclei or {})}
         normalize = dict(normalize or {})
@@ -268,11 +269,28 @@ class Predictor:
             acc = p if acc is None else acc + p
         return acc / len(_TRANSFORMS)
 
-    def normalizer(self, image: LazyImage):
+    @property
+    def tta(self) -> bool:
+        return self._tta
+
+    @tta.setter
+    def tta(self, value: bool) -> None:  # the models of other modalities (routes) follow
+        self._tta = bool(value)
+        for route in self.routes.values():
+            route.tta = value
+
+    def route(self, modality: str) -> tuple[Predictor, str | None]:
+        """The predictor for an image of ``modality`` (:func:`nucseg.imageio.guess_modality`):
+        the model folder's own model for that modality (``config.json`` ``modalities``) and
+        its name, else this one and ``None``."""
+        return (self.routes[modality], modality) if modality in self.routes else (self, None)
+
+    def normalizer(self, image: LazyImage, stats=None):
         """``read(rows, cols)`` of normalised pixels: the whole image's percentiles and modality
-        (gathered in bounded memory), applied window by window as
+        (gathered in bounded memory, unless ``stats`` gives them:
+        :func:`nucseg.bigimage.image_statistics`), applied window by window as
         :func:`nucseg.imageio.normalize_image` applies them to a whole image."""
-        stats = image_statistics(image)
+        stats = stats if stats is not None else image_statistics(image)
         lo, hi = stats.percentiles(self.low, self.high)
         inverted = self.invert_dark and stats.dark_nuclei
         log.info("%s: intensities %.1f..%.1f at percentiles %g..%g%s", image.name, lo, hi, self.low, self.high, ", dark nuclei: inverted" if inverted else "")
@@ -284,11 +302,17 @@ class Predictor:
         return read
 
 
-def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettings, sink, flush_rows: int = 1) -> float:
+def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettings, sink, flush_rows: int = 1) -> tuple[float, str | None]:
     """Stream the probability maps of one image into ``sink(row, (K, n, W) float32)``
-    (:func:`nucseg.tiling.stream_tiled`) at ``settings.scale``; returns the scale used (the
-    image's estimate for ``"auto"``, :func:`nucseg.scale.estimate_scale`)."""
-    read = predictor.normalizer(image)
+    (:func:`nucseg.tiling.stream_tiled`) at ``settings.scale``, with the model folder's model
+    for the image's modality where it has one (:meth:`Predictor.route`); returns the scale used
+    (the image's estimate for ``"auto"``, :func:`nucseg.scale.estimate_scale`) and the
+    modality whose own model predicted it (``None``: the folder's main model)."""
+    stats = image_statistics(image)
+    predictor, routed = predictor.route(stats.modality)
+    if routed:
+        log.info("%s: %s image (modality guess): predicted by the model folder's %s model", image.name, routed, routed)
+    read = predictor.normalizer(image, stats)
     if settings.scale == "auto":
         estimate = estimate_scale(predictor, read, image.shape, predictor.nuclei)
         scale = estimate.scale
@@ -308,7 +332,7 @@ def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettin
         stream_tiled(predictor, read, image.shape, len(predictor.heads), sink, settings.tile, settings.margin, settings.batch, flush_rows)
     finally:
         predictor.scale = saved
-    return scale
+    return scale, routed
 
 
 def to_float16(array: np.ndarray) -> np.ndarray:
@@ -330,7 +354,8 @@ def predict_to_zarr(predictor: Predictor, image: LazyImage, group: zarr.Group, n
     def sink(row: int, block: np.ndarray) -> None:
         array[:, row : row + block.shape[1]] = to_float16(block)
 
-    array.attrs["scale"] = predict_lazy(predictor, image, settings, sink, flush_rows=min(h, c))
+    scale, routed = predict_lazy(predictor, image, settings, sink, flush_rows=min(h, c))
+    array.attrs.update(scale=scale, modality_model=routed)
     seconds = time.perf_counter() - start
     log.info("%s: %dx%d predicted in %.1f s (%.2f megapixels/s)", name, h, w, seconds, h * w / 1e6 / max(seconds, 1e-9))
     return array
@@ -383,19 +408,40 @@ def open_predictor(model_dir: str | os.PathLike, settings: PredictSettings, thre
         device = choose_device(settings.device)
     except RuntimeError as exc:
         raise ValueError(f"--device/predict.device {settings.device}: {exc}") from exc
-    model, config = load_model(model_dir, device)
-    engine = make_engine(model, settings, device, cache_dir=model_dir)
+    predictor = _folder_predictor(model_dir, settings, device)
     log.info(
-        "predicting with %s on %s, tile %d, margin %d, batch %d, tta %s, scale %s",
-        engine.name,
+        "predicting with %s on %s, tile %d, margin %d, batch %d, tta %s, scale %s%s",
+        predictor.engine.name,
         device.type,
         settings.tile,
         settings.margin,
         settings.batch,
         settings.tta,
         settings.scale,
+        "".join(f"; {m} images: {model_dir}/{sub}" for m, sub in modality_models(model_dir).items()),
     )
-    return Predictor(engine, list(model.config.heads), config.get("normalize"), settings.tta, settings.scale, config.get("nuclei"))
+    return predictor
+
+
+def modality_models(model_dir: str | os.PathLike) -> dict[str, str]:
+    """``{modality: sub-folder}`` of a model folder's ``config.json`` ``modalities``: a model
+    folder of its own inside it for the images of that modality (the modality guess of
+    :func:`nucseg.imageio.guess_modality`); empty for a folder of one model."""
+    return dict(read_model_config(model_dir).get("modalities") or {})
+
+
+def _folder_predictor(model_dir: str | os.PathLike, settings: PredictSettings, device: torch.device) -> Predictor:
+    model, config = load_model(model_dir, device)
+    engine = make_engine(model, settings, device, cache_dir=model_dir)
+    predictor = Predictor(engine, list(model.config.heads), config.get("normalize"), settings.tta, settings.scale, config.get("nuclei"))
+    for modality, sub in (config.get("modalities") or {}).items():
+        route = _folder_predictor(Path(model_dir) / sub, settings, device)
+        if route.routes:
+            raise ValueError(f"{Path(model_dir) / sub}: the model for {modality} images has modality models of its own; one level only")
+        if route.heads != predictor.heads:
+            raise ValueError(f"{Path(model_dir) / sub}: the model for {modality} images has heads {route.heads}, the folder's model {predictor.heads}")
+        predictor.routes[modality] = route
+    return predictor
 
 
 def open_output_group(path: str | os.PathLike, predictor: Predictor, model_dir: str | os.PathLike, settings: PredictSettings) -> zarr.Group:

@@ -223,3 +223,46 @@ def test_to_float16_equals_numpy_bit_for_bit():
     for a in (x, view):
         assert np.array_equal(to_float16(a).view(np.uint16), a.astype(np.float16).view(np.uint16))
     assert to_float16(view).dtype == np.float16
+
+
+def test_a_model_folder_routes_an_image_to_its_modality_model(tmp_path):
+    """config.json ``modalities``: a colour (histology) image is predicted by the folder's own
+    model for it, a grey one by the main model, each exactly as that model alone predicts it;
+    the route is recorded in the maps' attributes."""
+    torch.manual_seed(1)
+    main, he = (ResUNet(ModelConfig(width=4, heads=("body", "border"))).eval() for _ in range(2))
+    folder = save_model_folder(main, tmp_path / "model")
+    save_model_folder(he, folder / "he")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "modalities": {"histology": "he"}}))
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(0, 255, (64, 96, 1), dtype=np.uint8), 3, axis=2)
+    colour = np.stack([rng.integers(150, 255, (64, 96)), rng.integers(0, 120, (64, 96)), rng.integers(100, 200, (64, 96))], axis=2).astype(np.uint8)
+    settings = PredictSettings(scale=1.0, engine="eager", tile=64, margin=16)
+    from nucseg.infer import open_predictor
+
+    predictor = open_predictor(folder, settings)
+    group = zarr.open_group(tmp_path / "maps.zarr", mode="w")
+    for name, image, model in (("grey", grey, main), ("colour", colour, he)):
+        maps = predict_to_zarr(predictor, LazyImage(image, "YXC", name), group, name, settings)
+        np.testing.assert_allclose(maps[:].astype(np.float32), predict_image(model, image, settings, PLAIN_NORMALIZE), atol=1e-3)
+    assert group["grey"].attrs["modality_model"] is None and group["colour"].attrs["modality_model"] == "histology"
+
+
+@pytest.mark.parametrize(
+    "modalities, message",
+    [
+        ({"histology": "missing"}, r"missing"),
+        ({"histology": "../elsewhere"}, r"modalities"),
+        ({"stained": "he"}, r"modalities"),
+    ],
+)
+def test_bad_modality_models_are_named(tiny_model, tmp_path, modalities, message):
+    from nucseg.infer import open_predictor
+
+    folder = save_model_folder(tiny_model, tmp_path / "model")
+    save_model_folder(tiny_model, folder / "he")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "modalities": modalities}))
+    with pytest.raises(ValueError, match=message):
+        open_predictor(folder, PredictSettings(engine="eager"))

@@ -100,7 +100,7 @@ def _auto(predictor, image):
     def sink(r, block):
         prob[:, r : r + block.shape[1]] = block
 
-    used = predict_lazy(predictor, LazyImage(image, "YXC", "test"), PredictSettings(scale="auto"), sink)
+    used, _ = predict_lazy(predictor, LazyImage(image, "YXC", "test"), PredictSettings(scale="auto"), sink)
     return used, segment_probability(prob[predictor.heads.index("body")], SegmentSettings())
 
 
