@@ -250,28 +250,26 @@ def _export_bioimageio(args: argparse.Namespace) -> None:
         log.info("%s: bioimageio.core's model test passed (%d checks)", package, len(summary["details"]))
 
 
-def _threshold(text: str) -> str | float:
-    if text == "otsu":
+def _word_or_number(text: str, word: str, accept, what: str) -> str | float:
+    """``word`` itself, or ``text`` as a number that ``accept`` takes; else an argparse error
+    saying what is wanted (``'abc' is neither 'otsu' nor a probability between 0 and 1``)."""
+    if text == word:
         return text
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither 'otsu' nor a probability between 0 and 1")
+    if not accept(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither {word!r} nor {what}")
     return value
+
+
+def _threshold(text: str) -> str | float:
+    return _word_or_number(text, "otsu", lambda v: 0 < v < 1, "a probability between 0 and 1")
 
 
 def _scale(text: str) -> str | float:
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.05 <= value <= 20:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a factor between 0.05 and 20")
-    return value
+    return _word_or_number(text, "auto", lambda v: 0.05 <= v <= 20, "a factor between 0.05 and 20")
 
 
 def _positive(text: str) -> int:

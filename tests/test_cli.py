@@ -83,6 +83,7 @@ def test_segment_into_the_input_folder_keeps_the_inputs(model_dir, images):
     objects = pd.read_csv(images / "objects.csv", dtype={"image_id": str})
     per_image = pd.read_csv(images / "images.csv", dtype={"image_id": str})
     assert set(per_image["image_id"]) == {"a_tif", "a_png"}
+    assert per_image["predict_scale"].notna().all()  # scale auto (the default): each image's own factor
     for name in ("a_tif", "a_png"):
         assert (objects["image_id"] == name).sum() == len(np.setdiff1d(read_labels(images / f"{name}.tif"), [0]))
 
@@ -104,6 +105,20 @@ def test_bad_threshold_names_the_option(capsys):
         cli("segment", "--out", "x", "--threshold", "abc", "a.png")
     assert exc.value.code == 2
     assert "argument --threshold: 'abc' is neither 'otsu' nor a probability" in capsys.readouterr().err
+
+
+def test_bad_scale_names_the_option(capsys):
+    for value in ("big", "0.01"):
+        with pytest.raises(SystemExit) as exc:
+            cli("segment", "--out", "x", "--scale", value, "a.png")
+        assert exc.value.code == 2
+        assert f"argument --scale: '{value}' is neither 'auto' nor a factor between 0.05 and 20" in capsys.readouterr().err
+
+
+def test_fixed_scale_is_recorded(model_dir, images, tmp_path):
+    out = tmp_path / "out"
+    assert cli("segment", "--model", model_dir, "--out", out, "--engine", "eager", "--scale", "0.5", images / "a.png") == 0
+    assert pd.read_csv(out / "images.csv")["predict_scale"].tolist() == [0.5]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
