@@ -313,7 +313,10 @@ def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettin
     if routed:
         log.info("%s: %s image (modality guess): predicted by the model folder's %s model", image.name, routed, routed)
     read = predictor.normalizer(image, stats)
-    if settings.scale == "auto":
+    if settings.scale == "auto" and "body" not in predictor.heads:
+        scale = 1.0  # a semantic model: no nuclei to measure (its scale is set by hand)
+        log.info("%s: predict scale 1 (scale auto measures nuclei, and this model has no nucleus body head: %s)", image.name, predictor.heads)
+    elif settings.scale == "auto":
         estimate = estimate_scale(predictor, read, image.shape, predictor.nuclei)
         scale = estimate.scale
         found = ", ".join(f"{s:g}: {n} of {d:.1f} px" for s, (n, d) in estimate.by_scale.items())
