@@ -32,7 +32,7 @@ METRIC_COLUMNS = (
         "mean_matched_iou",
     ]
     + [f"ap_{t:.2f}" for t in np.arange(0.5, 1.0, 0.05)]
-    + ["challenge_score"]
+    + ["challenge_score", "aji"]
 )
 RULES = ["download", "preprocess_train", "preprocess_test", "train", "predict", "segment", "evaluate", "aggregate"]
 
