@@ -275,6 +275,17 @@ def _dataset_problems(config: dict) -> list[tuple[list, str]]:
                 ),
             )
         )
+    sections = [(["train"], config.get("train"))] + [(["models", m, "train"], o.get("train")) for m, o in models.items() if isinstance(o, dict)]
+    for path, section in sections:
+        shares = section.get("shares") if isinstance(section, dict) else None
+        for key in sorted(set(shares) - set(roles["train"]) if isinstance(shares, dict) else (), key=str):
+            problems.append((path + ["shares", key], f"{_location(path + ['shares', key])}: {key!r} is not a training dataset ({found})"))
+        if isinstance(shares, dict) and all(isinstance(v, (int, float)) and 0 < v <= 1 for v in shares.values()):  # else the schema says
+            total = sum(shares.values())
+            if total > 1 + 1e-9 or (roles["train"] and set(roles["train"]) <= set(shares) and abs(total - 1) > 1e-6):
+                problems.append(
+                    (path + ["shares"], f"{_location(path + ['shares'])}: the shares sum to {total:g}; at most 1, and 1 when every training dataset is named")
+                )
     for name, d in datasets.items():
         if isinstance(d, dict) and d.get("evaluate") is True and d.get("layout") == "images":
             problems.append((["datasets", name, "evaluate"], f"datasets.{name}.evaluate: true, but layout: images has no ground truth to score against"))

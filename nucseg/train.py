@@ -117,6 +117,7 @@ class TrainSettings:
     device: str = "auto"
     class_weights: tuple[float, ...] | None = None
     init: str | None = None
+    shares: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
@@ -139,6 +140,9 @@ class TrainSettings:
             raise ValueError(f"train empty_weight must be in [0, 1], got {self.empty_weight}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        object.__setattr__(self, "shares", dict(self.shares or {}))
+        if any(not 0 < v <= 1 for v in self.shares.values()) or sum(self.shares.values()) > 1 + 1e-9:
+            raise ValueError(f"train shares must be fractions in (0, 1] summing to at most 1, got {self.shares}")
         self.augment_settings()  # checks the probabilities
 
     def model_config(self) -> ModelConfig:
@@ -255,6 +259,44 @@ def sample_weights(modalities: list[str], has_nuclei: np.ndarray, empty_weight: 
     if weights.sum() <= 0:
         return np.full(len(modalities_arr), 1.0 / max(len(modalities_arr), 1))
     return weights / weights.sum()
+
+
+def dataset_shares(weights: np.ndarray, stores: np.ndarray, names: list[str], shares: dict) -> np.ndarray:
+    """Draw weights with each named dataset's share of the draws (``train.shares``).
+
+    ``weights`` are the examples' draw weights within the sampling (any positive scale),
+    ``stores`` each example's store (an index into ``names``, the datasets' names). A dataset
+    named in ``shares`` gets that fraction of the draws, spread over its examples as ``weights``
+    spread them; the others share the rest in proportion to their numbers of examples.
+
+    Examples
+    --------
+    >>> w = dataset_shares(np.ones(5), np.array([0, 0, 0, 0, 1]), ["many", "few"], {"few": 0.5})
+    >>> w.round(3).tolist()  # the one example of "few" drawn as often as the four of "many"
+    [0.125, 0.125, 0.125, 0.125, 0.5]
+
+    Raises
+    ------
+    ValueError
+        A share names no training dataset, or every dataset is named and the shares do not sum to 1.
+    """
+    unknown = sorted(set(shares) - set(names))
+    if unknown:
+        raise ValueError(f"train shares name {unknown}, which are not training datasets of this model ({names})")
+    weights, stores = np.asarray(weights, float), np.asarray(stores)
+    given = sum(shares.values())
+    rest = [k for k, name in enumerate(names) if name not in shares]
+    if not rest and abs(given - 1) > 1e-6:
+        raise ValueError(f"train shares name every training dataset but sum to {given:g}, not 1")
+    n_rest = sum(int((stores == k).sum()) for k in rest)
+    out = np.zeros(len(weights))
+    for k, name in enumerate(names):
+        mine = stores == k
+        if not mine.any() or weights[mine].sum() <= 0:
+            continue
+        share = shares[name] if name in shares else (1 - given) * mine.sum() / max(n_rest, 1)
+        out[mine] = share * weights[mine] / weights[mine].sum()
+    return out / out.sum()
 
 
 def split_items(stores: list[str], indexes: list[str]) -> dict[str, list[tuple[int, int]]]:
@@ -593,6 +635,7 @@ def train_model(
     checkpoint: str | os.PathLike | None = None,
     threads: int | None = None,
     task: Task | None = None,
+    datasets: list[str] | None = None,
 ) -> dict:
     """Train stage: train a model and write the model folder ``out_dir``.
 
@@ -613,6 +656,9 @@ def train_model(
     task : Task, optional
         What is learnt (:mod:`nucseg.tasks`): targets, network, loss, sampling weights and
         the validation IoU. Default: the instance task.
+    datasets : list of str, optional
+        The stores' dataset names, for ``settings.shares`` (default: each store's folder name,
+        ``results/preprocessed/<name>/train.zarr``).
 
     Returns
     -------
@@ -642,8 +688,13 @@ def train_model(
     generator = torch.Generator().manual_seed(settings.seed)
     loader_args = dict(batch_size=settings.batch_size, num_workers=settings.num_workers, pin_memory=device.type == "cuda")
     per_epoch = min(settings.samples_per_epoch or len(train_set), len(train_set))
-    if settings.sampling != "uniform":
-        weights = task.sample_weights(train_set, examples["train"], settings)
+    if settings.sampling != "uniform" or settings.shares:
+        weights = task.sample_weights(train_set, examples["train"], settings) if settings.sampling != "uniform" else np.ones(len(train_set))
+        if settings.shares:
+            names = list(datasets) if datasets is not None else [Path(s).parent.name for s in stores]
+            weights = dataset_shares(weights, np.array([s for s, _, _, _ in examples["train"]]), names, settings.shares)
+            drawn = pd.Series(weights).groupby([names[s] for s, _, _, _ in examples["train"]]).sum()
+            log.info("share of draws per dataset: %s", ", ".join(f"{n} {v:.2f}" for n, v in drawn.items()))
         sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), per_epoch, replacement=True, generator=generator)
     else:
         sampler = torch.utils.data.RandomSampler(train_set, num_samples=per_epoch, generator=generator)

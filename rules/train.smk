@@ -10,6 +10,7 @@ rule train:
         settings=settings("train"),
         task=TASK,
         classes=CLASSES,
+        datasets=TRAIN_SETS,
         # not an output: it survives a failed job, so a rerun resumes from it
         checkpoint=f"{RESULTS}/checkpoints/{{model}}.pt",
         code=script_code("../workflow_scripts/train.py"),

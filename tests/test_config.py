@@ -280,3 +280,23 @@ def test_the_workflow_checks_a_model_folders_config_json_before_any_job(tmp_path
         assert run.returncode != 0, output[-2000:]
         assert f"config: {key}: {broken / 'config.json'}: {problems}" in output, output[-2000:]
     assert not (tmp_path / "results").exists()
+
+
+def test_shares_name_training_datasets_and_sum_to_at_most_one():
+    """train.shares (and a model's): names of role: train datasets, fractions summing to at most
+    1, and to 1 when every training dataset is named; each problem by key, before any job."""
+
+    def problems(train=None, model=None):
+        config = {**CONFIG, "train": {**CONFIG["train"], **(train or {})}, "models": {"resunet": {"train": model} if model else {}}}
+        return config_problems(config, SCHEMA)
+
+    assert problems({"shares": {}}) == []
+    assert problems({"shares": {"nope": 0.2}}) == [
+        "train.shares.nope: 'nope' is not a training dataset (this config has train: sample_train; test: sample_test)"
+    ]
+    assert problems({"shares": {"sample_train": 0.5}}) == ["train.shares: the shares sum to 0.5; at most 1, and 1 when every training dataset is named"]
+    assert problems({"shares": {"sample_train": 1.0}}) == []
+    assert problems(model={"shares": {"x": 0.1}}) == [
+        "models.resunet.train.shares.x: 'x' is not a training dataset (this config has train: sample_train; test: sample_test)"
+    ]
+    assert any("train.shares.sample_train: 1.5" in p for p in problems({"shares": {"sample_train": 1.5}}))

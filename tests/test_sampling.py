@@ -118,3 +118,42 @@ def test_exclude_list_leaves_images_out_of_training(tmp_path, mixed_dataset):
     with pytest.raises(ValueError, match="missing.txt"):
         read_id_list(tmp_path / "missing.txt")
     assert pd.read_csv(tmp_path / "i.csv")["image_id"].tolist() == index["image_id"].tolist()
+
+
+def test_dataset_shares_give_each_named_dataset_its_fraction():
+    """train.shares: the named datasets get their fractions, spread as the sampling's own
+    weights spread them; the others share the rest by their numbers of examples."""
+    from nucseg.train import dataset_shares
+
+    weights = np.array([1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 2.0])
+    stores = np.array([0, 0, 0, 1, 1, 2, 2])
+    out = dataset_shares(weights, stores, ["a", "b", "c"], {"c": 0.5})
+    assert out.sum() == pytest.approx(1.0)
+    assert out[stores == 2].sum() == pytest.approx(0.5)
+    np.testing.assert_allclose(out[5:] / out[5:].sum(), [1 / 3, 2 / 3])  # within c: as the weights say
+    # a (3 examples) and b (2) share the other half by their numbers of examples
+    assert out[stores == 0].sum() == pytest.approx(0.3) and out[stores == 1].sum() == pytest.approx(0.2)
+    np.testing.assert_allclose(out[:3] / out[:3].sum(), [0.2, 0.2, 0.6])
+    every = dataset_shares(weights, stores, ["a", "b", "c"], {"a": 0.2, "b": 0.2, "c": 0.6})
+    assert every[stores == 0].sum() == pytest.approx(0.2) and every[stores == 2].sum() == pytest.approx(0.6)
+    with pytest.raises(ValueError, match=r"name \['x'\], which are not training datasets"):
+        dataset_shares(weights, stores, ["a", "b", "c"], {"x": 0.1})
+    with pytest.raises(ValueError, match="sum to 0.9, not 1"):
+        dataset_shares(weights, stores, ["a", "b", "c"], {"a": 0.3, "b": 0.3, "c": 0.3})
+
+
+def test_training_with_shares_draws_each_store_its_share(tmp_path):
+    """A real training run of two stores with shares logs them and trains; a share out of range
+    is refused by the settings."""
+    from nucseg.train import train_model
+
+    from .test_train import SETTINGS, synthetic_store
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    stores, indexes = zip(synthetic_store(first, n_images=6), synthetic_store(second, n_images=3, seed=1))
+    settings = TrainSettings(**{**SETTINGS, "epochs": 1}, shares={"b": 0.5})
+    config = train_model(list(stores), list(indexes), tmp_path / "model", settings, threads=1, datasets=["a", "b"])
+    assert config["train"]["shares"] == {"b": 0.5}
+    with pytest.raises(ValueError, match="train shares must be fractions"):
+        TrainSettings(shares={"b": 1.5})

@@ -19,4 +19,5 @@ train_model(
     checkpoint=snakemake.params.checkpoint,  # noqa: F821
     threads=snakemake.threads,  # noqa: F821
     task=make_task(snakemake.params.task, snakemake.params.classes),  # noqa: F821
+    datasets=list(snakemake.params.datasets),  # noqa: F821
 )
