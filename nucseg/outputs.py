@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -94,6 +95,17 @@ def pyramid_factors(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(factors)
 
 
+@contextlib.contextmanager
+def own_threads(threads: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool of ``threads`` threads for the block; on leaving it, queued tasks are cancelled and
+    running ones waited for, so that nothing started in the block runs on after it."""
+    pool = ThreadPoolExecutor(max(1, threads))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def write_ome_zarr(path: str | os.PathLike, image, labels, count: int, threads: int = 1) -> Path:
     """Write an image and its nucleus labels as OME-Zarr with the ``ome-zarr`` library.
 
@@ -122,7 +134,10 @@ def write_ome_zarr(path: str | os.PathLike, image, labels, count: int, threads: 
 
     shape = tuple(labels.shape)
     factors = pyramid_factors(shape)
-    with atomic_dir(path, overwrite=True) as tmp, dask.config.set(scheduler="threads", num_workers=max(1, threads)):
+    # dask threads of its own, stopped before atomic_dir cleans up: dask raises the first failed
+    # task's error (a full disk) while its other tasks still write, and a chunk written after the
+    # clean-up recreated the temporary folders (zarr makes a chunk's parent folders)
+    with atomic_dir(path, overwrite=True) as tmp, own_threads(threads) as pool, dask.config.set(scheduler="threads", pool=pool):
         root = zarr.open_group(tmp, mode="w")
         if image is not None:
             pixels = da.from_array(image, chunks=(OME_CHUNK, OME_CHUNK) + tuple(image.shape[2:]))
