@@ -63,15 +63,38 @@ class AugmentSettings:
         A hue (+-15 of 180), saturation (+-25 of 255) and value (+-10 of 255) shift, for
         stained and bright-field images whose colour differs between sources. 0 (the
         default) leaves the random draws of the other transforms as they were.
+    rescale : float
+        A zoom by a factor drawn log-uniformly in [1/2, 2] (image and labels; nuclei of other
+        sizes than the training images hold), after the other spatial transforms.
+    stain : float
+        Haematoxylin-eosin stain jitter of a colour image: in HED space (Ruifrok and Johnston's
+        colour deconvolution, ``skimage.color.rgb2hed``) each stain's density scaled by a factor
+        in [0.8, 1.2] and shifted by up to +-0.03 (Tellez et al. 2019's "HED" augmentation);
+        grey images are left alone.
+    grey : float
+        A colour image turned grey with random channel weights (drawn from a flat Dirichlet),
+        the grey repeated on the three channels.
+    noise : float
+        Gaussian noise of a standard deviation drawn in [0, 0.05] of the [0, 1]-mapped range
+        (up to 0.1 in normalised units), on the normalised image.
+    blur : float
+        Gaussian blur of a sigma drawn in [0.5, 1.5] px, on the normalised image.
+
+    The last five are 0 by default, which leaves the draws of the others as they were.
     """
 
     affine: float = 0.5
     distort: float = 0.25
     intensity: float = 0.5
     colour: float = 0.0
+    rescale: float = 0.0
+    stain: float = 0.0
+    grey: float = 0.0
+    noise: float = 0.0
+    blur: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("affine", "distort", "intensity", "colour"):
+        for name in ("affine", "distort", "intensity", "colour", "rescale", "stain", "grey", "noise", "blur"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"augmentation probability {name} must be in [0, 1], got {value}")
@@ -90,7 +113,7 @@ def spatial_transforms(settings: AugmentSettings) -> list[A.BasicTransform]:
             ],
             p=settings.distort,
         ),
-    ]
+    ] + ([A.Affine(scale=(0.5, 2.0), keep_ratio=True, balanced_scale=True, border_mode=BORDER, p=settings.rescale)] if settings.rescale > 0 else [])
 
 
 def intensity_transforms(settings: AugmentSettings) -> list[A.BasicTransform]:
@@ -101,7 +124,31 @@ def intensity_transforms(settings: AugmentSettings) -> list[A.BasicTransform]:
     ]
     if settings.colour > 0:  # last, and only when on: the draws of the others stay the same
         transforms.append(A.HueSaturationValue(hue_shift_limit=15, sat_shift_limit=25, val_shift_limit=10, p=settings.colour))
+    if settings.noise > 0:
+        transforms.append(A.GaussNoise(std_range=(0.0, 0.05), per_channel=False, p=settings.noise))
+    if settings.blur > 0:
+        transforms.append(A.GaussianBlur(blur_limit=0, sigma_limit=(0.5, 1.5), p=settings.blur))
     return transforms
+
+
+def is_colour(image: np.ndarray) -> bool:
+    """Whether an ``(H, W, 3)`` image has colour (its channels differ anywhere)."""
+    return bool(image.ndim == 3 and image.shape[2] >= 3 and not ((image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()))
+
+
+def hed_jitter(image: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Haematoxylin, eosin and DAB densities of an RGB ``uint8`` image scaled by ``scale`` (3,)
+    and shifted by ``shift`` (3,) (``skimage.color.rgb2hed`` space), back to ``uint8`` RGB."""
+    from skimage.color import hed2rgb, rgb2hed
+
+    hed = rgb2hed(image[..., :3]) * np.asarray(scale, float) + np.asarray(shift, float)
+    return np.clip(np.round(hed2rgb(hed) * 255), 0, 255).astype(np.uint8)
+
+
+def random_grey(image: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """An RGB ``uint8`` image as grey ``sum(weights * channels)`` (weights summing to 1), on three channels."""
+    grey = np.clip(np.round(image[..., :3].astype(np.float32) @ np.asarray(weights, np.float32)), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def _seed_compose(compose: A.Compose, rng: np.random.Generator) -> None:
@@ -148,6 +195,17 @@ class Augmenter:
         _seed_compose(self._spatial, rng)
         out = self._spatial(image=np.ascontiguousarray(image), mask=ranks.reshape(labels.shape).astype(np.uint16))
         return out["image"], values[out["mask"]]
+
+    def stain(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Stain jitter and random grey conversion of a colour ``(H, W, 3) uint8`` image (settings
+        ``stain``, ``grey``); a grey image, or settings at 0, come back as they are and draw nothing."""
+        if (self.settings.stain <= 0 and self.settings.grey <= 0) or not is_colour(image):
+            return image
+        if self.settings.stain > 0 and rng.random() < self.settings.stain:
+            image = hed_jitter(image, rng.uniform(0.8, 1.2, 3), rng.uniform(-0.03, 0.03, 3))
+        if self.settings.grey > 0 and rng.random() < self.settings.grey:
+            image = random_grey(image, rng.dirichlet(np.ones(3)))
+        return image
 
     def intensity(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Brightness, contrast and gamma of a normalised ``(H, W, C) float32`` image (values in [-0.5, 1.5])."""

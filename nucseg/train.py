@@ -109,6 +109,11 @@ class TrainSettings:
     augment_distort: float = 0.25
     augment_intensity: float = 0.5
     augment_colour: float = 0.0
+    augment_rescale: float = 0.0
+    augment_stain: float = 0.0
+    augment_grey: float = 0.0
+    augment_noise: float = 0.0
+    augment_blur: float = 0.0
     invert_dark: bool = True
     sampling: str = "uniform"
     empty_weight: float = 0.25
@@ -151,7 +156,17 @@ class TrainSettings:
 
     def augment_settings(self) -> AugmentSettings | None:
         """The augmentation settings, or ``None`` when ``augment`` is off."""
-        settings = AugmentSettings(affine=self.augment_affine, distort=self.augment_distort, intensity=self.augment_intensity, colour=self.augment_colour)
+        settings = AugmentSettings(
+            affine=self.augment_affine,
+            distort=self.augment_distort,
+            intensity=self.augment_intensity,
+            colour=self.augment_colour,
+            rescale=self.augment_rescale,
+            stain=self.augment_stain,
+            grey=self.augment_grey,
+            noise=self.augment_noise,
+            blur=self.augment_blur,
+        )
         return settings if self.augment else None
 
 
@@ -204,7 +219,7 @@ class CropDataset(Dataset):
             # one generator per (seed, epoch, example): identical whatever the worker layout
             rng = np.random.default_rng((self.seed, self.epoch, i))
             image, labels = self.augmenter.spatial(image, labels, rng)
-            image = self.augmenter.intensity(self._normalise(image, lo, hi, i), rng)
+            image = self.augmenter.intensity(self._normalise(self.augmenter.stain(image, rng), lo, hi, i), rng)
         target = self.targets(labels, self.heads)
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(target)
 

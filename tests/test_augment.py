@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.draw import disk
 
-from nucseg.augment import Augmenter, AugmentSettings, intensity_transforms, spatial_transforms
+from nucseg.augment import NORM_HIGH, NORM_LOW, Augmenter, AugmentSettings, intensity_transforms, spatial_transforms
 
 SIZE = 96
 #: grey value of label k in the test image: well apart, so bilinear mixing at edges is told from the inside
@@ -153,3 +153,74 @@ def test_bad_settings_and_shapes_are_named():
         AugmentSettings(distort=1.5)
     with pytest.raises(ValueError, match=r"\(H, W\) label image"):
         Augmenter().spatial(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9), np.uint32), np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------------------
+# Invariance to size, stain and optics: rescale, stain, grey, noise, blur
+# ---------------------------------------------------------------------------
+
+
+def _example(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    labels = np.zeros((64, 64), np.uint32)
+    labels[10:30, 10:30], labels[40:60, 35:55] = 3, 70000
+    return image, labels
+
+
+def test_new_augmentations_off_leave_the_draws_as_they_were():
+    """With rescale, stain, grey, noise and blur at 0 (the defaults), every example is
+    augmented exactly as before they existed (the same transforms and random draws)."""
+    image, labels = _example()
+    before, after = Augmenter(AugmentSettings(colour=0.3)), Augmenter(AugmentSettings(colour=0.3, rescale=0, stain=0, grey=0, noise=0, blur=0))
+    for seed in range(4):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        ia, la = before.spatial(image, labels, a)
+        ib, lb = after.spatial(image, labels, b)
+        np.testing.assert_array_equal(ia, ib)
+        np.testing.assert_array_equal(la, lb)
+        np.testing.assert_array_equal(after.stain(ib, b), ib)
+        x = ia.astype(np.float32) / 255
+        np.testing.assert_array_equal(before.intensity(x, a), after.intensity(x, b))
+
+
+def test_new_augmentations_keep_shapes_types_ranges_and_labels():
+    image, labels = _example()
+    augmenter = Augmenter(AugmentSettings(rescale=1, stain=1, grey=0.5, noise=1, blur=1))
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        out, lab = augmenter.spatial(image, labels, rng)
+        assert out.shape == image.shape and out.dtype == np.uint8 and lab.shape == labels.shape and lab.dtype == labels.dtype
+        assert set(np.unique(lab)) <= {0, 3, 70000}  # nearest neighbour: no new label values
+        stained = augmenter.stain(out, rng)
+        assert stained.shape == out.shape and stained.dtype == np.uint8
+        x = augmenter.intensity(stained.astype(np.float32) / 255 * 2 - 0.5, rng)
+        assert x.shape == out.shape and x.dtype == np.float32 and NORM_LOW <= x.min() and x.max() <= NORM_HIGH
+
+
+def test_stain_and_grey_touch_colour_images_only_and_grey_is_grey():
+    from nucseg.augment import hed_jitter, is_colour, random_grey
+
+    image, _ = _example()
+    grey = np.repeat(image[..., :1], 3, axis=2)
+    augmenter = Augmenter(AugmentSettings(stain=1, grey=1))
+    np.testing.assert_array_equal(augmenter.stain(grey, np.random.default_rng(0)), grey)  # grey: left alone
+    out = augmenter.stain(image, np.random.default_rng(0))
+    assert not is_colour(out) and is_colour(image)  # grey = 1: every colour image ends grey
+    np.testing.assert_array_equal(random_grey(image, [1.0, 0.0, 0.0])[..., 1], image[..., 0])
+    # an H&E-like image (positive stain densities): no jitter (scale 1, shift 0) is the
+    # identity, to the rounding of the colour deconvolution; more haematoxylin darkens it
+    from skimage.color import hed2rgb
+
+    he = np.round(hed2rgb(np.random.default_rng(1).uniform(0, 0.05, (32, 32, 3))) * 255).astype(np.uint8)
+    assert np.abs(hed_jitter(he, np.ones(3), np.zeros(3)).astype(int) - he).max() <= 2
+    assert hed_jitter(he, [1.5, 1.0, 1.0], np.zeros(3)).mean() < he.mean()
+
+
+def test_rescale_changes_the_size_of_the_nuclei():
+    """A zoom by up to 2 either way: the area of a nucleus changes by up to 4x, and over many
+    draws both ways."""
+    image, labels = _example()
+    augmenter = Augmenter(AugmentSettings(affine=0, distort=0, rescale=1))
+    areas = [int((augmenter.spatial(image, labels, np.random.default_rng(s))[1] == 3).sum()) for s in range(20)]
+    assert min(areas) < 400 * 0.8 and max(areas) > 400 * 1.25 and max(areas) <= 400 * 4.5
