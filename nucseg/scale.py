@@ -50,7 +50,6 @@ CONSISTENT = 1.3
 #: The training nuclei of a model whose folder does not record them: the shipped model's
 #: (diameters of the nuclei of its 531 training images, stage1_train_fixed; px).
 DEFAULT_NUCLEI = {"median": 20.75, "p10": 9.25, "p90": 34.25}
-DEFAULT_DIAMETER = DEFAULT_NUCLEI["median"]
 
 
 def probe_window(read, shape: tuple[int, int], side: int = PROBE) -> tuple[slice, slice]:
