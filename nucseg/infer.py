@@ -302,12 +302,13 @@ class Predictor:
         return read
 
 
-def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettings, sink, flush_rows: int = 1) -> tuple[float, str | None]:
+def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettings, sink, flush_rows: int = 1) -> tuple[float, str | None, str]:
     """Stream the probability maps of one image into ``sink(row, (K, n, W) float32)``
     (:func:`nucseg.tiling.stream_tiled`) at ``settings.scale``, with the model folder's model
     for the image's modality where it has one (:meth:`Predictor.route`); returns the scale used
-    (the image's estimate for ``"auto"``, :func:`nucseg.scale.estimate_scale`) and the
-    modality whose own model predicted it (``None``: the folder's main model)."""
+    (the image's estimate for ``"auto"``, :func:`nucseg.scale.estimate_scale`), the
+    modality whose own model predicted it (``None``: the folder's main model), and the image's
+    modality guess (:attr:`nucseg.bigimage.ImageStatistics.modality`)."""
     stats = image_statistics(image)
     predictor, routed = predictor.route(stats.modality)
     if routed:
@@ -335,7 +336,7 @@ def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettin
         stream_tiled(predictor, read, image.shape, len(predictor.heads), sink, settings.tile, settings.margin, settings.batch, flush_rows)
     finally:
         predictor.scale = saved
-    return scale, routed
+    return scale, routed, stats.modality
 
 
 def to_float16(array: np.ndarray) -> np.ndarray:
@@ -357,8 +358,8 @@ def predict_to_zarr(predictor: Predictor, image: LazyImage, group: zarr.Group, n
     def sink(row: int, block: np.ndarray) -> None:
         array[:, row : row + block.shape[1]] = to_float16(block)
 
-    scale, routed = predict_lazy(predictor, image, settings, sink, flush_rows=min(h, c))
-    array.attrs.update(scale=scale, modality_model=routed)
+    scale, routed, modality = predict_lazy(predictor, image, settings, sink, flush_rows=min(h, c))
+    array.attrs.update(scale=scale, modality_model=routed, modality=modality)
     seconds = time.perf_counter() - start
     log.info("%s: %dx%d predicted in %.1f s (%.2f megapixels/s)", name, h, w, seconds, h * w / 1e6 / max(seconds, 1e-9))
     return array
