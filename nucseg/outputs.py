@@ -29,6 +29,7 @@ chunk's nuclei), under a temporary name until complete.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import uuid
@@ -41,7 +42,6 @@ import numpy as np
 import orjson
 import pandas as pd
 import tifffile
-from scipy import ndimage as ndi
 
 from nucseg.files import atomic_dir, atomic_file
 
@@ -165,11 +165,12 @@ def _trace(mask: np.ndarray, origin: tuple[int, int]) -> list[list[int]]:
     big = np.repeat(np.repeat(mask.astype(np.uint8), 2, axis=0), 2, axis=1)
     contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     ring = max(contours, key=len).reshape(-1, 2)  # (x, y) in the x2 grid; one piece, one contour
-    xy = (ring + 1) // 2 + np.array([origin[1], origin[0]])
-    xy = xy[np.any(xy != np.roll(xy, 1, axis=0), axis=1)]  # the same edge point twice in a row
-    # keep the corners: drop the points on a straight line between their neighbours
-    before, after = xy - np.roll(xy, 1, axis=0), np.roll(xy, -1, axis=0) - xy
-    xy = xy[before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0] != 0]
+    xy = (ring + 1) // 2
+    step = np.diff(xy, axis=0, append=xy[:1])  # to the next point, around the ring: 0 or 1 per axis
+    moved = step.any(axis=1)  # not the same edge point as the next
+    xy, step = xy[moved], step[moved]
+    # keep the corners: the points where the step changes (the others lie on a straight run)
+    xy = xy[(step != np.concatenate([step[-1:], step[:-1]])).any(axis=1)] + (origin[1], origin[0])
     return np.concatenate([xy, xy[:1]]).tolist()
 
 
@@ -195,8 +196,9 @@ def outlines(mask: np.ndarray, origin: tuple[int, int]) -> list[list[list[int]]]
         rings (one ring through that corner twice is not a valid polygon). Straight runs are
         one segment; the first vertex is repeated last. Empty for an empty mask.
     """
-    mask = np.asarray(mask, dtype=bool)
-    pieces, n = ndi.label(mask)  # 4-connected
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    n, pieces = cv2.connectedComponents(mask, connectivity=4)
+    n -= 1  # the background is component 0
     if n <= 1:
         return [_trace(mask, origin)] if n else []
     sizes = np.bincount(pieces.ravel())[1:]
@@ -215,8 +217,13 @@ FEATURE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/nucseg/nu
 
 def feature_id(image_id: str, label: int) -> str:
     """The GeoJSON feature id of nucleus ``label`` of image ``image_id``: a UUID (QuPath keeps
-    only UUIDs as object ids), the same in every run (``uuid5`` of the image id and label)."""
-    return str(uuid.uuid5(FEATURE_NAMESPACE, f"{image_id}/{int(label)}"))
+    only UUIDs as object ids), the same in every run: ``str(uuid.uuid5(FEATURE_NAMESPACE,
+    f"{image_id}/{label}"))``, computed without the ``UUID`` object (a third of the time)."""
+    digest = bytearray(hashlib.sha1(FEATURE_NAMESPACE.bytes + f"{image_id}/{int(label)}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _objects(labels: np.ndarray, table: pd.DataFrame, origin: tuple[int, int], offset: int) -> Iterator[tuple[int, dict, list]]:
@@ -258,19 +265,23 @@ def nucleus_features(labels: np.ndarray, table: pd.DataFrame, origin: tuple[int,
         table's columns, ``label`` (the global one) included.
     """
     for label, measurements, rings in _objects(labels, table, origin, offset):
-        geometry = {"type": "Polygon", "coordinates": [rings[0]]} if len(rings) == 1 else {"type": "MultiPolygon", "coordinates": [[r] for r in rings]}
-        yield {
-            "type": "Feature",
-            "id": feature_id(image_id, label),
-            "geometry": geometry,
-            "properties": {
-                "objectType": "detection",
-                "name": f"nucleus {label}",
-                "label": label,
-                "classification": CLASSIFICATION,
-                "measurements": measurements,
-            },
-        }
+        yield _feature(label, measurements, rings, image_id)
+
+
+def _feature(label: int, measurements: dict, rings: list, image_id: str) -> dict:
+    geometry = {"type": "Polygon", "coordinates": [rings[0]]} if len(rings) == 1 else {"type": "MultiPolygon", "coordinates": [[r] for r in rings]}
+    return {
+        "type": "Feature",
+        "id": feature_id(image_id, label),
+        "geometry": geometry,
+        "properties": {
+            "objectType": "detection",
+            "name": f"nucleus {label}",
+            "label": label,
+            "classification": CLASSIFICATION,
+            "measurements": measurements,
+        },
+    }
 
 
 def nucleus_rois(labels: np.ndarray, table: pd.DataFrame, origin: tuple[int, int], offset: int = 0) -> Iterator[tuple[int, bytes]]:
@@ -283,16 +294,20 @@ def nucleus_rois(labels: np.ndarray, table: pd.DataFrame, origin: tuple[int, int
         outline on the pixel edges of the nucleus's largest 4-connected piece (all of it, for
         a nucleus in one piece: :func:`outlines`), integer coordinates as ImageJ's wand traces.
     """
+    for label, _, rings in _objects(labels, table, origin, offset):
+        yield label, _roi(label, rings)
+
+
+def _roi(label: int, rings: list) -> bytes:
     from roifile import ROI_TYPE, ImagejRoi
 
-    for label, _, rings in _objects(labels, table, origin, offset):
-        points = np.asarray(rings[0][:-1], dtype=np.int32)
-        roi = ImagejRoi.frompoints(points, name=str(label))
-        roi.roitype = ROI_TYPE.POLYGON
-        # the bounds of the polygon itself, as ImageJ's own polygons have them (the pixel-edge
-        # bounding box of objects.csv), not roifile's one pixel wider
-        roi.right, roi.bottom = (int(v) for v in points.max(axis=0))
-        yield label, roi.tobytes()
+    points = np.asarray(rings[0][:-1], dtype=np.int32)
+    roi = ImagejRoi.frompoints(points, name=str(label))
+    roi.roitype = ROI_TYPE.POLYGON
+    # the bounds of the polygon itself, as ImageJ's own polygons have them (the pixel-edge
+    # bounding box of objects.csv), not roifile's one pixel wider
+    roi.right, roi.bottom = (int(v) for v in points.max(axis=0))
+    return roi.tobytes()
 
 
 class ImageWriters:
@@ -313,11 +328,10 @@ class ImageWriters:
         self.threads = threads
 
     @contextlib.contextmanager
-    def geojson(self, image_id: str) -> Iterator[Callable]:
-        """A callable ``add(chunk_result, table)`` streaming the chunk's nuclei into ``<id>.geojson``
-        (written under a temporary name, renamed when the block ends without an error)."""
+    def _geojson_sink(self, image_id: str) -> Iterator[Callable | None]:
+        """``write(label, measurements, rings)`` appending a feature to ``<id>.geojson``, or None when off."""
         if self.geojson_dir is None:
-            yield lambda result, table: None
+            yield None
             return
         path = self.geojson_dir / f"{image_id}.geojson"
         # under .<id>.geojson.part until the collection is closed: a killed run leaves no cut-off
@@ -326,45 +340,55 @@ class ImageWriters:
             f.write('{"type": "FeatureCollection", "features": [\n')
             first = [True]
 
-            def add(result, table: pd.DataFrame) -> None:
-                origin = (result.window[0].start, result.window[1].start)
-                for feature in nucleus_features(result.labels, table, origin, result.offset, image_id):
-                    # orjson: the bytes json.dumps(feature, separators=(",", ":")) writes, 5x faster
-                    f.write(("" if first[0] else ",\n") + orjson.dumps(feature).decode())
-                    first[0] = False
+            def write(label: int, measurements: dict, rings: list) -> None:
+                # orjson: the bytes json.dumps(feature, separators=(",", ":")) writes, 5x faster
+                f.write(("" if first[0] else ",\n") + orjson.dumps(_feature(label, measurements, rings, image_id)).decode())
+                first[0] = False
 
-            yield add
+            yield write
             f.write("\n]}\n")
 
     @contextlib.contextmanager
-    def rois(self, image_id: str) -> Iterator[Callable]:
-        """A callable ``add(chunk_result, table)`` streaming the chunk's nuclei as ImageJ ROIs
-        (:func:`nucleus_rois`, entries ``<label>.roi``) into the zip ``<id>_rois.zip`` that
-        Fiji's ROI Manager opens (under a temporary name, renamed when the block ends without
-        an error)."""
+    def _rois_sink(self, image_id: str) -> Iterator[Callable | None]:
+        """``write(label, measurements, rings)`` adding ``<label>.roi`` to ``<id>_rois.zip``, or None when off."""
         if self.rois_dir is None:
-            yield lambda result, table: None
+            yield None
             return
         with atomic_file(self.rois_dir / f"{image_id}{ROIS_SUFFIX}") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-
-            def add(result, table: pd.DataFrame) -> None:
-                origin = (result.window[0].start, result.window[1].start)
-                for label, roi in nucleus_rois(result.labels, table, origin, result.offset):
-                    archive.writestr(f"{label}.roi", roi)
-
-            yield add
+            yield lambda label, measurements, rings: archive.writestr(f"{label}.roi", _roi(label, rings))
 
     @contextlib.contextmanager
-    def objects(self, image_id: str) -> Iterator[Callable]:
-        """A callable ``add(chunk_result, table)`` streaming the chunk's nuclei into the GeoJSON
-        and the ROI zip (those switched on; :meth:`geojson`, :meth:`rois`)."""
-        with self.geojson(image_id) as features, self.rois(image_id) as rois:
+    def _streaming(self, image_id: str, geojson: bool, rois: bool) -> Iterator[Callable]:
+        with contextlib.ExitStack() as stack:
+            sinks = [stack.enter_context(self._geojson_sink(image_id)) if geojson else None, stack.enter_context(self._rois_sink(image_id)) if rois else None]
+            sinks = [sink for sink in sinks if sink is not None]
 
             def add(result, table: pd.DataFrame) -> None:
-                features(result, table)
-                rois(result, table)
+                if not sinks:
+                    return
+                origin = (result.window[0].start, result.window[1].start)
+                for label, measurements, rings in _objects(result.labels, table, origin, result.offset):  # traced once for both files
+                    for sink in sinks:
+                        sink(label, measurements, rings)
 
             yield add
+
+    def geojson(self, image_id: str) -> contextlib.AbstractContextManager[Callable]:
+        """A context whose callable ``add(chunk_result, table)`` streams the chunk's nuclei into
+        ``<id>.geojson`` (:func:`nucleus_features`; written under a temporary name, renamed when
+        the block ends without an error)."""
+        return self._streaming(image_id, True, False)
+
+    def rois(self, image_id: str) -> contextlib.AbstractContextManager[Callable]:
+        """A context whose callable ``add(chunk_result, table)`` streams the chunk's nuclei as
+        ImageJ ROIs (:func:`nucleus_rois`, entries ``<label>.roi``) into the zip
+        ``<id>_rois.zip`` that Fiji's ROI Manager opens (under a temporary name, renamed when the
+        block ends without an error)."""
+        return self._streaming(image_id, False, True)
+
+    def objects(self, image_id: str) -> contextlib.AbstractContextManager[Callable]:
+        """:meth:`geojson` and :meth:`rois` at once (those switched on), each nucleus outlined once."""
+        return self._streaming(image_id, True, True)
 
     def labels(self, image_id: str, labels, count: int, image=None) -> None:
         """Write the finished label image as TIFF and OME-Zarr (those switched on)."""
