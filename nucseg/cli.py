@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -45,7 +46,7 @@ def _stem_and_ext(path: Path) -> tuple[str, str]:
     return path.stem, path.suffix[1:].lower().replace(".", "_")
 
 
-def output_names(images: list[str], out: Path, suffixes: tuple[str, ...] = (".tif", ".ome.zarr", ".geojson")) -> list[str]:
+def output_names(images: list[str], out: Path, suffixes: tuple[str, ...] = (".tif", ".ome.zarr", ".geojson", "_rois.zip")) -> list[str]:
     """Output name (without suffix) of each input image: ``<stem>``; ``<stem>_<ext>`` (``a_tif``,
     ``a_png``) when several inputs share the stem with different extensions or ``<out>/<stem>.tif``
     would be an input itself; ``<stem>_<n>`` (1, 2, ... in command-line order) when they share the
@@ -102,11 +103,11 @@ def _predict_maps(predictor, image, group, name: str, settings):
     return predict_to_zarr(predictor, image, group, name, settings)
 
 
-def _segment_maps(maps, heads: list[str], image, image_id: str, settings, out: Path, tables: list, writers) -> dict:
+def _segment_maps(maps, heads: list[str], image, image_id: str, settings, out: Path, tables: list, writers, source: str = "", model: str = "") -> dict:
     """Segment part of ``nucseg segment``: labels, measurements and files of one image from its maps."""
     from nucseg.postprocess import segment_image
 
-    return segment_image(maps, heads, image.rgb(), image_id, settings, out, tables.append, writers)
+    return segment_image(maps, heads, image.rgb(), image_id, settings, out, tables.append, writers, source=source, model=model)
 
 
 def _each_image(args: argparse.Namespace, out: Path, step) -> None:
@@ -136,7 +137,53 @@ SEGMENT_LEFTOVERS = r"\.nucseg-[a-z0-9_]{8}|\.(objects|images)\.csv\.part"
 
 
 #: The files ``nucseg segment`` writes per image, after its name.
-IMAGE_OUTPUTS = (".tif", ".ome.zarr", ".geojson")
+IMAGE_OUTPUTS = (".tif", ".ome.zarr", ".geojson", "_rois.zip")
+
+
+def _old_table(path: Path, **read) -> pd.DataFrame | Iterator[pd.DataFrame]:
+    """A table an earlier run left in ``--out`` (empty when there is none); a ValueError naming
+    it when it cannot be read or has no ``image_id`` column."""
+    if not path.is_file():
+        return iter(()) if "chunksize" in read else pd.DataFrame(columns=["image_id"])
+    try:
+        if "image_id" not in pd.read_csv(path, nrows=0).columns:
+            raise ValueError("it has no image_id column")
+        return pd.read_csv(path, dtype={"image_id": str, "source": str, "model": str, "modality": str}, **read)
+    except (ValueError, OSError) as exc:
+        message = f"{path}: the table of an earlier run cannot be read to merge this run's rows into ({exc}); move it away or choose another --out"
+        raise ValueError(message) from exc
+
+
+def write_merged_tables(out: Path, tables: list[pd.DataFrame], rows: list[dict]) -> None:
+    """Write ``objects.csv`` and ``images.csv`` into ``out``: this run's rows, after the rows an
+    earlier run left for the other images whose files (:data:`IMAGE_OUTPUTS`) are still in
+    ``out``. The images this run wrote have only this run's rows; an image whose files are gone
+    has none. ``objects.csv`` is copied in blocks of rows (memory: one block)."""
+    from nucseg.files import atomic_file, write_csv
+    from nucseg.measure import COLUMNS, IMAGE_COLUMNS
+
+    rewritten = {row["image_id"] for row in rows}
+    present: dict[str, bool] = {}
+
+    def kept(image_ids: pd.Series) -> pd.Series:
+        for name in set(image_ids) - present.keys():
+            present[name] = name not in rewritten and any((out / f"{name}{suffix}").exists() for suffix in IMAGE_OUTPUTS)
+        return image_ids.map(present).astype(bool)
+
+    object_columns = ["image_id", *COLUMNS]
+    with atomic_file(out / "objects.csv") as tmp, open(tmp, "w", newline="") as f:
+        f.write(",".join(object_columns) + "\n")
+        for block in _old_table(out / "objects.csv", chunksize=200_000):
+            block[kept(block["image_id"])].reindex(columns=object_columns).to_csv(f, header=False, index=False)
+        for table in tables:
+            table.reindex(columns=object_columns).to_csv(f, header=False, index=False)
+    old = _old_table(out / "images.csv")
+    old = old[kept(old["image_id"])].reindex(columns=IMAGE_COLUMNS)
+    new = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
+    write_csv(pd.concat([old, new], ignore_index=True) if len(old) else new, out / "images.csv")
+    dropped = sorted(name for name, keep in present.items() if not keep and name not in rewritten)
+    if dropped:
+        log.info("%s: rows of %d images whose files are no longer there left out of the tables: %s", out, len(dropped), ", ".join(dropped))
 
 
 def _publish(staging: Path, out: Path, name: str) -> None:
@@ -156,8 +203,7 @@ def _publish(staging: Path, out: Path, name: str) -> None:
 def _segment(args: argparse.Namespace) -> None:
     import zarr
 
-    from nucseg.files import NoSpaceError, locked_folder, remove_stale, reporting_no_space, scratch_dir, write_csv
-    from nucseg.measure import COLUMNS, IMAGE_COLUMNS
+    from nucseg.files import NoSpaceError, locked_folder, remove_stale, reporting_no_space, scratch_dir
     from nucseg.outputs import ImageWriters
     from nucseg.postprocess import SegmentSettings
 
@@ -168,18 +214,19 @@ def _segment(args: argparse.Namespace) -> None:
     tables, rows = [], []
 
     def write_tables() -> None:
-        write_csv(pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["image_id", *COLUMNS]), out / "objects.csv")
-        write_csv(pd.DataFrame(rows, columns=IMAGE_COLUMNS), out / "images.csv")
+        write_merged_tables(out, tables, rows)
 
     with locked_folder(out, "nucseg segment"):
         remove_stale(out, SEGMENT_LEFTOVERS)  # a killed run's: no live run writes here while we hold the lock
+        for table in ("objects.csv", "images.csv"):  # tables this run cannot merge into are named before any work
+            _old_table(out / table, nrows=0)
         with scratch_dir(out, ".nucseg-") as scratch:
             maps_zarr, staging = scratch / "maps.zarr", scratch / "outputs"
             maps_group = zarr.open_group(maps_zarr, mode="w")
             staging.mkdir()
             # an image's files are written into the scratch folder and moved into --out together
             # once all are complete: an image has all of them or none, and the tables list it then
-            writers = ImageWriters(staging, staging, staging)
+            writers = ImageWriters(staging, staging, staging, staging)
 
             def step(path, name, image):
                 with reporting_no_space(maps_zarr):  # zarr's writer threads raise the bare OSError
@@ -187,14 +234,14 @@ def _segment(args: argparse.Namespace) -> None:
                 objects: list = []
                 try:
                     with reporting_no_space(scratch):  # the label store of a large image (the outputs name themselves)
-                        row = _segment_maps(maps, predictor.heads, image, name, settings, scratch, objects, writers)
+                        row = _segment_maps(maps, predictor.heads, image, name, settings, scratch, objects, writers, str(path), str(model))
                 except NoSpaceError as exc:  # name the output, not its place in the scratch folder
                     written = Path(exc.filename)
                     raise NoSpaceError(out / written.relative_to(staging) if written.is_relative_to(staging) else written, exc.errno) from exc
                 _publish(staging, out, name)
                 tables.extend(objects)
                 rows.append(row)
-                log.info("%s: %d nuclei -> %s/%s.{tif,ome.zarr,geojson}", path, row["count"], out, name)
+                log.info("%s: %d nuclei -> %s/%s{.tif,.ome.zarr,.geojson,_rois.zip}", path, row["count"], out, name)
 
             try:
                 _each_image(args, out, step)
@@ -322,7 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nucseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser("segment", help="predict and segment image files with a trained model folder")
-    _add_predict_arguments(seg, "folder for <name>.tif label images, <name>.ome.zarr, <name>.geojson, objects.csv and images.csv")
+    _add_predict_arguments(
+        seg,
+        "folder for <name>.tif label images, <name>.ome.zarr, <name>.geojson, <name>_rois.zip, objects.csv and images.csv "
+        "(a folder of an earlier run: its tables keep the rows of the images not segmented again)",
+    )
     seg.add_argument("--threshold", default="otsu", type=_threshold, help="'otsu' or a probability in (0, 1)")
     seg.set_defaults(func=_segment)
     pred = sub.add_parser("predict", help="probability maps of image files as a zarr group (one float16 (K, H, W) array per image)")

@@ -36,7 +36,7 @@ import torch
 import zarr
 from scipy.special import expit
 
-from nucseg.bigimage import LazyImage, image_statistics
+from nucseg.bigimage import ImageStatistics, LazyImage, image_statistics
 from nucseg.files import atomic_dir, atomic_file
 from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
 from nucseg.model import DEVICES, choose_device, load_model, read_model_config
@@ -302,13 +302,16 @@ class Predictor:
         return read
 
 
-def predict_lazy(predictor: Predictor, image: LazyImage, settings: PredictSettings, sink, flush_rows: int = 1) -> tuple[float, str | None]:
+def predict_lazy(
+    predictor: Predictor, image: LazyImage, settings: PredictSettings, sink, flush_rows: int = 1, stats: ImageStatistics | None = None
+) -> tuple[float, str | None]:
     """Stream the probability maps of one image into ``sink(row, (K, n, W) float32)``
     (:func:`nucseg.tiling.stream_tiled`) at ``settings.scale``, with the model folder's model
     for the image's modality where it has one (:meth:`Predictor.route`); returns the scale used
     (the image's estimate for ``"auto"``, :func:`nucseg.scale.estimate_scale`) and the
-    modality whose own model predicted it (``None``: the folder's main model)."""
-    stats = image_statistics(image)
+    modality whose own model predicted it (``None``: the folder's main model). ``stats``: the
+    image's :func:`nucseg.bigimage.image_statistics` when the caller has them already."""
+    stats = image_statistics(image) if stats is None else stats
     predictor, routed = predictor.route(stats.modality)
     if routed:
         log.info("%s: %s image (modality guess): predicted by the model folder's %s model", image.name, routed, routed)
@@ -357,8 +360,9 @@ def predict_to_zarr(predictor: Predictor, image: LazyImage, group: zarr.Group, n
     def sink(row: int, block: np.ndarray) -> None:
         array[:, row : row + block.shape[1]] = to_float16(block)
 
-    scale, routed = predict_lazy(predictor, image, settings, sink, flush_rows=min(h, c))
-    array.attrs.update(scale=scale, modality_model=routed)
+    stats = image_statistics(image)
+    scale, routed = predict_lazy(predictor, image, settings, sink, flush_rows=min(h, c), stats=stats)
+    array.attrs.update(scale=scale, modality_model=routed, modality=stats.modality)  # the guess, for images.csv
     seconds = time.perf_counter() - start
     log.info("%s: %dx%d predicted in %.1f s (%.2f megapixels/s)", name, h, w, seconds, h * w / 1e6 / max(seconds, 1e-9))
     return array

@@ -38,8 +38,27 @@ COLUMNS = [
     "integrated_intensity",
 ]
 
-#: Columns of the per-image table (:meth:`ImageSummary.row`).
-IMAGE_COLUMNS = ["image_id", "height", "width", "count", "density_per_megapixel", "mean_area", "median_area", "coverage_fraction", "predict_scale"]
+#: Columns of the per-image table (:meth:`ImageSummary.row`), in this order (new ones are added at the end).
+IMAGE_COLUMNS = [
+    "image_id",
+    "height",
+    "width",
+    "count",
+    "density_per_megapixel",
+    "mean_area",
+    "median_area",
+    "coverage_fraction",
+    "predict_scale",
+    "source",
+    "model",
+    "modality",
+]
+
+#: The centre of pixel ``(r, c)`` is ``(r + 0.5, c + 0.5)`` in the coordinates that the segment
+#: stage's outputs share (pixel ``(r, c)`` covers ``[c, c + 1] x [r, r + 1]``, as in QuPath and
+#: ImageJ): added to :func:`measure_objects`' centroids (pixel indices, as regionprops') in
+#: ``objects.csv`` and the GeoJSON's measurements.
+PIXEL_CENTRE = 0.5
 
 # skimage.measure.perimeter(image, neighborhood=4): weights of the boundary-pixel codes
 _PERIMETER_WEIGHTS = np.zeros(50)
@@ -232,9 +251,12 @@ class ImageSummary:
     20.0
     """
 
-    def __init__(self, image_id: str, height: int, width: int, predict_scale: float = float("nan")) -> None:
+    def __init__(
+        self, image_id: str, height: int, width: int, predict_scale: float = float("nan"), source: str = "", model: str = "", modality: str = ""
+    ) -> None:
         self.image_id, self.height, self.width = image_id, int(height), int(width)
         self.predict_scale = float(predict_scale)
+        self.source, self.model, self.modality = str(source), str(model), str(modality)
         self.areas = np.zeros(1, np.int64)  # areas[a] = number of objects of area a
 
     def add(self, table: pd.DataFrame) -> None:
@@ -247,7 +269,9 @@ class ImageSummary:
         """:data:`IMAGE_COLUMNS`: ``count``, ``density_per_megapixel`` (count per 10^6 pixels),
         ``mean_area``/``median_area`` (pixels; NaN without objects), ``coverage_fraction``
         (share of the image's pixels inside a nucleus), ``predict_scale`` (the factor the
-        image's maps were predicted at: with ``scale: auto`` its own; NaN when not known)."""
+        image's maps were predicted at: with ``scale: auto`` its own; NaN when not known),
+        ``source`` (the input image's path), ``model`` (the model folder) and ``modality`` (the
+        image's modality guess, :func:`nucseg.imageio.guess_modality`), each "" when not known."""
         count = int(self.areas.sum())
         sizes = np.arange(self.areas.size)
         pixels = int((sizes * self.areas).sum())
@@ -268,4 +292,7 @@ class ImageSummary:
             "median_area": float(median),
             "coverage_fraction": pixels / size,
             "predict_scale": self.predict_scale,
+            "source": self.source,
+            "model": self.model,
+            "modality": self.modality,
         }

@@ -1,4 +1,4 @@
-"""Files a user opens: label TIFF, OME-Zarr (napari and other OME-NGFF viewers), GeoJSON (QuPath).
+"""Files a user opens: label TIFF, OME-Zarr (napari and other OME-NGFF viewers), GeoJSON (QuPath), ImageJ ROIs (Fiji).
 
 For each image the segment stage writes, each switchable off (:class:`nucseg.postprocess.SegmentSettings`):
 
@@ -12,17 +12,28 @@ For each image the segment stage writes, each switchable off (:class:`nucseg.pos
     downsampled by nearest neighbour, as is the image). ``napari --plugin napari-ome-zarr <id>.ome.zarr``
     opens both.
 ``geojson/<id>.geojson``
-    A FeatureCollection with one Polygon per nucleus (its outline through the pixel-edge
-    midpoints, in QuPath's coordinates: x right, y down, pixel ``(r, c)`` covering
-    ``[c, c + 1] x [r, r + 1]``), ``objectType: detection``, classification ``Nucleus``, the
-    label and the measurements as properties. QuPath: File > Import objects from file.
+    A FeatureCollection with one Polygon per nucleus: its outline on the pixel edges, in
+    QuPath's coordinates (x right, y down, pixel ``(r, c)`` covering ``[c, c + 1] x [r, r + 1]``),
+    so that its area is the nucleus's pixel count (:func:`outlines`); a UUID as id, the same in
+    every run (:func:`feature_id`); ``objectType: detection``, classification ``Nucleus``, the
+    label and the measurements (``objects.csv``'s row, whose centroid is in the same
+    coordinates) as properties. QuPath: File > Import objects from file.
+``rois/<id>_rois.zip``
+    An ImageJ ROI set: one polygon ROI per nucleus named by its label number, the same outline
+    on integer pixel-edge coordinates (:func:`nucleus_rois`). Fiji: drag it onto the window.
+
+The GeoJSON and the ROI zip are written chunk by chunk as the nuclei are found (memory: one
+chunk's nuclei), under a temporary name until complete.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
+import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +55,8 @@ TIFF_TILE = 512
 PYRAMID_SMALLEST = 256
 OME_CHUNK = 1024
 CLASSIFICATION = {"name": "Nucleus", "color": [255, 0, 255]}
+#: The name of an image's ImageJ ROI zip: ``<id>_rois.zip``.
+ROIS_SUFFIX = "_rois.zip"
 
 
 def label_dtype(count: int) -> np.dtype:
@@ -158,8 +171,28 @@ def write_ome_zarr(path: str | os.PathLike, image, labels, count: int, threads: 
     return Path(path)
 
 
-def outline(mask: np.ndarray, origin: tuple[int, int]) -> list[list[float]] | None:
-    """The outer outline of a mask as a closed GeoJSON ring ``[[x, y], ...]`` (QuPath coordinates).
+def _trace(mask: np.ndarray, origin: tuple[int, int]) -> list[list[int]]:
+    """The ring along the pixel edges around a 4-connected, non-empty mask (:func:`outlines`)."""
+    # traced on the mask enlarged x2, where each pixel edge has a row (column) of boundary
+    # sub-pixels on its inner side: sub-pixel 2c is the left half of pixel c (its left edge,
+    # x = c), 2c + 1 the right half (x = c + 1), so s -> (s + 1) // 2 moves every traced point
+    # onto the pixel edge it lies against
+    big = np.repeat(np.repeat(mask.astype(np.uint8), 2, axis=0), 2, axis=1)
+    contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    ring = max(contours, key=len).reshape(-1, 2)  # (x, y) in the x2 grid; one piece, one contour
+    xy = (ring + 1) // 2
+    step = np.diff(xy, axis=0, append=xy[:1])  # to the next point, around the ring: 0 or 1 per axis
+    moved = step.any(axis=1)  # not the same edge point as the next
+    xy, step = xy[moved], step[moved]
+    # keep the corners: the points where the step changes (the others lie on a straight run)
+    xy = xy[(step != np.concatenate([step[-1:], step[:-1]])).any(axis=1)] + (origin[1], origin[0])
+    return np.concatenate([xy, xy[:1]]).tolist()
+
+
+def outlines(mask: np.ndarray, origin: tuple[int, int]) -> list[list[list[int]]]:
+    """The outlines of a mask on its pixels' edges: one closed ring ``[[x, y], ...]`` per
+    4-connected piece, largest first (QuPath's and ImageJ's coordinates: x right, y down,
+    pixel ``(r, c)`` covering ``[c, c + 1] x [r, r + 1]``).
 
     Parameters
     ----------
@@ -170,23 +203,59 @@ def outline(mask: np.ndarray, origin: tuple[int, int]) -> list[list[float]] | No
 
     Returns
     -------
-    list or None
-        The outer boundary of the largest 8-connected piece, traced (OpenCV) on the mask
-        enlarged x2 so that it runs a quarter pixel inside the pixel edges: the pixel centres
-        inside it are exactly the object's pixels (for an object without holes). Straight runs
-        are one segment. None for an empty mask.
+    list of rings
+        Integer vertices of each piece's outer boundary, traced along the pixel edges: a
+        ring's area is its piece's pixel count (a hole, which nuclei do not have after the
+        segment step's hole filling, is inside the ring), and the pixels whose centres lie
+        inside it are exactly the piece's. Pieces touching only at a corner are separate
+        rings (one ring through that corner twice is not a valid polygon). Straight runs are
+        one segment; the first vertex is repeated last. Empty for an empty mask.
     """
-    big = np.repeat(np.repeat(np.ascontiguousarray(mask, dtype=np.uint8), 2, axis=0), 2, axis=1)
-    contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return None
-    ring = max(contours, key=cv2.contourArea).reshape(-1, 2).astype(np.float64)  # (x, y) in the x2 grid
-    xy = (ring + 0.5) / 2 + (origin[1], origin[0])  # pixel (r, c) covers [c, c + 1] x [r, r + 1]
-    xy = np.concatenate([xy, xy[:1]])
-    return xy.tolist()
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    n, pieces = cv2.connectedComponents(mask, connectivity=4)
+    n -= 1  # the background is component 0
+    if n <= 1:
+        return [_trace(mask, origin)] if n else []
+    sizes = np.bincount(pieces.ravel())[1:]
+    return [_trace(pieces == k + 1, origin) for k in np.argsort(-sizes, kind="stable")]
 
 
-def nucleus_features(labels: np.ndarray, table: pd.DataFrame, origin: tuple[int, int], offset: int = 0) -> Iterator[dict]:
+def outline(mask: np.ndarray, origin: tuple[int, int]) -> list[list[int]] | None:
+    """The ring of the largest 4-connected piece of :func:`outlines` (None for an empty mask)."""
+    rings = outlines(mask, origin)
+    return rings[0] if rings else None
+
+
+#: The namespace of the features' UUIDs (:func:`feature_id`).
+FEATURE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/nucseg/nucseg/nucleus")
+
+
+def feature_id(image_id: str, label: int) -> str:
+    """The GeoJSON feature id of nucleus ``label`` of image ``image_id``: a UUID (QuPath keeps
+    only UUIDs as object ids), the same in every run: ``str(uuid.uuid5(FEATURE_NAMESPACE,
+    f"{image_id}/{label}"))``, computed without the ``UUID`` object (a third of the time)."""
+    digest = bytearray(hashlib.sha1(FEATURE_NAMESPACE.bytes + f"{image_id}/{int(label)}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _objects(labels: np.ndarray, table: pd.DataFrame, origin: tuple[int, int], offset: int) -> Iterator[tuple[int, dict, list]]:
+    """``(label, measurements, rings)`` of each object of a label window: its global label, its
+    row of ``table`` (NaN as None; ``label`` the global one) and :func:`outlines` of its pixels."""
+    names = [c for c in table.columns if c != "image_id"]
+    values = table[names].astype(object).where(table[names].notna(), None).to_dict("records")
+    # the table's bounding boxes, back in window coordinates
+    boxes = table[["bbox_min_y", "bbox_max_y", "bbox_min_x", "bbox_max_x"]].to_numpy() - np.repeat(origin, 2)
+    for k, measurements, (y0, y1, x0, x1) in zip(table["label"].to_numpy(), values, boxes.tolist()):
+        rings = outlines(labels[y0:y1, x0:x1] == k, (origin[0] + y0, origin[1] + x0))
+        if rings:
+            label = int(k) + offset
+            yield label, {**measurements, "label": label}, rings
+
+
+def nucleus_features(labels: np.ndarray, table: pd.DataFrame, origin: tuple[int, int], offset: int = 0, image_id: str = "") -> Iterator[dict]:
     """GeoJSON features of the objects of a label window.
 
     Parameters
@@ -199,33 +268,61 @@ def nucleus_features(labels: np.ndarray, table: pd.DataFrame, origin: tuple[int,
         Position of ``labels[0, 0]`` in the image.
     offset : int
         Added to the labels (the chunk's first global label - 1).
+    image_id : str
+        The image's id, for the features' ids (:func:`feature_id`).
 
     Yields
     ------
     dict
-        ``{"type": "Feature", "id": ..., "geometry": Polygon, "properties": {...}}``.
+        ``{"type": "Feature", "id": <uuid>, "geometry": ..., "properties": {...}}``: a Polygon
+        on the pixel edges (a MultiPolygon for a nucleus in pieces that touch only at corners,
+        :func:`outlines`), whose area is the nucleus's pixel count; ``measurements`` holds the
+        table's columns, ``label`` (the global one) included.
     """
-    names = [c for c in table.columns if c not in ("label", "image_id")]
-    values = table[names].astype(object).where(table[names].notna(), None).to_dict("records")
-    # the table's bounding boxes, back in window coordinates
-    boxes = table[["bbox_min_y", "bbox_max_y", "bbox_min_x", "bbox_max_x"]].to_numpy() - np.repeat(origin, 2)
-    for k, measurements, (y0, y1, x0, x1) in zip(table["label"].to_numpy(), values, boxes.tolist()):
-        ring = outline(labels[y0:y1, x0:x1] == k, (origin[0] + y0, origin[1] + x0))
-        if ring is None:
-            continue
-        label = int(k) + offset
-        yield {
-            "type": "Feature",
-            "id": f"nucleus-{label}",
-            "geometry": {"type": "Polygon", "coordinates": [ring]},
-            "properties": {
-                "objectType": "detection",
-                "name": f"nucleus {label}",
-                "label": label,
-                "classification": CLASSIFICATION,
-                "measurements": measurements,
-            },
-        }
+    for label, measurements, rings in _objects(labels, table, origin, offset):
+        yield _feature(label, measurements, rings, image_id)
+
+
+def _feature(label: int, measurements: dict, rings: list, image_id: str) -> dict:
+    geometry = {"type": "Polygon", "coordinates": [rings[0]]} if len(rings) == 1 else {"type": "MultiPolygon", "coordinates": [[r] for r in rings]}
+    return {
+        "type": "Feature",
+        "id": feature_id(image_id, label),
+        "geometry": geometry,
+        "properties": {
+            "objectType": "detection",
+            "name": f"nucleus {label}",
+            "label": label,
+            "classification": CLASSIFICATION,
+            "measurements": measurements,
+        },
+    }
+
+
+def nucleus_rois(labels: np.ndarray, table: pd.DataFrame, origin: tuple[int, int], offset: int = 0) -> Iterator[tuple[int, bytes]]:
+    """ImageJ ROIs of the objects of a label window (arguments as :func:`nucleus_features`).
+
+    Yields
+    ------
+    (int, bytes)
+        The global label and its polygon ROI (``roifile``), named the label number: the
+        outline on the pixel edges of the nucleus's largest 4-connected piece (all of it, for
+        a nucleus in one piece: :func:`outlines`), integer coordinates as ImageJ's wand traces.
+    """
+    for label, _, rings in _objects(labels, table, origin, offset):
+        yield label, _roi(label, rings)
+
+
+def _roi(label: int, rings: list) -> bytes:
+    from roifile import ROI_TYPE, ImagejRoi
+
+    points = np.asarray(rings[0][:-1], dtype=np.int32)
+    roi = ImagejRoi.frompoints(points, name=str(label))
+    roi.roitype = ROI_TYPE.POLYGON
+    # the bounds of the polygon itself, as ImageJ's own polygons have them (the pixel-edge
+    # bounding box of objects.csv), not roifile's one pixel wider
+    roi.right, roi.bottom = (int(v) for v in points.max(axis=0))
+    return roi.tobytes()
 
 
 class ImageWriters:
@@ -233,23 +330,23 @@ class ImageWriters:
 
     Parameters
     ----------
-    tiff_dir, ome_zarr_dir, geojson_dir : path-like or None
+    tiff_dir, ome_zarr_dir, geojson_dir, rois_dir : path-like or None
     threads : int
         dask threads for the OME-Zarr pyramids.
     """
 
-    def __init__(self, tiff_dir=None, ome_zarr_dir=None, geojson_dir=None, threads: int = 1) -> None:
+    def __init__(self, tiff_dir=None, ome_zarr_dir=None, geojson_dir=None, rois_dir=None, threads: int = 1) -> None:
         self.tiff_dir = None if tiff_dir is None else Path(tiff_dir)
         self.ome_zarr_dir = None if ome_zarr_dir is None else Path(ome_zarr_dir)
         self.geojson_dir = None if geojson_dir is None else Path(geojson_dir)
+        self.rois_dir = None if rois_dir is None else Path(rois_dir)
         self.threads = threads
 
     @contextlib.contextmanager
-    def geojson(self, image_id: str) -> Iterator[Callable]:
-        """A callable ``add(chunk_result, table)`` streaming the chunk's nuclei into ``<id>.geojson``
-        (written under a temporary name, renamed when the block ends without an error)."""
+    def _geojson_sink(self, image_id: str) -> Iterator[Callable | None]:
+        """``write(label, measurements, rings)`` appending a feature to ``<id>.geojson``, or None when off."""
         if self.geojson_dir is None:
-            yield lambda result, table: None
+            yield None
             return
         path = self.geojson_dir / f"{image_id}.geojson"
         # under .<id>.geojson.part until the collection is closed: a killed run leaves no cut-off
@@ -258,15 +355,55 @@ class ImageWriters:
             f.write('{"type": "FeatureCollection", "features": [\n')
             first = [True]
 
+            def write(label: int, measurements: dict, rings: list) -> None:
+                # orjson: the bytes json.dumps(feature, separators=(",", ":")) writes, 5x faster
+                f.write(("" if first[0] else ",\n") + orjson.dumps(_feature(label, measurements, rings, image_id)).decode())
+                first[0] = False
+
+            yield write
+            f.write("\n]}\n")
+
+    @contextlib.contextmanager
+    def _rois_sink(self, image_id: str) -> Iterator[Callable | None]:
+        """``write(label, measurements, rings)`` adding ``<label>.roi`` to ``<id>_rois.zip``, or None when off."""
+        if self.rois_dir is None:
+            yield None
+            return
+        with atomic_file(self.rois_dir / f"{image_id}{ROIS_SUFFIX}") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+            yield lambda label, measurements, rings: archive.writestr(f"{label}.roi", _roi(label, rings))
+
+    @contextlib.contextmanager
+    def _streaming(self, image_id: str, geojson: bool, rois: bool) -> Iterator[Callable]:
+        with contextlib.ExitStack() as stack:
+            sinks = [stack.enter_context(self._geojson_sink(image_id)) if geojson else None, stack.enter_context(self._rois_sink(image_id)) if rois else None]
+            sinks = [sink for sink in sinks if sink is not None]
+
             def add(result, table: pd.DataFrame) -> None:
+                if not sinks:
+                    return
                 origin = (result.window[0].start, result.window[1].start)
-                for feature in nucleus_features(result.labels, table, origin, result.offset):
-                    # orjson: the bytes json.dumps(feature, separators=(",", ":")) writes, 5x faster
-                    f.write(("" if first[0] else ",\n") + orjson.dumps(feature).decode())
-                    first[0] = False
+                for label, measurements, rings in _objects(result.labels, table, origin, result.offset):  # traced once for both files
+                    for sink in sinks:
+                        sink(label, measurements, rings)
 
             yield add
-            f.write("\n]}\n")
+
+    def geojson(self, image_id: str) -> contextlib.AbstractContextManager[Callable]:
+        """A context whose callable ``add(chunk_result, table)`` streams the chunk's nuclei into
+        ``<id>.geojson`` (:func:`nucleus_features`; written under a temporary name, renamed when
+        the block ends without an error)."""
+        return self._streaming(image_id, True, False)
+
+    def rois(self, image_id: str) -> contextlib.AbstractContextManager[Callable]:
+        """A context whose callable ``add(chunk_result, table)`` streams the chunk's nuclei as
+        ImageJ ROIs (:func:`nucleus_rois`, entries ``<label>.roi``) into the zip
+        ``<id>_rois.zip`` that Fiji's ROI Manager opens (under a temporary name, renamed when the
+        block ends without an error)."""
+        return self._streaming(image_id, False, True)
+
+    def objects(self, image_id: str) -> contextlib.AbstractContextManager[Callable]:
+        """:meth:`geojson` and :meth:`rois` at once (those switched on), each nucleus outlined once."""
+        return self._streaming(image_id, True, True)
 
     def labels(self, image_id: str, labels, count: int, image=None) -> None:
         """Write the finished label image as TIFF and OME-Zarr (those switched on)."""

@@ -42,7 +42,7 @@ from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
 from nucseg.files import atomic_dir, atomic_file, remove_stale, scratch_dir, write_csv
-from nucseg.measure import COLUMNS, IMAGE_COLUMNS, ImageSummary, measure_objects
+from nucseg.measure import COLUMNS, IMAGE_COLUMNS, PIXEL_CENTRE, ImageSummary, measure_objects
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class SegmentSettings:
         Side of the chunks an image is segmented in, pixels.
     overlap : int
         Context added on every side of a chunk, pixels; wider than the largest nucleus.
-    ome_zarr, tiff, geojson : bool
+    ome_zarr, tiff, geojson, rois : bool
         Which files to write per image (:mod:`nucseg.outputs`); the tables are always written.
     """
 
@@ -100,6 +100,7 @@ class SegmentSettings:
     ome_zarr: bool = True
     tiff: bool = True
     geojson: bool = True
+    rois: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "otsu_bounds", tuple(self.otsu_bounds))
@@ -593,6 +594,9 @@ def segment_image(
     on_objects: Callable[[pd.DataFrame], None],
     writers,
     threads: int = 1,
+    source: str = "",
+    model: str = "",
+    modality: str | None = None,
 ) -> dict:
     """Segment one image chunk by chunk, measure its nuclei and write its files.
 
@@ -609,8 +613,13 @@ def segment_image(
     on_objects : callable
         Called with each chunk's object table (:data:`nucseg.measure.COLUMNS` after ``image_id``).
     writers : nucseg.outputs.ImageWriters
-        Receives each chunk's objects (GeoJSON) and the finished label image (TIFF, OME-Zarr).
+        Receives each chunk's objects (GeoJSON, ROIs) and the finished label image (TIFF, OME-Zarr).
     threads : int
+    source, model : str
+        The input image's path and the model folder, for the per-image table ("" when not known).
+    modality : str, optional
+        The image's modality guess for the per-image table; default the one its maps were
+        predicted with (their ``modality`` attribute), else "".
 
     Returns
     -------
@@ -618,14 +627,19 @@ def segment_image(
         The image's row of the per-image table (:data:`nucseg.measure.IMAGE_COLUMNS`).
     """
     height, width = maps.shape[1:]
-    summary = ImageSummary(image_id, height, width, getattr(maps, "attrs", {}).get("scale", np.nan))  # the maps' predict scale
-    with label_canvas((height, width), scratch) as canvas, writers.geojson(image_id) as features:
+    attrs = getattr(maps, "attrs", {})
+    modality = attrs.get("modality", "") if modality is None else modality
+    summary = ImageSummary(image_id, height, width, attrs.get("scale", np.nan), source=source, model=model, modality=modality)  # the maps' predict scale
+    with label_canvas((height, width), scratch) as canvas, writers.objects(image_id) as features:
         for result in segment_map(maps, heads, settings, threads):
             result.paste(canvas)
             if not result.count:
                 continue
             grey = None if image is None else np.asarray(image[result.window])
             table = measure_objects(result.labels, grey, offset=(result.window[0].start, result.window[1].start))
+            # centroids in the coordinates of the other outputs (GeoJSON, ROIs, bounding boxes),
+            # where pixel (r, c) covers [c, c + 1] x [r, r + 1]: regionprops' (pixel indices) + 0.5
+            table[["centroid_y", "centroid_x"]] += PIXEL_CENTRE
             features(result, table)
             table["label"] += result.offset
             table.insert(0, "image_id", image_id)
@@ -647,9 +661,10 @@ def segment_dataset(
     images_csv: str | os.PathLike | None = None,
     ome_zarr_dir: str | os.PathLike | None = None,
     geojson_dir: str | os.PathLike | None = None,
+    rois_dir: str | os.PathLike | None = None,
     threads: int = 1,
 ) -> pd.DataFrame:
-    """Segment stage for a dataset: label TIFFs, OME-Zarr, GeoJSON, object and image tables.
+    """Segment stage for a dataset: label TIFFs, OME-Zarr, GeoJSON, ImageJ ROIs, object and image tables.
 
     Parameters
     ----------
@@ -658,7 +673,8 @@ def segment_dataset(
     images_zarr : path-like
         Full-size store with ``images/<id>`` (intensities for the measurements and the OME-Zarr image).
     index_csv : path-like
-        Its index (``image_id`` column).
+        Its index (``image_id`` column; ``source`` and ``modality`` go into the per-image table
+        where it has them).
     out_dir : path-like
         Folder of label TIFFs ``<id>.tif`` (empty with ``settings.tiff`` false).
     objects_csv : path-like
@@ -666,8 +682,9 @@ def segment_dataset(
     settings : SegmentSettings
     images_csv : path-like, optional
         Per-image table (:data:`nucseg.measure.IMAGE_COLUMNS`).
-    ome_zarr_dir, geojson_dir : path-like, optional
-        Folders of ``<id>.ome.zarr`` and ``<id>.geojson`` (empty when switched off or not given).
+    ome_zarr_dir, geojson_dir, rois_dir : path-like, optional
+        Folders of ``<id>.ome.zarr``, ``<id>.geojson`` and ``<id>_rois.zip`` (empty when switched
+        off or not given).
     threads : int
         Chunks segmented at once, and dask's threads for the OME-Zarr pyramids.
 
@@ -678,8 +695,12 @@ def segment_dataset(
     """
     from nucseg.outputs import ImageWriters
 
-    ids = pd.read_csv(index_csv, dtype={"image_id": str})["image_id"].tolist()
+    index = pd.read_csv(index_csv, dtype={"image_id": str, "source": str, "modality": str}, keep_default_na=False)
+    ids = index["image_id"].tolist()
+    sources = dict(zip(ids, index["source"])) if "source" in index else {}
+    modalities = dict(zip(ids, index["modality"])) if "modality" in index else {}
     preds = zarr.open_group(pred_zarr, mode="r")
+    model = str(preds.attrs.get("model", ""))
     heads = list(preds.attrs.get("heads", []))
     if "body" not in heads:
         raise ValueError(f"{pred_zarr}: the prediction store names no 'body' channel in its 'heads' attribute ({heads})")
@@ -694,9 +715,14 @@ def segment_dataset(
         labels_tmp = stack.enter_context(atomic_dir(out_dir, overwrite=True))
         ome_tmp = stack.enter_context(atomic_dir(ome_zarr_dir, overwrite=True)) if ome_zarr_dir is not None else None
         geo_tmp = stack.enter_context(atomic_dir(geojson_dir, overwrite=True)) if geojson_dir is not None else None
+        rois_tmp = stack.enter_context(atomic_dir(rois_dir, overwrite=True)) if rois_dir is not None else None
         objects_tmp = stack.enter_context(atomic_file(objects_csv))
         writers = ImageWriters(
-            labels_tmp if settings.tiff else None, ome_tmp if settings.ome_zarr else None, geo_tmp if settings.geojson else None, threads=threads
+            labels_tmp if settings.tiff else None,
+            ome_tmp if settings.ome_zarr else None,
+            geo_tmp if settings.geojson else None,
+            rois_tmp if settings.rois else None,
+            threads=threads,
         )
         with open(objects_tmp, "w", newline="") as table_file:
             table_file.write(",".join(["image_id", *COLUMNS]) + "\n")
@@ -717,6 +743,10 @@ def segment_dataset(
                         lambda t: t.to_csv(table_file, header=False, index=False),
                         writers,
                         threads,
+                        source=sources.get(image_id, ""),
+                        model=model,
+                        # the maps' own guess (predicted with it), else the preprocess index's
+                        modality=maps.attrs.get("modality") or modalities.get(image_id, ""),
                     )
                 )
     table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)

@@ -337,6 +337,14 @@ def _lazy_image(dataset_dir, image_id: str, layout: str, solution: dict | None) 
     return open_image(path)
 
 
+def _source(dataset_dir: str | os.PathLike, image_id: str, layout: str) -> str:
+    """The image file of ``image_id`` in the dataset as a string; "" when it has none."""
+    try:
+        return str(image_path(dataset_dir, image_id, layout))
+    except ValueError:
+        return ""
+
+
 def _copy_lazily(image: LazyImage, image_id: str, group: zarr.Group) -> Sample:
     """Write ``image`` as ``group[image_id]`` (H, W, 3) uint8, one band of chunk rows at a time
     (memory: one band); returns the :class:`Sample` its index row is made from."""
@@ -362,7 +370,8 @@ def preprocess_fullsize(
     Arrays ``images/<id> (H, W, 3) uint8`` and, where there is ground truth,
     ``labels/<id> (H, W) uint32``, in chunks of up to 1024 x 1024. The index
     table has the columns of the training index up to ``n_overlap_px``, then
-    ``has_labels``. ``exclude`` and ``classes`` as in :func:`preprocess_training` (the
+    ``has_labels`` and ``source`` (the image's file in the dataset, "" when it has none of
+    its own; the segment stage's ``images.csv`` carries it). ``exclude`` and ``classes`` as in :func:`preprocess_training` (the
     semantic task's ``labels/<id>`` are ``uint8`` class indices).
     """
     ids = _select_ids(dataset_dir, layout, exclude)
@@ -376,7 +385,8 @@ def preprocess_fullsize(
             lazy = _lazy_image(dataset_dir, image_id, layout, solution)
             if lazy is not None:  # a TIFF or zarr without ground truth: copied band by band
                 modality = image_statistics(lazy).modality
-                rows.append(dict(_index_row(_copy_lazily(lazy, image_id, img_group), modality, names), has_labels=False))
+                row = _index_row(_copy_lazily(lazy, image_id, img_group), modality, names)
+                rows.append(dict(row, has_labels=False, source=_source(dataset_dir, image_id, layout)))
                 continue
             sample = read_sample(dataset_dir, image_id, layout, solution, values)
             h, w = sample.image.shape[:2]
@@ -384,7 +394,8 @@ def preprocess_fullsize(
             img_group.create_array(image_id, data=sample.image, chunks=chunk + (3,))
             if sample.labels is not None:
                 lab_group.create_array(image_id, data=sample.labels, chunks=chunk)
-            rows.append(dict(_index_row(sample, guess_modality(sample.image), names), has_labels=sample.labels is not None))
+            row = _index_row(sample, guess_modality(sample.image), names)
+            rows.append(dict(row, has_labels=sample.labels is not None, source=_source(dataset_dir, image_id, layout)))
         root.attrs.update(dict(kind="fullsize", n_images=len(ids)))
     index = pd.DataFrame(rows)
     write_csv(index, index_csv)

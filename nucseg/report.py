@@ -276,7 +276,8 @@ def format_summary(
 
 def collect_image_tables(image_csvs: list[str | os.PathLike], keys: list[tuple[str, str]], out_csv: str | os.PathLike) -> pd.DataFrame:
     """All per-image tables of the segment stage (``images.csv``: count, density, areas,
-    coverage) in one, with ``model`` and ``dataset`` columns first: one row per model and image.
+    coverage) in one, with ``model`` and ``dataset`` columns first: one row per model and image
+    (a table's own ``model`` column, the model folder, becomes ``model_folder``).
 
     Parameters
     ----------
@@ -291,7 +292,7 @@ def collect_image_tables(image_csvs: list[str | os.PathLike], keys: list[tuple[s
         raise ValueError(f"{len(image_csvs)} image tables but {len(keys)} (model, dataset) keys")
     tables = []
     for path, (model, dataset) in zip(image_csvs, keys):
-        table = pd.read_csv(path, dtype={"image_id": str})
+        table = pd.read_csv(path, dtype={"image_id": str}).rename(columns={"model": "model_folder"})
         table.insert(0, "dataset", dataset)
         table.insert(0, "model", model)
         tables.append(table)

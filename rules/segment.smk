@@ -1,7 +1,8 @@
 rule segment:
     # Otsu + hole filling + distance-transform markers + watershed (method paper), seeds cut by
     # the border head (method border), chunk by chunk -> per image a label TIFF, an OME-Zarr
-    # (image + labels) and GeoJSON outlines (each switchable off), and the object and image tables.
+    # (image + labels), GeoJSON outlines (QuPath) and an ImageJ ROI zip (Fiji), each switchable
+    # off, and the object and image tables.
     input:
         pred=f"{RESULTS}/predictions/{{model}}/{{dataset}}.zarr",
         zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
@@ -10,6 +11,7 @@ rule segment:
         labels=directory(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/labels"),
         ome_zarr=directory(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/ome_zarr"),
         geojson=directory(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/geojson"),
+        rois=directory(f"{RESULTS}/segmentation/{{model}}/{{dataset}}/rois"),
         objects=f"{RESULTS}/segmentation/{{model}}/{{dataset}}/objects.csv",
         images=f"{RESULTS}/segmentation/{{model}}/{{dataset}}/images.csv",
     params:

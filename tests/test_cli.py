@@ -21,6 +21,7 @@ from nucseg import PRETRAINED_MODEL
 from nucseg.cli import main, output_names
 from nucseg.files import locked_folder
 from nucseg.imageio import read_labels
+from nucseg.measure import COLUMNS, IMAGE_COLUMNS
 from nucseg.model import ModelConfig, ResUNet
 from nucseg.outputs import ImageWriters
 
@@ -121,6 +122,51 @@ def test_fixed_scale_is_recorded(model_dir, images, tmp_path):
     assert pd.read_csv(out / "images.csv")["predict_scale"].tolist() == [0.5]
 
 
+def test_a_second_run_into_the_same_out_merges_the_tables_by_image(model_dir, images, tmp_path):
+    """Issue 22: a second `nucseg segment` into one --out replaced objects.csv and images.csv
+    with its own batch while the first run's files stayed. Now the tables list exactly the
+    images whose files are in --out: the rewritten ones with the second run's rows, the others
+    with the first run's; an image whose files were removed meanwhile drops out."""
+    out = tmp_path / "out"
+    shutil.copy(images / "a.png", images / "b.png")
+    shutil.copy(images / "a.png", images / "c.png")
+    run = ("segment", "--model", model_dir, "--out", out, "--engine", "eager", "--tile", 128, "--margin", 32)
+    assert cli(*run, "--scale", "1", images / "a.tif", images / "a.png", images / "c.png") == 0  # names a_tif, a_png, c
+    first = pd.read_csv(out / "images.csv", dtype={"image_id": str})
+    assert first["image_id"].tolist() == ["a_tif", "a_png", "c"]
+    for suffix in (".tif", ".ome.zarr", ".geojson", "_rois.zip"):  # c's files removed by hand
+        path = out / f"c{suffix}"
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert cli(*run, "--scale", "0.5", images / "a.png", images / "b.png") == 0  # a.png again (now "a"), and b
+    per_image = pd.read_csv(out / "images.csv", dtype={"image_id": str, "source": str, "model": str, "modality": str})
+    objects = pd.read_csv(out / "objects.csv", dtype={"image_id": str})
+    have_files = sorted(p.name[: -len(".tif")] for p in out.glob("*.tif"))
+    assert sorted(per_image["image_id"]) == have_files == ["a", "a_png", "a_tif", "b"]
+    assert list(per_image.columns) == IMAGE_COLUMNS and list(objects.columns) == ["image_id", *COLUMNS]
+    # the first run's rows for the images it alone wrote, the second's for the ones it (re)wrote
+    assert per_image.set_index("image_id")["predict_scale"].to_dict() == {"a_tif": 1.0, "a_png": 1.0, "a": 0.5, "b": 0.5}
+    for name in have_files:
+        assert (objects["image_id"] == name).sum() == len(np.setdiff1d(read_labels(out / f"{name}.tif"), [0]))
+        assert per_image.set_index("image_id").loc[name, "count"] == (objects["image_id"] == name).sum()
+    rows = per_image.set_index("image_id")
+    assert rows.loc["a_tif", "source"] == str(images / "a.tif") and rows.loc["b", "source"] == str(images / "b.png")
+    assert set(rows["model"]) == {str(model_dir)} and set(rows["modality"]) <= {"fluorescence", "brightfield", "histology"}
+    # a third run of the same image replaces its rows rather than adding to them
+    assert cli(*run, "--scale", "0.5", images / "b.png") == 0
+    again = pd.read_csv(out / "objects.csv", dtype={"image_id": str})
+    pd.testing.assert_frame_equal(again.sort_values(["image_id", "label"], ignore_index=True), objects.sort_values(["image_id", "label"], ignore_index=True))
+
+
+def test_an_unreadable_earlier_table_is_named(model_dir, images, tmp_path, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "objects.csv").write_text("not,a\ntable,of nuclei\n")
+    assert cli("segment", "--model", model_dir, "--out", out, "--engine", "eager", images / "a.png") == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"{out / 'objects.csv'}: the table of an earlier run cannot be read")
+    assert "no image_id column" in errors[0] and not (out / "a.tif").exists()  # named before any work
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_a_one_line_error(model_dir, images, tmp_path, caplog):
     assert cli("segment", "--model", model_dir, "--out", tmp_path / "o", "--device", "cuda", images / "a.png") == 1
@@ -173,7 +219,7 @@ def test_a_second_writer_into_the_same_out_is_refused(model_dir, images, tmp_pat
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == [f"{out}: another nucseg segment (process {os.getpid()}) is writing into this folder; wait for it to end, or choose another folder"]
     assert cli("segment", "--model", model_dir, "--out", out, images / "a.png") == 0  # the lock ended with its block
-    assert sorted(p.name for p in out.iterdir()) == ["a.geojson", "a.ome.zarr", "a.tif", "images.csv", "objects.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.geojson", "a.ome.zarr", "a.tif", "a_rois.zip", "images.csv", "objects.csv"]
 
 
 def test_geojson_takes_its_name_only_when_complete(tmp_path):
@@ -206,7 +252,7 @@ def test_a_killed_run_leaves_scratch_that_the_next_run_removes(model_dir, images
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name in earlier} == earlier  # the earlier run's files, whole
     (out / ".objects.csv.part").write_text("image_id,label,ar")  # as a kill while writing the table leaves it
     assert cli("segment", "--model", model_dir, "--out", out, "--engine", "eager", images / "a.tif") == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.geojson", "a.ome.zarr", "a.tif", "images.csv", "objects.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.geojson", "a.ome.zarr", "a.tif", "a_rois.zip", "images.csv", "objects.csv"]
     json.loads((out / "a.geojson").read_text())
 
 

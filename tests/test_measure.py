@@ -167,7 +167,7 @@ def test_equal_to_regionprops_on_real_labels(shared_data):
 
 
 def test_image_summary_by_chunks():
-    summary = ImageSummary("img", 1000, 2000, predict_scale=0.5)
+    summary = ImageSummary("img", 1000, 2000, predict_scale=0.5, source="in/img.tif", model="models/m", modality="fluorescence")
     summary.add(pd.DataFrame({"area": [10, 30]}))
     summary.add(pd.DataFrame({"area": [20]}))
     summary.add(pd.DataFrame({"area": pd.Series([], dtype=np.int64)}))
@@ -183,6 +183,9 @@ def test_image_summary_by_chunks():
         "median_area": 20.0,
         "coverage_fraction": 60 / 2e6,
         "predict_scale": 0.5,
+        "source": "in/img.tif",
+        "model": "models/m",
+        "modality": "fluorescence",
     }
     summary.add(pd.DataFrame({"area": [100]}))
     assert summary.row()["median_area"] == 25.0  # 10, 20, 30, 100

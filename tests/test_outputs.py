@@ -1,20 +1,25 @@
 """Tests of nucseg.outputs: label TIFF, OME-Zarr read back by ome_zarr.reader, GeoJSON outlines
-rasterised back to the labels."""
+rasterised back to the labels and checked with shapely, ImageJ ROIs read back with roifile."""
 
 from __future__ import annotations
 
 import json
+import uuid
 
 import numpy as np
 import pytest
+import roifile
 import tifffile
 import zarr
+from scipy import ndimage as ndi
+from shapely.geometry import Polygon, shape
+from shapely.validation import explain_validity
 from skimage.draw import polygon2mask
 
 from nucseg import outputs
 from nucseg.imageio import read_labels
 from nucseg.measure import measure_objects
-from nucseg.outputs import ImageWriters, label_dtype, nucleus_features, outline, pyramid_factors, write_label_tiff, write_ome_zarr
+from nucseg.outputs import ImageWriters, feature_id, label_dtype, nucleus_features, outline, outlines, pyramid_factors, write_label_tiff, write_ome_zarr
 from nucseg.postprocess import ChunkResult
 
 
@@ -43,63 +48,151 @@ def test_pyramid_factors():
 
 
 def test_outline_of_hand_made_shapes():
-    # a single pixel: a diamond a quarter pixel inside its edges, around its centre (c + 0.5, r + 0.5)
+    """Outlines run on the pixel edges (they ran a quarter pixel inside before issue 22): a
+    single pixel is its unit square, an L shape its six corners, each ring's area its pixel count."""
     mask = np.zeros((3, 3), bool)
     mask[1, 1] = True
     ring = outline(mask[1:2, 1:2], (1, 1))
     assert ring[0] == ring[-1]
-    xy = np.array(ring)
-    assert xy[:, 0].min() == 1.25 and xy[:, 0].max() == 1.75 and xy[:, 1].min() == 1.25 and xy[:, 1].max() == 1.75
+    assert sorted(map(tuple, ring[:-1])) == [(1, 1), (1, 2), (2, 1), (2, 2)]
     np.testing.assert_array_equal(rasterise(ring, (3, 3)), mask)
     # an L shape at row 10, column 20: straight runs are one segment each
     shape = np.zeros((4, 5), bool)
     shape[:, :2] = True
     shape[2:, :] = True
     ring = outline(shape, (10, 20))
-    assert len(ring) <= 8
+    assert len(ring) == 7
+    assert sorted(map(tuple, ring[:-1])) == [(20, 10), (20, 14), (22, 10), (22, 12), (25, 12), (25, 14)]
+    assert Polygon(ring).area == shape.sum()
     big = np.zeros((20, 30), bool)
     big[10:14, 20:25] = shape
     np.testing.assert_array_equal(rasterise(ring, big.shape), big)
-    assert outline(np.zeros((3, 3), bool), (0, 0)) is None
+    assert outline(np.zeros((3, 3), bool), (0, 0)) is None and outlines(np.zeros((3, 3), bool), (0, 0)) == []
+
+
+def hand_made_labels() -> np.ndarray:
+    """Touching nuclei (1 and 2 share an edge), nuclei touching only at a corner (3 and 4), a
+    nucleus in two pieces that touch only at a corner (5), a concave one (6), one at the border (7)."""
+    labels = np.zeros((24, 30), np.uint32)
+    labels[2:7, 2:6] = 1
+    labels[2:7, 6:11] = 2
+    labels[10:13, 2:5] = 3
+    labels[13:16, 5:8] = 4
+    labels[10:14, 14:18] = 5
+    labels[14:16, 18:20] = 5
+    labels[3:9, 20:26] = 6
+    labels[5:7, 22:26] = 0
+    labels[18:24, 0:4] = 7
+    return labels
+
+
+def features_of(labels: np.ndarray, image_id: str = "img") -> list[dict]:
+    table = measure_objects(labels)
+    return list(nucleus_features(labels, table, (0, 0), 0, image_id))
+
+
+def test_polygons_are_valid_and_their_area_is_the_pixel_count_of_hand_made_nuclei():
+    """QuPath computes a detection's area from its polygon: it equals the pixel count (objects.csv's
+    area) for touching nuclei, nuclei touching at a corner, a nucleus in two pieces that touch
+    at a corner (a MultiPolygon: one ring through that corner twice is invalid) and a concave
+    one; touching nuclei share edges and do not overlap."""
+    labels = hand_made_labels()
+    features = features_of(labels)
+    assert [f["properties"]["label"] for f in features] == list(range(1, 8))
+    shapes = {f["properties"]["label"]: shape(f["geometry"]) for f in features}
+    for k, polygon in shapes.items():
+        assert polygon.is_valid, (k, explain_validity(polygon))
+        assert polygon.area == np.count_nonzero(labels == k)
+        np.testing.assert_array_equal(rasterise_geometry(features[k - 1]["geometry"], labels.shape), labels == k)
+    assert features[4]["geometry"]["type"] == "MultiPolygon" and len(features[4]["geometry"]["coordinates"]) == 2
+    assert {f["geometry"]["type"] for i, f in enumerate(features) if i != 4} == {"Polygon"}
+    assert shapes[1].intersection(shapes[2]).area == 0 and shapes[1].intersection(shapes[2]).length == 5  # their shared edge
+    assert shapes[3].intersection(shapes[4]).area == 0 and shapes[3].touches(shapes[4])
+
+
+def test_feature_ids_are_uuids_unique_and_stable():
+    """QuPath keeps only UUIDs as object ids (it replaced 'nucleus-N' with random ones): the ids
+    are UUIDs of the image id and label, the same in every run, different between images."""
+    labels = hand_made_labels()
+    ids = [f["id"] for f in features_of(labels, "img")]
+    assert len(set(ids)) == len(ids) and all(uuid.UUID(i).version == 5 for i in ids)
+    assert ids == [f["id"] for f in features_of(labels, "img")]
+    assert ids[0] == feature_id("img", 1) == str(uuid.uuid5(outputs.FEATURE_NAMESPACE, "img/1"))
+    assert not set(ids) & {f["id"] for f in features_of(labels, "other")}
+
+
+def rasterise_geometry(geometry: dict, shape: tuple[int, int]) -> np.ndarray:
+    rings = [geometry["coordinates"][0]] if geometry["type"] == "Polygon" else [p[0] for p in geometry["coordinates"]]
+    return np.logical_or.reduce([rasterise(r, shape) for r in rings])
 
 
 def test_geojson_rasterises_back_to_the_real_labels(tmp_path, shared_data):
-    """Every polygon of a real 125-nucleus label image covers its nucleus with IoU > 0.9
-    (exactly, for nuclei without holes), and carries its label and measurements."""
+    """Every polygon of a real 125-nucleus label image is valid, its area (QuPath's) is the
+    nucleus's pixel count and it covers exactly the nucleus's pixels; it carries its label
+    and measurements; the ids are unique and the same in a second run. (Before issue 22 the
+    outlines ran a quarter pixel inside, with IoU > 0.9, and ids were 'nucleus-N'.)"""
     labels = fixture_labels(shared_data)
     table = measure_objects(labels)
-    writers = ImageWriters(geojson_dir=tmp_path)
-    with writers.geojson("img") as add:
-        add(ChunkResult((slice(0, 512), slice(0, 512)), labels, int(labels.max()), 0), table)
-    collection = json.loads((tmp_path / "img.geojson").read_text())
+    collections = []
+    for run in ("one", "two"):
+        with ImageWriters(geojson_dir=tmp_path / run).geojson("img") as add:
+            add(ChunkResult((slice(0, 512), slice(0, 512)), labels, int(labels.max()), 0), table)
+        collections.append(json.loads((tmp_path / run / "img.geojson").read_text()))
+    collection = collections[0]
     assert collection["type"] == "FeatureCollection"
     features = collection["features"]
     assert len(features) == len(table) == 125
-    ious = []
+    ids = [f["id"] for f in features]
+    assert len(set(ids)) == 125 and ids == [f["id"] for f in collections[1]["features"]]
     for feature, row in zip(features, table.itertuples()):
         props = feature["properties"]
         assert props["label"] == row.label and props["objectType"] == "detection"
         assert props["classification"]["name"] == "Nucleus"
-        assert props["measurements"]["area"] == row.area
+        assert props["measurements"]["label"] == row.label and props["measurements"]["area"] == row.area
         assert props["measurements"]["mean_intensity"] is None  # NaN is not JSON: null
-        assert feature["geometry"]["type"] == "Polygon"
-        drawn = rasterise(feature["geometry"]["coordinates"][0], labels.shape)
-        truth = labels == row.label
-        ious.append(np.count_nonzero(drawn & truth) / np.count_nonzero(drawn | truth))
-    assert min(ious) > 0.9
-    assert np.median(ious) == 1.0
+        polygon = shape(feature["geometry"])
+        assert polygon.is_valid and polygon.area == row.area
+        assert polygon.bounds == (row.bbox_min_x, row.bbox_min_y, row.bbox_max_x, row.bbox_max_y)
+        np.testing.assert_array_equal(rasterise_geometry(feature["geometry"], labels.shape), labels == row.label)
 
 
 def test_geojson_of_a_chunk_uses_image_coordinates_and_global_labels(tmp_path):
     window = np.zeros((10, 10), np.uint32)
     window[2:5, 3:7] = 1
     table = measure_objects(window, offset=(100, 200))
-    feature = next(nucleus_features(window, table, (100, 200), offset=41))
-    assert feature["properties"]["label"] == 42 and feature["id"] == "nucleus-42"
+    feature = next(nucleus_features(window, table, (100, 200), offset=41, image_id="img"))
+    assert feature["properties"]["label"] == 42 and feature["id"] == feature_id("img", 42)
+    assert feature["properties"]["measurements"]["label"] == 42
     xy = np.array(feature["geometry"]["coordinates"][0])
-    assert xy[:, 0].min() == 203.25 and xy[:, 0].max() == 206.75  # columns 203..206
-    assert xy[:, 1].min() == 102.25 and xy[:, 1].max() == 104.75  # rows 102..104
+    assert xy[:, 0].min() == 203 and xy[:, 0].max() == 207  # columns 203..206: their edges
+    assert xy[:, 1].min() == 102 and xy[:, 1].max() == 105  # rows 102..104
     assert feature["properties"]["measurements"]["centroid_y"] == 103.0
+
+
+def test_roi_zip_reads_back_with_roifile(tmp_path, shared_data):
+    """Fiji: one polygon ROI per nucleus named by its label number, in the zip Fiji's ROI Manager
+    opens, read back with roifile: each ROI covers exactly its nucleus's pixels (the largest
+    4-connected piece of a nucleus in pieces), its bounds and area are objects.csv's."""
+    labels = fixture_labels(shared_data)
+    table = measure_objects(labels)
+    with ImageWriters(rois_dir=tmp_path).rois("img") as add:
+        add(ChunkResult((slice(0, 256), slice(0, 512)), labels[:256], int(labels.max()), 0), table[table["bbox_max_y"] <= 256])
+    path = tmp_path / "img_rois.zip"
+    rois = roifile.roiread(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["img_rois.zip"]
+    inside = table[table["bbox_max_y"] <= 256]
+    assert [r.name for r in rois] == [str(k) for k in inside["label"]] and len(rois) > 40
+    for roi, row in zip(rois, inside.itertuples()):
+        assert roi.roitype == roifile.ROI_TYPE.POLYGON
+        xy = roi.coordinates()
+        mask = labels == row.label
+        pieces, n = ndi.label(mask)
+        if n > 1:
+            mask = pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+        np.testing.assert_array_equal(rasterise(np.concatenate([xy, xy[:1]]), labels.shape), mask)
+        if n == 1:
+            assert Polygon(xy).area == row.area
+            assert (roi.left, roi.top, roi.right, roi.bottom) == (row.bbox_min_x, row.bbox_min_y, row.bbox_max_x, row.bbox_max_y)
 
 
 def test_ome_zarr_reads_back_image_and_labels(tmp_path, shared_data):
@@ -164,7 +257,7 @@ def test_geojson_file_holds_the_bytes_json_would_write(tmp_path):
     with ImageWriters(geojson_dir=tmp_path).geojson("x") as add:
         add(result, table)
     text = (tmp_path / "x.geojson").read_text()
-    features = list(nucleus_features(labels, table, (0, 0), 7))
+    features = list(nucleus_features(labels, table, (0, 0), 7, "x"))
     expected = '{"type": "FeatureCollection", "features": [\n' + ",\n".join(json.dumps(f, separators=(",", ":")) for f in features) + "\n]}\n"
     assert text == expected
     assert json.loads(text)["features"][0]["properties"]["measurements"]["mean_intensity"] is None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
+import roifile
+import shapely
 import tifffile
 import zarr
 
@@ -347,7 +350,7 @@ def write_stage_inputs(tmp_path, make_dataset, image_ids, heads=("body",)):
     make_dataset(tmp_path / "ds", {i: (image, truth) for i in image_ids})
     preprocess_fullsize(tmp_path / "ds", tmp_path / "full.zarr", tmp_path / "index.csv")
     preds = zarr.open_group(tmp_path / "pred.zarr", mode="w")
-    preds.attrs["heads"] = list(heads)
+    preds.attrs.update(heads=list(heads), model="models/m")
     maps = {"body": probability(LEFT | RIGHT), "border": np.zeros(SHAPE, np.float32)}
     for i in image_ids:
         preds.create_array(i, data=np.stack([maps[h] for h in heads]))
@@ -357,7 +360,7 @@ def write_stage_inputs(tmp_path, make_dataset, image_ids, heads=("body",)):
 @pytest.mark.parametrize("heads", [("body",), ("border", "body")])
 def test_segment_dataset_writes_labels_and_objects(tmp_path, make_dataset, heads):
     pred, full, index = write_stage_inputs(tmp_path, make_dataset, ["img_a", "img_b"], heads)
-    out = {name: tmp_path / name for name in ("labels", "ome_zarr", "geojson")}
+    out = {name: tmp_path / name for name in ("labels", "ome_zarr", "geojson", "rois")}
     per_image = segment_dataset(
         pred,
         full,
@@ -368,8 +371,10 @@ def test_segment_dataset_writes_labels_and_objects(tmp_path, make_dataset, heads
         images_csv=tmp_path / "images.csv",
         ome_zarr_dir=out["ome_zarr"],
         geojson_dir=out["geojson"],
+        rois_dir=out["rois"],
     )
     assert sorted(p.name for p in out["labels"].iterdir()) == ["img_a.tif", "img_b.tif"]
+    assert sorted(p.name for p in out["rois"].iterdir()) == ["img_a_rois.zip", "img_b_rois.zip"]
     assert sorted(p.name for p in out["ome_zarr"].iterdir()) == ["img_a.ome.zarr", "img_b.ome.zarr"]
     assert sorted(p.name for p in out["geojson"].iterdir()) == ["img_a.geojson", "img_b.geojson"]
     for i in ["img_a", "img_b"]:
@@ -383,13 +388,25 @@ def test_segment_dataset_writes_labels_and_objects(tmp_path, make_dataset, heads
     assert objects["mean_intensity"].tolist() == pytest.approx([200.0] * 4)
     assert list(per_image.columns) == IMAGE_COLUMNS
     assert per_image["count"].tolist() == [2, 2]
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "images.csv"), per_image)
+    # the image's file in the dataset, the model folder of the maps, the modality guess (of the index)
+    assert per_image["source"].tolist() == [str(tmp_path / "ds" / i / "images" / f"{i}.png") for i in ["img_a", "img_b"]]
+    assert per_image["model"].tolist() == ["models/m"] * 2 and per_image["modality"].tolist() == ["fluorescence"] * 2
+    back = pd.read_csv(tmp_path / "images.csv", dtype={"source": str, "model": str, "modality": str})
+    pd.testing.assert_frame_equal(back, per_image, check_dtype=False)
+    # centroids are those of the GeoJSON's polygons (QuPath's), pixel (r, c) covering [c, c + 1] x [r, r + 1]
+    for i, group in objects.groupby("image_id"):
+        features = json.loads((out["geojson"] / f"{i}.geojson").read_text())["features"]
+        centres = [shapely.geometry.shape(f["geometry"]).centroid for f in features]
+        assert group["centroid_x"].to_numpy() == pytest.approx([c.x for c in centres])
+        assert group["centroid_y"].to_numpy() == pytest.approx([c.y for c in centres])
+        assert [f["properties"]["measurements"]["centroid_x"] for f in features] == pytest.approx(group["centroid_x"].tolist())
+        assert [r.name for r in roifile.roiread(out["rois"] / f"{i}_rois.zip")] == ["1", "2"]
 
 
 def test_segment_dataset_outputs_switched_off(tmp_path, make_dataset):
     pred, full, index = write_stage_inputs(tmp_path, make_dataset, ["img_a"])
-    out = {name: tmp_path / name for name in ("labels", "ome_zarr", "geojson")}
-    settings = SegmentSettings(tiff=False, ome_zarr=False, geojson=False)
+    out = {name: tmp_path / name for name in ("labels", "ome_zarr", "geojson", "rois")}
+    settings = SegmentSettings(tiff=False, ome_zarr=False, geojson=False, rois=False)
     segment_dataset(
         pred,
         full,
@@ -400,6 +417,7 @@ def test_segment_dataset_outputs_switched_off(tmp_path, make_dataset):
         images_csv=tmp_path / "images.csv",
         ome_zarr_dir=out["ome_zarr"],
         geojson_dir=out["geojson"],
+        rois_dir=out["rois"],
     )
     assert all(folder.is_dir() and not any(folder.iterdir()) for folder in out.values())
     assert len(pd.read_csv(tmp_path / "objects.csv")) == 2

@@ -27,7 +27,7 @@ from nucseg.train import CropDataset, split_items
 
 INDEX_COLUMNS = ["image_id", "height", "width", "bit_depth", "channels", "modality", "dark_nuclei", "n_nuclei", "n_overlap_px"]
 TRAINING_COLUMNS = INDEX_COLUMNS + ["split", "first_crop", "n_crops"]
-FULLSIZE_COLUMNS = INDEX_COLUMNS + ["has_labels"]
+FULLSIZE_COLUMNS = INDEX_COLUMNS + ["has_labels", "source"]
 
 
 def test_docstring_examples():
@@ -305,6 +305,7 @@ def test_preprocess_fullsize_store_and_index(small_dataset, tmp_path, make_datas
     assert index["image_id"].tolist() == ["img_a", "img_b", "img_c", "img_d"]
     assert index["n_nuclei"].tolist() == [2, 3, 1, 0]
     assert index["has_labels"].tolist() == [True, True, True, False]
+    assert index["source"].tolist() == [str(small_dataset / i / "images" / f"{i}.png") for i in index["image_id"]]  # images.csv's source (issue 22)
     pd.testing.assert_frame_equal(pd.read_csv(index_csv), index)
 
     root = zarr.open_group(out, mode="r")

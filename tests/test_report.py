@@ -176,12 +176,13 @@ def test_image_tables_are_collected_with_model_and_dataset(tmp_path):
     from nucseg.report import collect_image_tables
 
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    pd.DataFrame(dict(image_id=["007", "x"], count=[3, 0])).to_csv(a, index=False)
+    pd.DataFrame(dict(image_id=["007", "x"], count=[3, 0], model=["models/m1", "models/m1"])).to_csv(a, index=False)
     pd.DataFrame(dict(image_id=["y"], count=[5])).to_csv(b, index=False)
     out = collect_image_tables([a, b], [("m1", "d1"), ("m2", "d1")], tmp_path / "images.csv")
     back = pd.read_csv(tmp_path / "images.csv", dtype={"image_id": str})
     assert back.columns.tolist()[:3] == ["model", "dataset", "image_id"] and len(back) == len(out) == 3
     assert back["image_id"].tolist() == ["007", "x", "y"] and back["model"].tolist() == ["m1", "m1", "m2"]
+    assert back["model_folder"].tolist()[:2] == ["models/m1"] * 2  # images.csv's own model column (issue 22), renamed
     with pytest.raises(ValueError, match="keys"):
         collect_image_tables([a], [], tmp_path / "bad.csv")
     assert not (tmp_path / "bad.csv").exists()

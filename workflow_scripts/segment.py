@@ -13,6 +13,7 @@ segment_dataset(
     images_csv=snakemake.output.images,  # noqa: F821
     ome_zarr_dir=snakemake.output.ome_zarr,  # noqa: F821
     geojson_dir=snakemake.output.geojson,  # noqa: F821
+    rois_dir=snakemake.output.rois,  # noqa: F821
     settings=SegmentSettings(**snakemake.params.settings),  # noqa: F821
     threads=snakemake.threads,  # noqa: F821
 )

@@ -74,7 +74,8 @@ class InstanceTask:
     def segment(self, pred_zarr: str, images_zarr: str, index_csv: str, outputs: Mapping[str, str], settings: Mapping, threads: int = 1) -> Any:
         from nucseg.postprocess import SegmentSettings, segment_dataset
 
-        optional = {arg: outputs[name] for arg, name in (("images_csv", "images"), ("ome_zarr_dir", "ome_zarr"), ("geojson_dir", "geojson")) if name in outputs}
+        folders = (("images_csv", "images"), ("ome_zarr_dir", "ome_zarr"), ("geojson_dir", "geojson"), ("rois_dir", "rois"))
+        optional = {arg: outputs[name] for arg, name in folders if name in outputs}
         return segment_dataset(
             pred_zarr=pred_zarr,
             images_zarr=images_zarr,

@@ -279,13 +279,13 @@ class SemanticTask:
     ) -> pd.DataFrame:
         """Class maps (``outputs["labels"]``) and class areas (``outputs["objects"]``); the
         segment settings (watershed) do not apply. The per-image table (``images``) has each
-        class's share; the ``ome_zarr`` and ``geojson`` folders are made empty (not written for
-        class maps yet)."""
+        class's share; the ``ome_zarr``, ``geojson`` and ``rois`` folders are made empty (not
+        written for class maps yet)."""
         areas = segment_dataset(pred_zarr, index_csv, outputs["labels"], outputs["objects"], self.classes)
         if "images" in outputs:
             shares = areas.pivot(index="image_id", columns="class", values="fraction")[list(self.classes.names)].add_prefix("share_")
             write_csv(shares.reset_index(), outputs["images"])
-        for name in ("ome_zarr", "geojson"):
+        for name in ("ome_zarr", "geojson", "rois"):
             if name in outputs:
                 with atomic_dir(outputs[name], overwrite=True):
                     pass
