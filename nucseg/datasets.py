@@ -364,7 +364,7 @@ def _dsb_ids(root: Path) -> dict[str, Path]:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_index(root: str, layout: str, stamp: int) -> dict:
+def _cached_index(root: str, layout: str, stamp: int, cwd: str) -> dict:
     path = Path(root)
     if layout == "dsb":
         return _dsb_ids(path)
@@ -380,10 +380,12 @@ def _cached_index(root: str, layout: str, stamp: int) -> dict:
 def _index(root: str | os.PathLike, layout: str) -> dict:
     """The dataset's ``{id: image file}`` (paired layouts: ``{id: (image, label image)}``), made
     once per folder (a dataset folder is written whole by the download stage and not changed
-    after: the folder's modification time is part of the key all the same)."""
+    after: the folder's modification time is part of the key all the same). The files are
+    paths below ``root`` as given (relative where it is), so that what records them (the index
+    tables' ``source``) is the same in every working directory."""
     root = Path(root)
     stamp = root.stat().st_mtime_ns if root.exists() else 0
-    return _cached_index(str(root.resolve()), layout, stamp)
+    return _cached_index(str(root), layout, stamp, os.getcwd())
 
 
 def image_path(root: str | os.PathLike, image_id: str, layout: str) -> Path:

@@ -57,6 +57,8 @@ OME_CHUNK = 1024
 CLASSIFICATION = {"name": "Nucleus", "color": [255, 0, 255]}
 #: The name of an image's ImageJ ROI zip: ``<id>_rois.zip``.
 ROIS_SUFFIX = "_rois.zip"
+#: The time stamp of every member of a ROI zip (zip's earliest).
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 def label_dtype(count: int) -> np.dtype:
@@ -370,7 +372,8 @@ class ImageWriters:
             yield None
             return
         with atomic_file(self.rois_dir / f"{image_id}{ROIS_SUFFIX}") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-            yield lambda label, measurements, rings: archive.writestr(f"{label}.roi", _roi(label, rings))
+            # a fixed member time: the same nuclei give the same zip, byte for byte, in every run
+            yield lambda label, measurements, rings: archive.writestr(zipfile.ZipInfo(f"{label}.roi", ZIP_TIME), _roi(label, rings), zipfile.ZIP_DEFLATED)
 
     @contextlib.contextmanager
     def _streaming(self, image_id: str, geojson: bool, rois: bool) -> Iterator[Callable]:
