@@ -39,7 +39,7 @@ from scipy.special import expit
 from nucseg.bigimage import ImageStatistics, LazyImage, image_statistics
 from nucseg.files import atomic_dir, atomic_file
 from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
-from nucseg.model import DEVICES, choose_device, load_model, read_model_config
+from nucseg.model import DEVICES, choose_device, load_model
 from nucseg.scale import DEFAULT_NUCLEI, estimate_scale
 from nucseg.tiling import MULTIPLE, stream_tiled
 
@@ -232,6 +232,7 @@ class Predictor:
 
     def __init__(self, engine, heads: list[str], normalize: dict | None, tta: bool = False, scale: float | str = 1.0, nuclei: dict | None = None) -> None:
         self.engine, self.heads, self.routes = engine, list(heads), {}
+        self.folder: Path | None = None  # the model folder it was opened from (open_predictor)
         self.tta = tta
         self.scale = 1.0 if scale == "auto" else float(scale)
         self.nuclei = {**DEFAULT_NUCLEI, **(nuclei or {})}
@@ -425,22 +426,16 @@ def open_predictor(model_dir: str | os.PathLike, settings: PredictSettings, thre
         settings.batch,
         settings.tta,
         settings.scale,
-        "".join(f"; {m} images: {model_dir}/{sub}" for m, sub in modality_models(model_dir).items()),
+        "".join(f"; {m} images: {route.folder}" for m, route in predictor.routes.items()),
     )
     return predictor
-
-
-def modality_models(model_dir: str | os.PathLike) -> dict[str, str]:
-    """``{modality: sub-folder}`` of a model folder's ``config.json`` ``modalities``: a model
-    folder of its own inside it for the images of that modality (the modality guess of
-    :func:`nucseg.imageio.guess_modality`); empty for a folder of one model."""
-    return dict(read_model_config(model_dir).get("modalities") or {})
 
 
 def _folder_predictor(model_dir: str | os.PathLike, settings: PredictSettings, device: torch.device) -> Predictor:
     model, config = load_model(model_dir, device)
     engine = make_engine(model, settings, device, cache_dir=model_dir)
     predictor = Predictor(engine, list(model.config.heads), config.get("normalize"), settings.tta, settings.scale, config.get("nuclei"))
+    predictor.folder = Path(model_dir)
     for modality, sub in (config.get("modalities") or {}).items():
         route = _folder_predictor(Path(model_dir) / sub, settings, device)
         if route.routes:
