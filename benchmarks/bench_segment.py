@@ -14,7 +14,11 @@ normalisation, 2 x 2 blended windows, float16 zarr: the tiling overlap of any la
 the segment share of predict + segment is printed against each. The peak RSS includes
 the forward pass (about 0.5 GB of activations at 1024 x 1024).
 
-    nice -n 10 python benchmarks/bench_segment.py 2048 8192 [--threads 1] [--no-outputs]
+With ``--own-pixels both`` each size runs twice, side by side: measuring the input's own 16-bit
+pixels with a known pixel size (the raw and µm columns, a one-channel 16-bit OME-Zarr), and the
+0-255 RGB copy only.
+
+    nice -n 10 python benchmarks/bench_segment.py 2048 8192 [--threads 1] [--no-outputs] [--own-pixels both]
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ def build_inputs(folder: Path, size: int):
     tile = 1024
     maps = zarr.create_array(folder / "maps.zarr", shape=(1, size, size), chunks=(1, tile, tile), dtype=np.float16)
     rgb = zarr.create_array(folder / "image.zarr", shape=(size, size, 3), chunks=(tile, tile, 3), dtype=np.uint8)
+    own = zarr.create_array(folder / "raw.zarr", shape=(size, size, 1), chunks=(tile, tile, 1), dtype=np.uint16)
     for y in range(0, size, tile):
         for x in range(0, size, tile):
             k = (y // tile + x // tile) % 4
@@ -51,19 +56,24 @@ def build_inputs(folder: Path, size: int):
             maps[0, y : y + tile, x : x + tile] = ndi.gaussian_filter((block > 0).astype(np.float32), 1.5)
             pixels = np.block([[np.rot90(grey, k + i + j) for j in range(tile // 512)] for i in range(tile // 512)])
             rgb[y : y + tile, x : x + tile] = np.repeat(pixels[..., None], 3, axis=2)
-    return maps, rgb
+            own[y : y + tile, x : x + tile, 0] = np.block([[np.rot90(image, k + i + j) for j in range(tile // 512)] for i in range(tile // 512)])
+    return maps, rgb, own
 
 
-def child(size: int, threads: int, outputs: bool) -> dict:
+def child(size: int, threads: int, outputs: bool, own_pixels: bool) -> dict:
     import dask.array  # noqa: F401 (imported before the clock starts, as in a long run)
     import ome_zarr.writer  # noqa: F401
 
+    from nucseg.calibration import PixelSize
     from nucseg.outputs import ImageWriters
     from nucseg.postprocess import SegmentSettings, segment_image
 
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parents[1] / "results") as tmp:
         tmp = Path(tmp)
-        maps, rgb = build_inputs(tmp, size)
+        maps, rgb, own = build_inputs(tmp, size)
+        # as the workflow passes a 16-bit grey input: its own pixels (raw_* columns, the OME-Zarr's
+        # one channel and display window) and a known pixel size (the µm columns, TIFF and OME-Zarr scale)
+        extra = dict(raw=own, pixel_size=PixelSize(0.325, 0.325, "given")) if own_pixels else {}
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         predict = [predict_seconds_per_mp(threads)]
         folders = [tmp / name for name in ("tif", "ome", "geo")]
@@ -73,7 +83,7 @@ def child(size: int, threads: int, outputs: bool) -> dict:
         with open(tmp / "objects.csv", "w") as table_file:
             start = time.perf_counter()
             row = segment_image(
-                maps, ["body"], rgb, "bench", SegmentSettings(), tmp, lambda t: t.to_csv(table_file, header=False, index=False), writers, threads
+                maps, ["body"], rgb, "bench", SegmentSettings(), tmp, lambda t: t.to_csv(table_file, header=False, index=False), writers, threads, **extra
             )
             seconds = time.perf_counter() - start
         predict.append(predict_seconds_per_mp(threads))
@@ -127,30 +137,42 @@ def main() -> None:
     parser.add_argument("sizes", nargs="*", type=int, default=[2048, 8192, 16384])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-outputs", action="store_true", help="tables only (no TIFF, GeoJSON, OME-Zarr)")
+    parser.add_argument(
+        "--own-pixels",
+        choices=("both", "on", "off"),
+        default="on",
+        help="measure the input's own 16-bit pixels with a known pixel size, as the workflow does for such an input (on), "
+        "the 0-255 RGB copy only (off, the stage before issue 22's raw measurements), or both side by side",
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child-own", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.threads, not args.no_outputs)))
+        print(json.dumps(child(args.child, args.threads, not args.no_outputs, args.child_own)))
         return
     if not FIXTURES.is_dir():
         sys.exit(f"{FIXTURES} not found (../shared/data)")
     print(f"segment with all outputs: {not args.no_outputs}; {args.threads} thread(s); predict = resunet-small forward, 1024^2 tile, eager and ONNX")
     print(
-        f"{'size':>7} {'nuclei':>8} {'seconds':>8} {'s/MP':>6} {'MP/s':>6} {'peak RSS MB':>11} {'eager s/MP':>10} {'share':>6} {'onnx s/MP':>9} {'share':>6}"
-        f" {'stage s/MP':>10} {'share':>6}"
+        f"{'size':>7} {'own px':>6} {'nuclei':>8} {'seconds':>8} {'s/MP':>6} {'MP/s':>6} {'peak RSS MB':>11} {'eager s/MP':>10} {'share':>6} "
+        f"{'onnx s/MP':>9} {'share':>6} {'stage s/MP':>10} {'share':>6}"
     )
+    variants = {"both": (False, True), "on": (True,), "off": (False,)}[args.own_pixels]
     for size in args.sizes:
-        cmd = [sys.executable, __file__, "--child", str(size), "--threads", str(args.threads)] + (["--no-outputs"] if args.no_outputs else [])
-        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        mp = size * size / 1e6
-        per_mp = r["seconds"] / mp
-        eager, onnx, stage = (r["predict_s_per_mp"][k] for k in ("eager", "onnx", "stage"))
-        print(
-            f"{size:>7} {r['nuclei']:>8} {r['seconds']:>8.1f} {per_mp:>6.2f} {1 / per_mp:>6.2f} {r['peak_rss_mb']:>11.0f} "
-            f"{eager:>10.2f} {per_mp / (per_mp + eager):>6.2f} {onnx:>9.2f} {per_mp / (per_mp + onnx):>6.2f} "
-            f"{stage:>10.2f} {per_mp / (per_mp + stage):>6.2f}",
-            flush=True,
-        )
+        for own_pixels in variants:
+            cmd = [sys.executable, __file__, "--child", str(size), "--threads", str(args.threads)]
+            cmd += (["--no-outputs"] if args.no_outputs else []) + (["--child-own"] if own_pixels else [])
+            r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            mp = size * size / 1e6
+            per_mp = r["seconds"] / mp
+            eager, onnx, stage = (r["predict_s_per_mp"][k] for k in ("eager", "onnx", "stage"))
+            print(
+                f"{size:>7} {'on' if own_pixels else 'off':>6} {r['nuclei']:>8} {r['seconds']:>8.1f} {per_mp:>6.2f} {1 / per_mp:>6.2f} "
+                f"{r['peak_rss_mb']:>11.0f} "
+                f"{eager:>10.2f} {per_mp / (per_mp + eager):>6.2f} {onnx:>9.2f} {per_mp / (per_mp + onnx):>6.2f} "
+                f"{stage:>10.2f} {per_mp / (per_mp + stage):>6.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

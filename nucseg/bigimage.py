@@ -32,7 +32,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from nucseg.imageio import IMAGE_SUFFIXES, guess_modality, pixel_description, read_image_info, to_rgb_uint8
+from nucseg.imageio import IMAGE_SUFFIXES, guess_modality, pixel_description, read_image_pixels, to_rgb_uint8
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,17 @@ class LazyImage:
         """The image as a read-only ``(H, W, 3) uint8`` array-like, sliced lazily (dask, measurements)."""
         return RGBView(self)
 
+    @property
+    def channels(self) -> int:
+        """Channels of the stored pixels, alpha dropped: 1 (grey) or 3."""
+        return 1 if self.axes == "YX" else min(3, int(self.array.shape[0 if self.axes == "CYX" else 2]))
+
+    def pixels(self) -> "PixelsView":
+        """The stored pixels as a read-only ``(H, W, C)`` array-like of the file's own type (C
+        :attr:`channels`), sliced lazily: the raw intensities that ``objects.csv`` measures and the
+        OME-Zarr holds."""
+        return PixelsView(self)
+
 
 class RGBView:
     """``(H, W, 3) uint8`` array-like over a :class:`LazyImage`: ``view[rows, cols(, channels)]``
@@ -142,17 +153,35 @@ class RGBView:
         self.image = image
         self.shape = tuple(image.shape) + (3,)
 
+    def _window(self, rows: slice, cols: slice) -> np.ndarray:
+        return self.image.read(rows, cols)
+
     def __getitem__(self, key) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         rows, cols, channels = (tuple(key) + (slice(None),) * 3)[:3]
         if not (isinstance(rows, slice) and isinstance(cols, slice)) or rows.step not in (None, 1) or cols.step not in (None, 1):
             raise TypeError(f"{self.image.name}: lazy images are sliced by unit-step row and column slices, got {key}")
         h, w = self.image.shape
-        return self.image.read(slice(*rows.indices(h)), slice(*cols.indices(w)))[:, :, channels]
+        return self._window(slice(*rows.indices(h)), slice(*cols.indices(w)))[:, :, channels]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         whole = self[:, :]
         return whole if dtype is None else whole.astype(dtype)
+
+
+class PixelsView(RGBView):
+    """``(H, W, C)`` array-like of a :class:`LazyImage`'s stored pixels (its own type, alpha
+    dropped), sliced as :class:`RGBView`."""
+
+    def __init__(self, image: LazyImage) -> None:
+        self.image = image
+        self.dtype = np.dtype(np.uint8) if image.dtype == bool else image.dtype
+        self.shape = tuple(image.shape) + (image.channels,)
+
+    def _window(self, rows: slice, cols: slice) -> np.ndarray:
+        block = self.image.raw(rows, cols)
+        block = block[..., None] if block.ndim == 2 else block
+        return block.astype(np.uint8) if block.dtype == bool else block
 
 
 @dataclass(frozen=True)
@@ -320,5 +349,5 @@ def open_image(path: str | os.PathLike) -> LazyImage:
         return _open_tiff(path, name)
     if not lower.endswith(IMAGE_SUFFIXES):
         log.warning("%s: unknown suffix; trying to decode it as PNG/JPEG", name)
-    pixels, _ = read_image_info(path)
-    return LazyImage(pixels, "YXC", name)
+    pixels = read_image_pixels(path)
+    return LazyImage(pixels, "YX" if pixels.ndim == 2 else "YXC", name)

@@ -103,11 +103,15 @@ def _predict_maps(predictor, image, group, name: str, settings):
     return predict_to_zarr(predictor, image, group, name, settings)
 
 
-def _segment_maps(maps, heads: list[str], image, image_id: str, settings, out: Path, tables: list, writers, source: str = "", model: str = "") -> dict:
+def _segment_maps(
+    maps, heads: list[str], image, image_id: str, settings, out: Path, tables: list, writers, source: str = "", model: str = "", pixel_size=None
+) -> dict:
     """Segment part of ``nucseg segment``: labels, measurements and files of one image from its maps."""
     from nucseg.postprocess import segment_image
 
-    return segment_image(maps, heads, image.rgb(), image_id, settings, out, tables.append, writers, source=source, model=model)
+    return segment_image(
+        maps, heads, image.rgb(), image_id, settings, out, tables.append, writers, source=source, model=model, raw=image.pixels(), pixel_size=pixel_size
+    )
 
 
 def _each_image(args: argparse.Namespace, out: Path, step) -> None:
@@ -203,6 +207,7 @@ def _publish(staging: Path, out: Path, name: str) -> None:
 def _segment(args: argparse.Namespace) -> None:
     import zarr
 
+    from nucseg.calibration import resolve
     from nucseg.files import NoSpaceError, locked_folder, remove_stale, reporting_no_space, scratch_dir
     from nucseg.outputs import ImageWriters
     from nucseg.postprocess import SegmentSettings
@@ -232,9 +237,10 @@ def _segment(args: argparse.Namespace) -> None:
                 with reporting_no_space(maps_zarr):  # zarr's writer threads raise the bare OSError
                     maps = _predict_maps(predictor, image, maps_group, name, predict_settings)
                 objects: list = []
+                pixel_size = resolve(path, args.pixel_size)
                 try:
                     with reporting_no_space(scratch):  # the label store of a large image (the outputs name themselves)
-                        row = _segment_maps(maps, predictor.heads, image, name, settings, scratch, objects, writers, str(path), str(model))
+                        row = _segment_maps(maps, predictor.heads, image, name, settings, scratch, objects, writers, str(path), str(model), pixel_size)
                 except NoSpaceError as exc:  # name the output, not its place in the scratch folder
                     written = Path(exc.filename)
                     raise NoSpaceError(out / written.relative_to(staging) if written.is_relative_to(staging) else written, exc.errno) from exc
@@ -329,6 +335,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
 def _add_predict_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
     from nucseg.infer import ENGINES, PredictSettings
     from nucseg.model import DEVICES
@@ -375,6 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(a folder of an earlier run: its tables keep the rows of the images not segmented again)",
     )
     seg.add_argument("--threshold", default="otsu", type=_threshold, help="'otsu' or a probability in (0, 1)")
+    seg.add_argument(
+        "--pixel-size",
+        type=_positive_number,
+        default=None,
+        metavar="UM",
+        help="pixel size in micrometres, for every input (default: each file's own, from OME-TIFF, ImageJ, TIFF resolution or OME-Zarr "
+        "metadata; unknown when it records none: the µm columns are then empty)",
+    )
     seg.set_defaults(func=_segment)
     pred = sub.add_parser("predict", help="probability maps of image files as a zarr group (one float16 (K, H, W) array per image)")
     _add_predict_arguments(pred, "the zarr group to write, e.g. maps.zarr")

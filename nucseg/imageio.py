@@ -217,14 +217,31 @@ def read_image_info(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     ValueError
         The file cannot be read or is not an image; the message names it.
     """
+    raw, name = _decode_file(path)
+    return to_rgb_uint8(raw, name), describe_pixels(raw)
+
+
+def _decode_file(path: str | os.PathLike) -> tuple[np.ndarray, str]:
     path = Path(path)
     name = _display_name(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"{name}: cannot read image file ({exc.strerror})") from exc
-    raw = decode_image(data, name)
-    return to_rgb_uint8(raw, name), describe_pixels(raw)
+    return decode_image(data, name), name
+
+
+def own_pixels(raw: np.ndarray) -> np.ndarray:
+    """A decoded image's own pixels as nucseg keeps them: ``(H, W)`` for grey (grey + alpha, or a
+    single channel), ``(H, W, 3)`` for colour (alpha dropped), the file's pixel type."""
+    if raw.ndim == 3 and raw.shape[2] in (1, 2):
+        return raw[..., 0]
+    return raw[..., :3] if raw.ndim == 3 and raw.shape[2] == 4 else raw
+
+
+def read_image_pixels(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file's own pixels (:func:`own_pixels`: any bit depth, grey or RGB)."""
+    return own_pixels(_decode_file(path)[0])
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

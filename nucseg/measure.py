@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from nucseg.calibration import UNKNOWN
+
 COLUMNS = [
     "label",
     "area",
@@ -36,7 +38,29 @@ COLUMNS = [
     "major_axis_length",
     "minor_axis_length",
     "integrated_intensity",
+    # in micrometres (NaN where the pixel size is unknown: nucseg.calibration)
+    "area_um2",
+    "perimeter_um",
+    "equivalent_diameter_um",
+    "major_axis_length_um",
+    "minor_axis_length_um",
+    "centroid_y_um",
+    "centroid_x_um",
+    # the input's own values, channel by channel (NaN for channels it does not have)
+    *(f"raw_{stat}_c{c}" for c in range(1, 4) for stat in ("mean", "integrated", "min", "max")),
 ]
+#: Channels of the input measured on their own values (grey: 1; RGB: 3, alpha dropped).
+RAW_CHANNELS = 3
+#: The µm columns and the pixel columns they are made from, with the power of the pixel size.
+UM_COLUMNS = {
+    "area_um2": ("area", 2),
+    "perimeter_um": ("perimeter", 1),
+    "equivalent_diameter_um": ("equivalent_diameter", 1),
+    "major_axis_length_um": ("major_axis_length", 1),
+    "minor_axis_length_um": ("minor_axis_length", 1),
+    "centroid_y_um": ("centroid_y", "y"),
+    "centroid_x_um": ("centroid_x", "x"),
+}
 
 #: Columns of the per-image table (:meth:`ImageSummary.row`), in this order (new ones are added at the end).
 IMAGE_COLUMNS = [
@@ -52,6 +76,11 @@ IMAGE_COLUMNS = [
     "source",
     "model",
     "modality",
+    "bit_depth",
+    "channels",
+    "pixel_size_y_um",
+    "pixel_size_x_um",
+    "pixel_size_from",
 ]
 
 #: The centre of pixel ``(r, c)`` is ``(r + 0.5, c + 0.5)`` in the coordinates that the segment
@@ -146,7 +175,7 @@ def _convex_areas(label_of_pixel: np.ndarray, yy: np.ndarray, xx: np.ndarray, pr
     return np.bincount(objects, weights=count, minlength=present.size)
 
 
-def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset: tuple[int, int] = (0, 0)) -> pd.DataFrame:
+def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset: tuple[int, int] = (0, 0), raw: np.ndarray | None = None) -> pd.DataFrame:
     """One row per nucleus of a label image.
 
     Parameters
@@ -159,6 +188,10 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
     offset : (int, int)
         Added to the centroid and bounding-box coordinates: the position of ``labels``
         in a larger image (a chunk of it).
+    raw : (H, W) or (H, W, C) ndarray, optional
+        The input's own pixels (any bit depth, C up to :data:`RAW_CHANNELS`) for the
+        ``raw_{mean,integrated,min,max}_c<k>`` columns of each channel; NaN without it and for
+        channels beyond C.
 
     Returns
     -------
@@ -168,7 +201,8 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
         between the row axis and the major axis (-pi/2..pi/2, scikit-image's convention);
         ``perimeter`` as :func:`skimage.measure.perimeter`; axis lengths of the ellipse
         with the same second moments; ``solidity`` the area over the convex hull's.
-        No rows for an image without nuclei.
+        The µm columns are NaN (:func:`add_physical` fills them). No rows for an image
+        without nuclei.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool:
@@ -179,6 +213,11 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
         grey = image
         if image.shape[:2] != labels.shape or image.ndim not in (2, 3):
             raise ValueError(f"image {image.shape} and labels {labels.shape} differ in size")
+    if raw is not None:
+        raw = np.asarray(raw)
+        raw = raw[..., None] if raw.ndim == 2 else raw
+        if raw.ndim != 3 or raw.shape[:2] != labels.shape or not 1 <= raw.shape[2] <= RAW_CHANNELS:
+            raise ValueError(f"raw image {raw.shape} does not match labels {labels.shape} with 1 to {RAW_CHANNELS} channels")
     n = int(labels.max(initial=0))
     if n == 0:
         return pd.DataFrame({c: pd.Series(dtype=np.int64 if c in ("label", "area") or c.startswith("bbox") else np.float64) for c in COLUMNS})
@@ -226,6 +265,7 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
             "major_axis_length": 4 * np.sqrt(l1),
             "minor_axis_length": 4 * np.sqrt(l2),
             "integrated_intensity": np.nan,
+            **{c: np.nan for c in COLUMNS[COLUMNS.index("area_um2") :]},
         }
     )
     if grey is not None:
@@ -235,7 +275,40 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
         integrated = total(values)
         table["integrated_intensity"] = integrated
         table["mean_intensity"] = integrated / area
+    if raw is not None:
+        for c in range(raw.shape[2]):
+            values = raw[..., c].ravel()[pixels]
+            integrated = total(values.astype(np.float64))
+            low = np.full(n + 1, np.inf)
+            high = np.full(n + 1, -np.inf)
+            np.minimum.at(low, flat, values)
+            np.maximum.at(high, flat, values)
+            table[f"raw_mean_c{c + 1}"] = integrated / area
+            table[f"raw_integrated_c{c + 1}"] = integrated
+            table[f"raw_min_c{c + 1}"] = low[present]
+            table[f"raw_max_c{c + 1}"] = high[present]
     return table[COLUMNS]
+
+
+def add_physical(table: pd.DataFrame, pixel_size) -> pd.DataFrame:
+    """Fill the µm columns of a :func:`measure_objects` table from its pixel columns, in place.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+    pixel_size : nucseg.calibration.PixelSize
+        Areas use ``y * x``, centroids each axis's size, lengths the size of a square pixel (NaN
+        on anisotropic pixels); all NaN when unknown.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``table``.
+    """
+    factors = {1: pixel_size.length, 2: pixel_size.area, "y": pixel_size.y, "x": pixel_size.x}
+    for column, (pixels, power) in UM_COLUMNS.items():
+        table[column] = table[pixels].to_numpy(np.float64) * factors[power]
+    return table
 
 
 class ImageSummary:
@@ -252,11 +325,22 @@ class ImageSummary:
     """
 
     def __init__(
-        self, image_id: str, height: int, width: int, predict_scale: float = float("nan"), source: str = "", model: str = "", modality: str = ""
+        self,
+        image_id: str,
+        height: int,
+        width: int,
+        predict_scale: float = float("nan"),
+        source: str = "",
+        model: str = "",
+        modality: str = "",
+        pixels: dict | None = None,
+        pixel_size=None,
     ) -> None:
         self.image_id, self.height, self.width = image_id, int(height), int(width)
         self.predict_scale = float(predict_scale)
         self.source, self.model, self.modality = str(source), str(model), str(modality)
+        self.pixels = {"bit_depth": np.nan, "channels": np.nan, **(pixels or {})}
+        self.pixel_size = UNKNOWN if pixel_size is None else pixel_size
         self.areas = np.zeros(1, np.int64)  # areas[a] = number of objects of area a
 
     def add(self, table: pd.DataFrame) -> None:
@@ -271,7 +355,10 @@ class ImageSummary:
         (share of the image's pixels inside a nucleus), ``predict_scale`` (the factor the
         image's maps were predicted at: with ``scale: auto`` its own; NaN when not known),
         ``source`` (the input image's path), ``model`` (the model folder) and ``modality`` (the
-        image's modality guess, :func:`nucseg.imageio.guess_modality`), each "" when not known."""
+        image's modality guess, :func:`nucseg.imageio.guess_modality`), each "" when not known;
+        ``bit_depth`` and ``channels`` of the input's own pixels (:func:`nucseg.imageio.describe_pixels`,
+        NaN when not known); ``pixel_size_y_um``, ``pixel_size_x_um`` and where they came from,
+        ``pixel_size_from`` (:mod:`nucseg.calibration`; NaN and "unknown" when the input does not say)."""
         count = int(self.areas.sum())
         sizes = np.arange(self.areas.size)
         pixels = int((sizes * self.areas).sum())
@@ -295,4 +382,7 @@ class ImageSummary:
             "source": self.source,
             "model": self.model,
             "modality": self.modality,
+            "bit_depth": self.pixels["bit_depth"],
+            "channels": self.pixels["channels"],
+            **self.pixel_size.columns(),
         }

@@ -5,12 +5,14 @@ For each image the segment stage writes, each switchable off (:class:`nucseg.pos
 ``labels/<id>.tif``
     The label image, uint16 (uint32 above 65,535 nuclei), zlib-compressed; images over
     :data:`TILED_PIXELS` are written in 512 x 512 tiles, chunk by chunk, as BigTIFF when
-    they exceed 2 GiB.
+    they exceed 2 GiB. The pixel size, where known, as resolution tags (pixels per cm).
 ``ome_zarr/<id>.ome.zarr``
-    OME-Zarr (NGFF) written with the ``ome-zarr`` library: the image (axes ``c, y, x``) and
-    ``labels/nuclei``, each a multiscale pyramid (halved down to about 256 pixels; labels
-    downsampled by nearest neighbour, as is the image). ``napari --plugin napari-ome-zarr <id>.ome.zarr``
-    opens both.
+    OME-Zarr (NGFF) written with the ``ome-zarr`` library: the input's own pixels (axes
+    ``c, y, x``: one channel for grey, three for RGB) with ``omero`` channel names, colours and
+    display windows, and ``labels/nuclei`` with each nucleus's colour and area in its
+    ``image-label`` metadata; each a multiscale pyramid (halved down to about 256 pixels; labels
+    downsampled by nearest neighbour, as is the image); ``y`` and ``x`` in micrometres where the
+    pixel size is known. ``napari --plugin napari-ome-zarr <id>.ome.zarr`` opens both.
 ``geojson/<id>.geojson``
     A FeatureCollection with one Polygon per nucleus: its outline on the pixel edges, in
     QuPath's coordinates (x right, y down, pixel ``(r, c)`` covering ``[c, c + 1] x [r, r + 1]``),
@@ -74,7 +76,15 @@ def _bands(shape: tuple[int, int], side: int) -> Iterator[tuple[slice, slice]]:
             yield slice(y, min(y + side, shape[0])), slice(x, min(x + side, shape[1]))
 
 
-def write_label_tiff(path: str | os.PathLike, labels, count: int) -> Path:
+def _tiff_resolution(pixel_size) -> dict:
+    """tifffile's resolution arguments for a pixel size: pixels per centimetre (Fiji, QuPath and
+    tifffile read them as the calibration); none when unknown."""
+    if pixel_size is None or not pixel_size.known:
+        return {}
+    return dict(resolution=(1e4 / pixel_size.x, 1e4 / pixel_size.y), resolutionunit="CENTIMETER")
+
+
+def write_label_tiff(path: str | os.PathLike, labels, count: int, pixel_size=None) -> Path:
     """Write a label image (numpy or zarr, read tile by tile) as a compressed TIFF, atomically.
 
     Parameters
@@ -83,6 +93,8 @@ def write_label_tiff(path: str | os.PathLike, labels, count: int) -> Path:
     labels : (H, W) array-like of integers
     count : int
         The largest label: uint16 up to 65,535, else uint32.
+    pixel_size : nucseg.calibration.PixelSize, optional
+        Written as the resolution tags (pixels per centimetre) when known; none otherwise.
 
     Returns
     -------
@@ -91,13 +103,14 @@ def write_label_tiff(path: str | os.PathLike, labels, count: int) -> Path:
     path = Path(path)
     dtype = label_dtype(count)
     shape = tuple(labels.shape)
+    resolution = _tiff_resolution(pixel_size)
     with atomic_file(path) as tmp:  # a full disk: NoSpaceError naming path, nothing left
         if shape[0] * shape[1] <= TILED_PIXELS:
-            tifffile.imwrite(tmp, np.asarray(labels[:]).astype(dtype), compression="zlib")
+            tifffile.imwrite(tmp, np.asarray(labels[:]).astype(dtype), compression="zlib", **resolution)
         else:
             bigtiff = shape[0] * shape[1] * dtype.itemsize > 2**31 - 2**25
             tiles = (np.asarray(labels[tile]).astype(dtype) for tile in _bands(shape, TIFF_TILE))
-            tifffile.imwrite(tmp, tiles, shape=shape, dtype=dtype, tile=(TIFF_TILE, TIFF_TILE), compression="zlib", bigtiff=bigtiff)
+            tifffile.imwrite(tmp, tiles, shape=shape, dtype=dtype, tile=(TIFF_TILE, TIFF_TILE), compression="zlib", bigtiff=bigtiff, **resolution)
     return path
 
 
@@ -121,7 +134,60 @@ def own_threads(threads: int) -> Iterator[ThreadPoolExecutor]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def write_ome_zarr(path: str | os.PathLike, image, labels, count: int, threads: int = 1) -> Path:
+#: Channel names and colours of the OME-Zarr's ``omero`` metadata: grey one white channel, RGB
+#: red, green and blue (napari, through napari-ome-zarr, blends them into the true colours).
+CHANNELS = {1: (("intensity", "FFFFFF"),), 3: (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))}
+#: Labels of more nuclei than this get no per-label colours and properties in the OME-Zarr's
+#: ``image-label`` metadata (JSON, a few MB at this count; ``objects.csv`` has them all).
+LABEL_METADATA_MAX = 65535
+
+
+def _omero(pixels, pool) -> dict:
+    """``omero`` metadata for ``(C, H, W)`` dask pixels: channel names, colours and display
+    windows (8-bit RGB the full 0-255 range, so that colours stay true; others their minimum to
+    maximum, one pass over the image)."""
+    import dask.array as da
+
+    dtype = np.dtype(pixels.dtype)
+    full = (float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)) if np.issubdtype(dtype, np.integer) else (0.0, 1.0)
+    if dtype == np.uint8 and pixels.shape[0] == 3:
+        windows = [(0.0, 255.0)] * 3
+    else:
+        low, high = da.compute(pixels.min(axis=(1, 2)), pixels.max(axis=(1, 2)), scheduler="threads", pool=pool)
+        windows = [(float(lo), float(hi)) for lo, hi in zip(low, high)]
+    channels = [
+        {"label": name, "color": colour, "active": True, "window": {"min": min(full[0], lo), "max": max(full[1], hi), "start": lo, "end": hi}}
+        for (name, colour), (lo, hi) in zip(CHANNELS[pixels.shape[0]], windows)
+    ]
+    return {"channels": channels, "rdefs": {"model": "color" if pixels.shape[0] == 3 else "greyscale"}}
+
+
+def label_colour(label: int) -> list[int]:
+    """A bright RGBA colour for a label, the same in every run; neighbouring labels far apart in
+    hue (golden-ratio steps)."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb((int(label) * 0.618033988749895) % 1.0, 0.75, 1.0)
+    return [round(r * 255), round(g * 255), round(b * 255), 255]
+
+
+def _label_metadata(objects: pd.DataFrame | None) -> dict:
+    """``colors`` and ``properties`` of the ``image-label`` metadata, from the nuclei's table
+    (``label``, ``area`` and, where known, ``area_um2``); none above :data:`LABEL_METADATA_MAX`."""
+    if objects is None or len(objects) > LABEL_METADATA_MAX:
+        if objects is not None:
+            log.info("%d nuclei: no per-label colours and properties in the OME-Zarr (objects.csv has them)", len(objects))
+        return {}
+    columns = [c for c in ("area", "area_um2") if c in objects and objects[c].notna().all()]
+    labels = objects["label"].to_numpy(np.int64).tolist()
+    values = objects[columns].to_dict("records")
+    return dict(
+        colors=[{"label-value": k, "rgba": label_colour(k)} for k in labels],
+        properties=[{"label-value": k, **v} for k, v in zip(labels, values)],
+    )
+
+
+def write_ome_zarr(path: str | os.PathLike, image, labels, count: int, threads: int = 1, pixel_size=None, objects: pd.DataFrame | None = None) -> Path:
     """Write an image and its nucleus labels as OME-Zarr with the ``ome-zarr`` library.
 
     Parameters
@@ -129,12 +195,20 @@ def write_ome_zarr(path: str | os.PathLike, image, labels, count: int, threads: 
     path : path-like
         The ``.ome.zarr`` folder (replaced atomically when it exists).
     image : (H, W) or (H, W, C) array-like or None
-        Written as axes ``c, y, x`` (``y, x`` for grey); None writes only ``labels/nuclei``.
+        The input's pixels, C 1 (grey) or 3 (RGB), any pixel type; written as axes ``c, y, x``
+        with ``omero`` channel names, colours and display windows (:func:`_omero`). None writes
+        only ``labels/nuclei``.
     labels : (H, W) array-like of integers (numpy or zarr, read chunk by chunk)
     count : int
         The largest label (uint16 or uint32, :func:`label_dtype`).
     threads : int
         dask threads computing the pyramids.
+    pixel_size : nucseg.calibration.PixelSize, optional
+        When known, the ``y`` and ``x`` axes are in micrometres and the levels' ``scale`` the
+        pixel size (times the level's factor); else unitless, scale 1.
+    objects : pandas.DataFrame, optional
+        The nuclei's ``label`` and ``area`` (and ``area_um2``): each label's colour and
+        properties in ``labels/nuclei``'s ``image-label`` metadata (:func:`_label_metadata`).
 
     Returns
     -------
@@ -149,6 +223,9 @@ def write_ome_zarr(path: str | os.PathLike, image, labels, count: int, threads: 
 
     shape = tuple(labels.shape)
     factors = pyramid_factors(shape)
+    known = pixel_size is not None and pixel_size.known
+    scale = {"y": pixel_size.y, "x": pixel_size.x} if known else {"y": 1.0, "x": 1.0}
+    units = {"y": "micrometer", "x": "micrometer"} if known else None
     # dask threads of its own, stopped before atomic_dir cleans up: dask raises the first failed
     # task's error (a full disk) while its other tasks still write, and a chunk written after the
     # clean-up recreated the temporary folders (zarr makes a chunk's parent folders)
@@ -156,20 +233,29 @@ def write_ome_zarr(path: str | os.PathLike, image, labels, count: int, threads: 
         root = zarr.open_group(tmp, mode="w")
         if image is not None:
             pixels = da.from_array(image, chunks=(OME_CHUNK, OME_CHUNK) + tuple(image.shape[2:]))
-            if pixels.ndim == 3:
-                pixels, axes, chunks = pixels.transpose(2, 0, 1), "cyx", (pixels.shape[2], OME_CHUNK, OME_CHUNK)
-            else:
-                axes, chunks = "yx", (OME_CHUNK, OME_CHUNK)
-            write_image(pixels.rechunk(chunks), root, scale_factors=factors, method=Methods.NEAREST, axes=axes, storage_options=dict(chunks=chunks))
+            pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+            chunks = (pixels.shape[0], OME_CHUNK, OME_CHUNK)
+            write_image(
+                pixels.rechunk(chunks),
+                root,
+                scale_factors=factors,
+                method=Methods.NEAREST,
+                axes="cyx",
+                scale={"c": 1.0, **scale},
+                axes_units=units,
+                storage_options=dict(chunks=chunks),
+                omero=_omero(pixels, pool),
+            )
         lab = da.from_array(labels, chunks=(OME_CHUNK, OME_CHUNK)).astype(label_dtype(count))
         # what write_labels does, without its pass over the whole label image collecting every
         # label value for colour metadata that it then drops (a sort of all pixels: ~5 % of
         # the segment stage on large images)
         pyramid = OMEZarrLabels(
-            OMEZarrImage(lab, axes="yx", scale={"y": 1.0, "x": 1.0}, name="nuclei"), scale_factors=factors, method=Methods.NEAREST, auto_parse_labels=False
+            OMEZarrImage(lab, axes="yx", scale=scale, name="nuclei", axes_units=units), scale_factors=factors, method=Methods.NEAREST, auto_parse_labels=False
         )
         pyramid.to_ome_zarr(root.require_group("labels/nuclei"), storage_options=dict(chunks=(OME_CHUNK, OME_CHUNK)), compute=True, overwrite=True)
-        write_label_metadata(root["labels"], "nuclei")
+        # source: the image two levels up, which the reader then opens with the labels
+        write_label_metadata(root["labels"], "nuclei", source={"image": "../../"}, **_label_metadata(objects))
     return Path(path)
 
 
@@ -408,9 +494,10 @@ class ImageWriters:
         """:meth:`geojson` and :meth:`rois` at once (those switched on), each nucleus outlined once."""
         return self._streaming(image_id, True, True)
 
-    def labels(self, image_id: str, labels, count: int, image=None) -> None:
-        """Write the finished label image as TIFF and OME-Zarr (those switched on)."""
+    def labels(self, image_id: str, labels, count: int, image=None, pixel_size=None, objects: pd.DataFrame | None = None) -> None:
+        """Write the finished label image as TIFF and OME-Zarr (those switched on); ``image``,
+        ``pixel_size`` and ``objects`` as :func:`write_ome_zarr` takes them."""
         if self.tiff_dir is not None:
-            write_label_tiff(self.tiff_dir / f"{image_id}.tif", labels, count)
+            write_label_tiff(self.tiff_dir / f"{image_id}.tif", labels, count, pixel_size)
         if self.ome_zarr_dir is not None:
-            write_ome_zarr(self.ome_zarr_dir / f"{image_id}.ome.zarr", image, labels, count, self.threads)
+            write_ome_zarr(self.ome_zarr_dir / f"{image_id}.ome.zarr", image, labels, count, self.threads, pixel_size, objects)

@@ -41,8 +41,10 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
+from nucseg.calibration import UNKNOWN, from_columns
 from nucseg.files import atomic_dir, atomic_file, remove_stale, scratch_dir, write_csv
-from nucseg.measure import COLUMNS, IMAGE_COLUMNS, PIXEL_CENTRE, ImageSummary, measure_objects
+from nucseg.imageio import pixel_description
+from nucseg.measure import COLUMNS, IMAGE_COLUMNS, PIXEL_CENTRE, ImageSummary, add_physical, measure_objects
 
 log = logging.getLogger(__name__)
 
@@ -597,6 +599,8 @@ def segment_image(
     source: str = "",
     model: str = "",
     modality: str | None = None,
+    raw=None,
+    pixel_size=None,
 ) -> dict:
     """Segment one image chunk by chunk, measure its nuclei and write its files.
 
@@ -620,6 +624,11 @@ def segment_image(
     modality : str, optional
         The image's modality guess for the per-image table; default the one its maps were
         predicted with (their ``modality`` attribute), else "".
+    raw : (H, W, C) array-like, optional
+        The input's own pixels (any bit depth; read window by window): the ``raw_*`` columns, the
+        per-image ``bit_depth`` and ``channels``, and the OME-Zarr's image (``image`` without it).
+    pixel_size : nucseg.calibration.PixelSize, optional
+        The µm columns, the label TIFF's resolution and the OME-Zarr's scale; unknown without it.
 
     Returns
     -------
@@ -629,26 +638,43 @@ def segment_image(
     height, width = maps.shape[1:]
     attrs = getattr(maps, "attrs", {})
     modality = attrs.get("modality", "") if modality is None else modality
-    summary = ImageSummary(image_id, height, width, attrs.get("scale", np.nan), source=source, model=model, modality=modality)  # the maps' predict scale
+    pixel_size = UNKNOWN if pixel_size is None else pixel_size
+    pixels = {} if raw is None else pixel_description(raw.dtype, raw.shape[2])
+    # the maps' predict scale
+    summary = ImageSummary(image_id, height, width, attrs.get("scale", np.nan), source, model, modality, pixels, pixel_size)
+    nuclei = []  # label, area (and in µm²) of each nucleus: the OME-Zarr's label properties
     with label_canvas((height, width), scratch) as canvas, writers.objects(image_id) as features:
         for result in segment_map(maps, heads, settings, threads):
             result.paste(canvas)
             if not result.count:
                 continue
-            grey = None if image is None else np.asarray(image[result.window])
-            table = measure_objects(result.labels, grey, offset=(result.window[0].start, result.window[1].start))
+            window = result.window
+            grey = None if image is None else np.asarray(image[window])
+            table = measure_objects(result.labels, grey, (window[0].start, window[1].start), None if raw is None else np.asarray(raw[window]))
             # centroids in the coordinates of the other outputs (GeoJSON, ROIs, bounding boxes),
             # where pixel (r, c) covers [c, c + 1] x [r, r + 1]: regionprops' (pixel indices) + 0.5
             table[["centroid_y", "centroid_x"]] += PIXEL_CENTRE
+            add_physical(table, pixel_size)
             features(result, table)
             table["label"] += result.offset
             table.insert(0, "image_id", image_id)
             summary.add(table)
+            nuclei.append(table[["label", "area", "area_um2"]])
             on_objects(table)
         row = summary.row()
-        writers.labels(image_id, canvas, row["count"], image)
+        objects = pd.concat(nuclei, ignore_index=True) if nuclei else None
+        writers.labels(image_id, canvas, row["count"], image if raw is None else raw, pixel_size, objects)
     log.info("%s: %d nuclei (%d x %d px)", image_id, row["count"], height, width)
     return row
+
+
+def _own_pixels(store: zarr.Group, image_id: str):
+    """The input's own pixels of a full-size store's image (:func:`nucseg.preprocess.preprocess_fullsize`),
+    ``(H, W, C)`` of any bit depth: its ``raw/<id>`` where the input was not 8-bit RGB, else
+    ``images/<id>``; None for a store written before the own pixels were kept (no ``raw`` group)."""
+    if "raw" not in store:
+        return None
+    return store["raw"][image_id] if image_id in store["raw"] else store["images"][image_id]
 
 
 def segment_dataset(
@@ -706,7 +732,9 @@ def segment_dataset(
         raise ValueError(f"{pred_zarr}: the prediction store names no 'body' channel in its 'heads' attribute ({heads})")
     if settings.method == "border" and "border" not in heads:
         log.info("method 'border': the model has no border head (heads %s), so the paper's method runs", heads)
-    images = zarr.open_group(images_zarr, mode="r")["images"]
+    store = zarr.open_group(images_zarr, mode="r")
+    images = store["images"]
+    calibration = {image_id: from_columns(row) for image_id, row in zip(ids, index.to_dict("records"))}
     rows = []
     # label stores of large images that a killed run of this job left (label_canvas); the folder
     # is this job's, no live process writes there
@@ -747,6 +775,8 @@ def segment_dataset(
                         model=model,
                         # the maps' own guess (predicted with it), else the preprocess index's
                         modality=maps.attrs.get("modality") or modalities.get(image_id, ""),
+                        raw=_own_pixels(store, image_id),
+                        pixel_size=calibration[image_id],
                     )
                 )
     table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)

@@ -36,9 +36,10 @@ from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from nucseg.bigimage import ZARR_SUFFIXES, LazyImage, image_statistics, open_image
+from nucseg.calibration import resolve
 from nucseg.datasets import Sample, ground_truth, image_path, list_images, load_solution, read_sample
 from nucseg.files import atomic_dir, write_csv
-from nucseg.imageio import guess_modality, intensity_range
+from nucseg.imageio import guess_modality, intensity_range, read_image_pixels
 from nucseg.sizes import BINS, nucleus_diameters
 
 log = logging.getLogger(__name__)
@@ -345,16 +346,36 @@ def _source(dataset_dir: str | os.PathLike, image_id: str, layout: str) -> str:
         return ""
 
 
-def _copy_lazily(image: LazyImage, image_id: str, group: zarr.Group) -> Sample:
-    """Write ``image`` as ``group[image_id]`` (H, W, 3) uint8, one band of chunk rows at a time
-    (memory: one band); returns the :class:`Sample` its index row is made from."""
+def _copy_lazily(image: LazyImage, image_id: str, group: zarr.Group, raw_group: zarr.Group) -> Sample:
+    """Write ``image`` as ``group[image_id]`` (H, W, 3) uint8 and, unless those are its own
+    pixels, its own as ``raw_group[image_id]``, one band of chunk rows at a time (memory: one
+    band); returns the :class:`Sample` its index row is made from."""
     h, w = image.shape
     chunk = (min(h, FULLSIZE_CHUNK), min(w, FULLSIZE_CHUNK))
     array = group.create_array(image_id, shape=(h, w, 3), dtype="uint8", chunks=chunk + (3,))
+    pixels = image.pixels()
+    own = None if _is_rgb8(pixels) else raw_group.create_array(image_id, shape=pixels.shape, dtype=pixels.dtype, chunks=chunk + pixels.shape[2:])
     for y in range(0, h, chunk[0]):
         rows = slice(y, min(y + chunk[0], h))
         array[rows] = image.read(rows, slice(0, w))
+        if own is not None:
+            own[rows] = pixels[rows, 0:w]
     return Sample(image_id, image.rgb(), None, 0, image.describe())
+
+
+def _is_rgb8(pixels) -> bool:
+    """Whether an image's own pixels are 8-bit RGB: then ``images/<id>`` holds them as they are."""
+    return pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
+
+
+def _store_own_pixels(raw_group: zarr.Group, image_id: str, path: Path, chunk: tuple[int, int]) -> None:
+    """``raw_group[image_id]``: the file's own pixels ``(H, W, C)``, unless they are 8-bit RGB."""
+    pixels = read_image_pixels(path)
+    pixels = pixels[..., None] if pixels.ndim == 2 else pixels
+    if pixels.dtype == bool:
+        pixels = pixels.astype(np.uint8)
+    if not _is_rgb8(pixels):
+        raw_group.create_array(image_id, data=pixels, chunks=chunk + pixels.shape[2:])
 
 
 def preprocess_fullsize(
@@ -364,14 +385,19 @@ def preprocess_fullsize(
     layout: str = "dsb",
     exclude: list[str] | tuple[str, ...] = (),
     classes: Mapping[str, int] | list | None = None,
+    pixel_size: float | None = None,
 ) -> pd.DataFrame:
     """Preprocess stage, full-size store: test images at full resolution, with labels where known.
 
-    Arrays ``images/<id> (H, W, 3) uint8`` and, where there is ground truth,
-    ``labels/<id> (H, W) uint32``, in chunks of up to 1024 x 1024. The index
+    Arrays ``images/<id> (H, W, 3) uint8``, the input's own pixels ``raw/<id> (H, W, C)`` (its
+    bit depth, C 1 or 3) where they are not 8-bit RGB and, where there is
+    ground truth, ``labels/<id> (H, W) uint32``, in chunks of up to 1024 x 1024. The index
     table has the columns of the training index up to ``n_overlap_px``, then
     ``has_labels`` and ``source`` (the image's file in the dataset, "" when it has none of
-    its own; the segment stage's ``images.csv`` carries it). ``exclude`` and ``classes`` as in :func:`preprocess_training` (the
+    its own; the segment stage's ``images.csv`` carries it), then ``pixel_size_y_um``,
+    ``pixel_size_x_um`` and ``pixel_size_from``: ``pixel_size`` (µm, the dataset's
+    ``pixel_size`` key) when given, else what the file records, else unknown
+    (:func:`nucseg.calibration.resolve`). ``exclude`` and ``classes`` as in :func:`preprocess_training` (the
     semantic task's ``labels/<id>`` are ``uint8`` class indices).
     """
     ids = _select_ids(dataset_dir, layout, exclude)
@@ -380,22 +406,26 @@ def preprocess_fullsize(
     rows = []
     with atomic_dir(out_zarr, overwrite=True) as tmp:
         root = zarr.open_group(tmp, mode="w")
-        img_group, lab_group = root.create_group("images"), root.create_group("labels")
+        img_group, lab_group, raw_group = root.create_group("images"), root.create_group("labels"), root.create_group("raw")
         for image_id in ids:
+            source = _source(dataset_dir, image_id, layout)
+            calibration = resolve(source or None, pixel_size).columns()
             lazy = _lazy_image(dataset_dir, image_id, layout, solution)
             if lazy is not None:  # a TIFF or zarr without ground truth: copied band by band
                 modality = image_statistics(lazy).modality
-                row = _index_row(_copy_lazily(lazy, image_id, img_group), modality, names)
-                rows.append(dict(row, has_labels=False, source=_source(dataset_dir, image_id, layout)))
+                row = _index_row(_copy_lazily(lazy, image_id, img_group, raw_group), modality, names)
+                rows.append(dict(row, has_labels=False, source=source, **calibration))
                 continue
             sample = read_sample(dataset_dir, image_id, layout, solution, values)
             h, w = sample.image.shape[:2]
             chunk = (min(h, FULLSIZE_CHUNK), min(w, FULLSIZE_CHUNK))
             img_group.create_array(image_id, data=sample.image, chunks=chunk + (3,))
+            if (sample.info.get("bit_depth"), sample.info.get("channels")) != (8, 3):
+                _store_own_pixels(raw_group, image_id, image_path(dataset_dir, image_id, layout), chunk)
             if sample.labels is not None:
                 lab_group.create_array(image_id, data=sample.labels, chunks=chunk)
             row = _index_row(sample, guess_modality(sample.image), names)
-            rows.append(dict(row, has_labels=sample.labels is not None, source=_source(dataset_dir, image_id, layout)))
+            rows.append(dict(row, has_labels=sample.labels is not None, source=source, **calibration))
         root.attrs.update(dict(kind="fullsize", n_images=len(ids)))
     index = pd.DataFrame(rows)
     write_csv(index, index_csv)

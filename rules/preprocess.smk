@@ -32,6 +32,7 @@ rule preprocess_test:
         layout=lambda wc: dataset_layout(wc.dataset),
         exclude=lambda wc: dataset_exclude(wc.dataset),
         classes=CLASSES,
+        pixel_size=lambda wc: DATASETS[wc.dataset].get("pixel_size"),
         code=script_code("../workflow_scripts/preprocess_test.py"),
     log:
         f"{LOGS}/preprocess_test/{{dataset}}.log",

@@ -300,3 +300,12 @@ def test_shares_name_training_datasets_and_sum_to_at_most_one():
         "models.resunet.train.shares.x: 'x' is not a training dataset (this config has train: sample_train; test: sample_test)"
     ]
     assert any("train.shares.sample_train: 1.5" in p for p in problems({"shares": {"sample_train": 1.5}}))
+
+
+def test_a_datasets_pixel_size_is_a_positive_number():
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["datasets"]["sample_test"]["pixel_size"] = 0.325
+    assert config_problems(config, SCHEMA) == []
+    config["datasets"]["sample_test"]["pixel_size"] = 0
+    (problem,) = config_problems(config, SCHEMA)
+    assert problem.startswith("datasets.sample_test.pixel_size: 0 is less than or equal to the minimum of 0 (pixel size in micrometres")

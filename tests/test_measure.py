@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nucseg.calibration import PixelSize
 from nucseg.measure import COLUMNS, IMAGE_COLUMNS, ImageSummary, measure_objects
 
 # label 1: a 2 x 2 square at rows 1-2, columns 1-2; label 3: a 3 x 3 square at rows 2-4,
@@ -167,7 +168,8 @@ def test_equal_to_regionprops_on_real_labels(shared_data):
 
 
 def test_image_summary_by_chunks():
-    summary = ImageSummary("img", 1000, 2000, predict_scale=0.5, source="in/img.tif", model="models/m", modality="fluorescence")
+    pixel_size = PixelSize(0.325, 0.325, "ome-tiff")
+    summary = ImageSummary("img", 1000, 2000, 0.5, "in/img.tif", "models/m", "fluorescence", pixels=dict(bit_depth=16, channels=1), pixel_size=pixel_size)
     summary.add(pd.DataFrame({"area": [10, 30]}))
     summary.add(pd.DataFrame({"area": [20]}))
     summary.add(pd.DataFrame({"area": pd.Series([], dtype=np.int64)}))
@@ -186,6 +188,11 @@ def test_image_summary_by_chunks():
         "source": "in/img.tif",
         "model": "models/m",
         "modality": "fluorescence",
+        "bit_depth": 16,
+        "channels": 1,
+        "pixel_size_y_um": 0.325,
+        "pixel_size_x_um": 0.325,
+        "pixel_size_from": "ome-tiff",
     }
     summary.add(pd.DataFrame({"area": [100]}))
     assert summary.row()["median_area"] == 25.0  # 10, 20, 30, 100

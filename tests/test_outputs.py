@@ -282,6 +282,7 @@ def test_ome_zarr_labels_equal_the_librarys_write_labels(tmp_path):
         scale_factors=pyramid_factors(labels.shape),
         axes="yx",
         storage_options=dict(chunks=chunks),
+        label_metadata={"source": {"image": "../../"}},  # ours names its image (the spec's "source")
     )
     for group in ("labels", "labels/nuclei"):
         ours, theirs = (zarr.open_group(tmp_path / name / group, mode="r") for name in ("ours.ome.zarr", "library.ome.zarr"))

@@ -403,6 +403,58 @@ def test_segment_dataset_writes_labels_and_objects(tmp_path, make_dataset, heads
         assert [r.name for r in roifile.roiread(out["rois"] / f"{i}_rois.zip")] == ["1", "2"]
 
 
+@pytest.mark.parametrize("layout", ["dsb", "images"])
+def test_segment_dataset_measures_the_inputs_own_pixels_in_micrometres(tmp_path, layout):
+    """16-bit grey inputs: a PNG with masks (read whole) and a TIFF of the images layout (copied
+    band by band) keep their own values in the full-size store's raw/<id>, which the segment
+    stage measures and writes into the OME-Zarr; the dataset's pixel_size (µm) replaces the
+    file's, and a file's own calibration is used where none is given."""
+    from PIL import Image
+
+    values = np.where(LEFT | RIGHT, 4000, 1000).astype(np.uint16)
+    values[RIGHT & ~LEFT] = 6000
+    truth = np.zeros(SHAPE, np.uint8)
+    truth[LEFT] = 1
+    truth[RIGHT & ~LEFT] = 2
+    ds = tmp_path / "ds"
+    if layout == "dsb":
+        (ds / "img" / "masks").mkdir(parents=True)
+        (ds / "img" / "images").mkdir()
+        Image.fromarray(values).save(ds / "img" / "images" / "img.png")  # 16-bit grey PNG
+        for k in (1, 2):
+            Image.fromarray(np.where(truth == k, 255, 0).astype(np.uint8)).save(ds / "img" / "masks" / f"m{k}.png")
+        pixel_size, expected = 0.5, (0.5, "given")
+    else:
+        ds.mkdir()
+        tifffile.imwrite(ds / "img.tif", values, imagej=True, resolution=(4.0, 4.0), metadata={"unit": "um"})  # Fiji's calibration
+        pixel_size, expected = None, (0.25, "imagej")
+    index = preprocess_fullsize(ds, tmp_path / "full.zarr", tmp_path / "index.csv", layout, pixel_size=pixel_size)
+    assert index[["pixel_size_x_um", "pixel_size_from"]].values.tolist() == [list(expected)]
+    raw = zarr.open_group(tmp_path / "full.zarr", mode="r")["raw/img"]
+    assert raw.dtype == np.uint16 and raw.shape == SHAPE + (1,)
+    np.testing.assert_array_equal(raw[..., 0], values)
+    preds = zarr.open_group(tmp_path / "pred.zarr", mode="w")
+    preds.attrs.update(heads=["body"], model="models/m")
+    preds.create_array("img", data=probability(LEFT | RIGHT)[None])
+    table = segment_dataset(
+        tmp_path / "pred.zarr",
+        tmp_path / "full.zarr",
+        tmp_path / "index.csv",
+        tmp_path / "labels",
+        tmp_path / "objects.csv",
+        SegmentSettings(),
+        ome_zarr_dir=tmp_path / "ome",
+    )
+    assert table[["bit_depth", "channels", "pixel_size_x_um", "pixel_size_from"]].values.tolist() == [[16, 1, *expected]]
+    objects = pd.read_csv(tmp_path / "objects.csv")
+    labels = read_labels(tmp_path / "labels" / "img.tif")
+    assert objects["raw_mean_c1"].tolist() == pytest.approx([values[labels == k].mean() for k in objects["label"]])
+    assert objects["raw_max_c1"].max() == 6000
+    np.testing.assert_allclose(objects["area_um2"], objects["area"] * expected[0] ** 2)
+    ome = zarr.open_group(tmp_path / "ome" / "img.ome.zarr", mode="r")
+    np.testing.assert_array_equal(ome["s0"][0], values)
+
+
 def test_segment_dataset_outputs_switched_off(tmp_path, make_dataset):
     pred, full, index = write_stage_inputs(tmp_path, make_dataset, ["img_a"])
     out = {name: tmp_path / name for name in ("labels", "ome_zarr", "geojson", "rois")}

@@ -27,7 +27,7 @@ from nucseg.train import CropDataset, split_items
 
 INDEX_COLUMNS = ["image_id", "height", "width", "bit_depth", "channels", "modality", "dark_nuclei", "n_nuclei", "n_overlap_px"]
 TRAINING_COLUMNS = INDEX_COLUMNS + ["split", "first_crop", "n_crops"]
-FULLSIZE_COLUMNS = INDEX_COLUMNS + ["has_labels", "source"]
+FULLSIZE_COLUMNS = INDEX_COLUMNS + ["has_labels", "source", "pixel_size_y_um", "pixel_size_x_um", "pixel_size_from"]
 
 
 def test_docstring_examples():

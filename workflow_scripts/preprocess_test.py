@@ -11,4 +11,5 @@ preprocess_fullsize(
     layout=snakemake.params.layout,  # noqa: F821
     exclude=snakemake.params.exclude,  # noqa: F821
     classes=snakemake.params.classes,  # noqa: F821 (semantic task; empty: instance)
+    pixel_size=snakemake.params.pixel_size,  # noqa: F821 (µm; None: each file's own)
 )
