@@ -26,6 +26,8 @@ include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/segment.smk"
 include: "rules/evaluate.smk"
+include: "rules/aggregate.smk"
+include: "rules/figures.smk"
 
 
 rule all:

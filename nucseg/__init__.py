@@ -79,6 +79,8 @@ EXCLUDED_BEFORE: dict[str, str | None] = {
     "losses": "train",
     "model": "train",
     "nets": "train",
+    "nets.resunet": "train",
+    "nets.semantic": "train",
     "tiling": "train",
     "train": "train",
     "tasks.instance": "train",

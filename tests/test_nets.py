@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from nucseg.model import load_model
-from nucseg.nets import SEMANTIC_PRESETS, NetConfig, SegNet, SoftmaxAsLogits, build_net, max_unpool
+from nucseg.nets.semantic import SEMANTIC_PRESETS, NetConfig, SegNet, SoftmaxAsLogits, build_net, max_unpool
 
 
 @pytest.mark.parametrize("architecture", SEMANTIC_PRESETS)

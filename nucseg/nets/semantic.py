@@ -28,7 +28,7 @@ for an input ``(B, 3, H, W)`` whose height and width are multiples of 32 (the sh
     convolution, two 3x3 convolutions, up-sampled x4 to the input size. The paper's backbone is
     ResNet-101/Xception pretrained on ImageNet; ours is small and trained from scratch.
 ``resunet-small`` / ``resunet-paper``
-    The instance task's residual U-Net (:class:`nucseg.model.ResUNet`) with a K-class 1x1 head.
+    The instance task's residual U-Net (:class:`nucseg.nets.resunet.ResUNet`) with a K-class 1x1 head.
 
 Written here rather than taken from segmentation-models-pytorch: that library has no SegNet,
 its ``Unet`` is a ResNet-encoder U-Net rather than Ronneberger's, and it pulls torchvision,
@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nucseg.model import MULTIPLE, ModelConfig, ResidualBlock, ResUNet
-from nucseg.model import PRESETS as RESUNET_PRESETS
+from nucseg.nets.resunet import PRESETS as RESUNET_PRESETS
+from nucseg.nets.resunet import ModelConfig, ResidualBlock, ResUNet, check_input
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +102,6 @@ def double_conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(conv_bn_relu(cin, cout), conv_bn_relu(cout, cout))
 
 
-def _check_input(x: torch.Tensor, in_channels: int) -> None:
-    if x.ndim != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"expected input (B, {in_channels}, H, W), got {tuple(x.shape)}")
-    h, w = x.shape[-2:]
-    if h % MULTIPLE or w % MULTIPLE:
-        ph, pw = -(-h // MULTIPLE) * MULTIPLE, -(-w // MULTIPLE) * MULTIPLE
-        raise ValueError(f"input of {h}x{w} pixels: height and width must be multiples of {MULTIPLE}; pad it to {ph}x{pw} (nucseg.tiling.pad_to_multiple)")
-
-
 class UNet(nn.Module):
     """Ronneberger's U-Net (same padding, batch norm): ``(B, C, H, W)`` -> ``(B, K, H, W)`` logits."""
 
@@ -130,7 +121,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(w, len(config.classes), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.config.in_channels)
+        check_input(x, self.config.in_channels)
         skips = []
         for block in self.down:
             x = block(x)
@@ -176,7 +167,7 @@ class SegNet(nn.Module):
         self.head = nn.Conv2d(w, len(config.classes), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.config.in_channels)
+        check_input(x, self.config.in_channels)
         indices = []
         for block in self.enc:
             x = block(x)
@@ -239,7 +230,7 @@ class DeepLabV3Plus(nn.Module):
         self.head = nn.Conv2d(8 * w, len(config.classes), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.config.in_channels)
+        check_input(x, self.config.in_channels)
         size = x.shape[-2:]
         low = self.layer1(self.stem(x))
         high = self.aspp(self.layer4(self.layer3(self.layer2(low))))
