@@ -65,8 +65,7 @@ RULE_STAGES = {
 #: make a later stage's results, and an earlier rule reaches them only through imports inside
 #: functions it never runs for its results: the task classes (:mod:`nucseg.tasks`) import each
 #: stage's step inside that stage's method (segment, evaluate, qc, plot), so the train rule
-#: reaches the watershed and the metrics; ``datasets`` and ``preprocess`` import the semantic
-#: task's class maps, whose module also builds networks and draws plots; and train draws
+#: reaches the watershed and the metrics; and train draws
 #: ``curves.png`` with :mod:`nucseg.plots`, a picture that is no reason to retrain (nor is a QC
 #: colour). ``None``: no rule's results (where the log lines go). A rule neither hashes an
 #: excluded module nor follows its imports. Every module not named here is a trigger of every
@@ -74,17 +73,7 @@ RULE_STAGES = {
 #: (tests/test_rerun_triggers.py checks this against the imports and against dry runs).
 EXCLUDED_BEFORE: dict[str, str | None] = {
     "logs": None,
-    "preprocess": "preprocess",
-    "augment": "train",
-    "losses": "train",
-    "model": "train",
-    "nets": "train",
-    "nets.resunet": "train",
-    "nets.semantic": "train",
-    "tiling": "train",
-    "train": "train",
-    "tasks.instance": "train",
-    "postprocess": "predict",  # predict.scale auto segments its probes
+    "postprocess": "segment",
     "measure": "segment",
     "outputs": "segment",
     "evaluate": "evaluate",

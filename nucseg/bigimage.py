@@ -33,6 +33,7 @@ import tifffile
 import zarr
 
 from nucseg.imageio import IMAGE_SUFFIXES, guess_modality, pixel_description, read_image_pixels, to_rgb_uint8
+from nucseg.tiling import blocks
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +89,7 @@ class LazyImage:
 
     def blocks(self, block: int = BLOCK):
         """``(rows, cols)`` slices of square blocks covering the image, row by row."""
-        h, w = self.shape
-        for y in range(0, h, block):
-            for x in range(0, w, block):
-                yield slice(y, min(y + block, h)), slice(x, min(x + block, w))
+        return blocks(self.shape, block)
 
     def value_range(self) -> tuple[float, float]:
         """Minimum and maximum over the whole image (one pass; cached)."""

@@ -495,7 +495,7 @@ def _semantic_labels(root: Path, image_id: str, shape: tuple[int, int], class_va
         raise ValueError(f"{path}: label image of size {labels.shape} differs from its image's size {shape}")
     if class_values is None:
         return labels.astype(np.uint32)
-    from nucseg.tasks.semantic import to_class_index
+    from nucseg.classmaps import to_class_index
 
     return to_class_index(labels, class_values, str(path))
 

@@ -47,6 +47,7 @@ import pandas as pd
 import tifffile
 
 from nucseg.files import atomic_dir, atomic_file
+from nucseg.tiling import blocks
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,6 @@ def label_dtype(count: int) -> np.dtype:
     if count > np.iinfo(np.uint32).max:
         raise ValueError(f"{count} labels do not fit in uint32")
     return np.dtype(np.uint16 if count <= np.iinfo(np.uint16).max else np.uint32)
-
-
-def _bands(shape: tuple[int, int], side: int) -> Iterator[tuple[slice, slice]]:
-    for y in range(0, shape[0], side):
-        for x in range(0, shape[1], side):
-            yield slice(y, min(y + side, shape[0])), slice(x, min(x + side, shape[1]))
 
 
 def _tiff_resolution(pixel_size) -> dict:
@@ -109,7 +104,7 @@ def write_label_tiff(path: str | os.PathLike, labels, count: int, pixel_size=Non
             tifffile.imwrite(tmp, np.asarray(labels[:]).astype(dtype), compression="zlib", **resolution)
         else:
             bigtiff = shape[0] * shape[1] * dtype.itemsize > 2**31 - 2**25
-            tiles = (np.asarray(labels[tile]).astype(dtype) for tile in _bands(shape, TIFF_TILE))
+            tiles = (np.asarray(labels[tile]).astype(dtype) for tile in blocks(shape, TIFF_TILE))
             tifffile.imwrite(tmp, tiles, shape=shape, dtype=dtype, tile=(TIFF_TILE, TIFF_TILE), compression="zlib", bigtiff=bigtiff, **resolution)
     return path
 

@@ -226,7 +226,7 @@ def _classes(classes: Mapping[str, int] | list | None) -> tuple[tuple[str, ...] 
     """Names and label values of the semantic task's classes, or ``(None, None)``."""
     if not classes:
         return None, None
-    from nucseg.tasks.semantic import SemanticClasses
+    from nucseg.classmaps import SemanticClasses
 
     parsed = SemanticClasses.parse(classes)
     return parsed.names, parsed.values

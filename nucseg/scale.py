@@ -143,7 +143,8 @@ def estimate_scale(predictor, read, shape: tuple[int, int], nuclei: dict, candid
         The model's training diameters, px: ``median``, ``p10``, ``p90`` (``config.json``
         ``nuclei``; missing ones from :data:`DEFAULT_NUCLEI`).
     """
-    from nucseg.postprocess import SegmentSettings, segment_probability
+    from nucseg.chunks import segment_probability
+    from nucseg.watershed import SegmentSettings
 
     nuclei = {**DEFAULT_NUCLEI, **(nuclei or {})}
     body = predictor.heads.index("body")

@@ -18,12 +18,27 @@ as no later window touches them: memory holds one row of windows, never the whol
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 MULTIPLE = 32
+
+
+def blocks(shape: tuple[int, int], side: int) -> Iterator[tuple[slice, slice]]:
+    """Row-major ``side`` x ``side`` blocks covering an (H, W) array, smaller at the right and
+    bottom edges: the one block grid of the statistics passes, the segment chunks and the
+    tiled label TIFF.
+
+    Examples
+    --------
+    >>> [(r.start, r.stop, c.start, c.stop) for r, c in blocks((3, 5), 2)]
+    [(0, 2, 0, 2), (0, 2, 2, 4), (0, 2, 4, 5), (2, 3, 0, 2), (2, 3, 2, 4), (2, 3, 4, 5)]
+    """
+    for y in range(0, shape[0], side):
+        for x in range(0, shape[1], side):
+            yield slice(y, min(y + side, shape[0])), slice(x, min(x + side, shape[1]))
 
 
 def pad_to_multiple(array: np.ndarray, multiple: int = MULTIPLE) -> tuple[np.ndarray, tuple[tuple[int, int], tuple[int, int]]]:

@@ -3,7 +3,7 @@
 Nothing here changes what the instance path computes; it only puts its pieces behind the
 :class:`nucseg.tasks.Task` interface: targets from :func:`nucseg.preprocess.make_targets`,
 :class:`nucseg.model.ResUNet`, :class:`nucseg.losses.Loss`, balanced sampling by modality
-(:func:`nucseg.train.sample_weights`), :func:`nucseg.postprocess.segment_dataset`,
+(:func:`nucseg.sampling.sample_weights`), :func:`nucseg.postprocess.segment_dataset`,
 :func:`nucseg.evaluate.evaluate_dataset`, :func:`nucseg.qc.qc_pictures` and
 :func:`nucseg.plots.plot_results`.
 """
@@ -63,7 +63,7 @@ class InstanceTask:
         return settings.loss, "pixel IoU (nucleus)"
 
     def sample_weights(self, dataset: Any, examples: list, settings: Any) -> np.ndarray:
-        from nucseg.train import MODALITY_POWER, sample_weights
+        from nucseg.sampling import MODALITY_POWER, sample_weights
 
         modalities = [m for _, _, m, _ in examples]
         weights = sample_weights(modalities, dataset.has_nuclei(), settings.empty_weight, MODALITY_POWER[settings.sampling])

@@ -10,8 +10,9 @@ the declared *values*, so they read like the dataset's own label images.
 
 Pieces, by stage:
 
-* preprocess: :func:`to_class_index` (a value outside the declared classes stops with the
-  file and the value);
+* preprocess: :func:`nucseg.classmaps.to_class_index` (a value outside the declared classes
+  stops with the file and the value; the class maps live in that leaf module, which the
+  dataset and preprocess stages import);
 * train: :func:`one_hot` targets, :func:`ce_dice_loss` (cross-entropy + multi-class soft Dice,
   class weights a setting), :func:`class_balanced_weights` (each class an equal share of the
   draws), networks from :mod:`nucseg.nets`;
@@ -26,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 import zarr
 from torch import nn
 
+from nucseg.classmaps import SemanticClasses, to_class_index  # noqa: F401 (to_class_index: this module's name too)
 from nucseg.files import atomic_dir, atomic_file, write_csv
 
 log = logging.getLogger(__name__)
@@ -46,89 +47,6 @@ log = logging.getLogger(__name__)
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (70, 240, 240), (245, 130, 48), (240, 50, 230))
 STATS = ("dice", "iou", "precision", "recall")
 SMOOTH = 1.0
-
-
-@dataclass(frozen=True)
-class SemanticClasses:
-    """Class names and their values in the label images, in output-channel order.
-
-    Examples
-    --------
-    >>> SemanticClasses.parse({"membrane": 0, "cell": 255}).values
-    (0, 255)
-    """
-
-    names: tuple[str, ...]
-    values: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.names) < 2 or len(self.names) != len(self.values):
-            raise ValueError(f"a semantic task needs two or more classes, each with a label value; got names {list(self.names)}, values {list(self.values)}")
-        if len(set(self.names)) != len(self.names) or len(set(self.values)) != len(self.values):
-            raise ValueError(f"class names and label values must be distinct; got {dict(zip(self.names, self.values))}")
-        bad = [v for v in self.values if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 <= v <= 255]
-        if bad:
-            raise ValueError(f"class label values must be integers 0..255 (the class maps are uint8); got {bad}")
-
-    @classmethod
-    def parse(cls, classes: Mapping[str, int] | list | tuple | None) -> SemanticClasses:
-        """From ``{name: value}`` or ``[[name, value], ...]`` (the order is kept)."""
-        if not classes:
-            raise ValueError("the semantic task needs its classes: a mapping of class name to label value, e.g. {background: 0, nucleus: 1}")
-        pairs = list(classes.items()) if isinstance(classes, Mapping) else [tuple(p) for p in classes]
-        return cls(tuple(str(n) for n, _ in pairs), tuple(int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v for _, v in pairs))
-
-    def as_pairs(self) -> list[list]:
-        return [[n, v] for n, v in zip(self.names, self.values)]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-def to_class_index(labels: np.ndarray, values: tuple[int, ...] | list[int], source: str = "<array>") -> np.ndarray:
-    """Class indices of a label image whose pixels hold the classes' declared values.
-
-    Parameters
-    ----------
-    labels : (H, W) ndarray of integers
-    values : sequence of int
-        The label value of each class, in class order.
-    source : str
-        File named in the error message.
-
-    Returns
-    -------
-    (H, W) ndarray of uint8
-        Index into ``values`` of each pixel.
-
-    Raises
-    ------
-    ValueError
-        A pixel holds a value that is not among ``values``; the message names ``source``,
-        the value and how many pixels hold it.
-
-    Examples
-    --------
-    >>> to_class_index(np.array([[0, 255], [255, 0]]), (0, 255))
-    array([[0, 1],
-           [1, 0]], dtype=uint8)
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        raise ValueError(f"{source}: a label image must be (H, W) of integers, got {labels.shape} {labels.dtype}")
-    found, counts = np.unique(labels, return_counts=True)
-    unknown = [(int(v), int(c)) for v, c in zip(found, counts) if int(v) not in values]
-    if unknown:
-        v, c = unknown[0]
-        raise ValueError(
-            f"{source}: label value {v} ({c} pixels) is not one of the declared classes' values {list(values)}"
-            + (f"; other unknown values: {[u for u, _ in unknown[1:6]]}" if len(unknown) > 1 else "")
-        )
-    lut = np.zeros(int(found.max()) + 1 if len(found) else 1, np.uint8)
-    for k, v in enumerate(values):
-        if v < len(lut):
-            lut[v] = k
-    return lut[labels.astype(np.int64)]
 
 
 def one_hot(index: np.ndarray, k: int) -> np.ndarray:

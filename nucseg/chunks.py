@@ -1,0 +1,184 @@
+"""Large probability maps segmented chunk by chunk, with the same nuclei as in one piece.
+
+:func:`segment_map` cuts a ``(K, H, W)`` map into chunks of ``segment.chunk`` pixels (the
+block grid of :func:`nucseg.tiling.blocks`); each chunk is segmented
+(:func:`nucseg.watershed.segment_window`) inside a window ``overlap`` pixels wider on every
+side; an object belongs to the chunk that holds its centroid, keeps its whole extent from that
+chunk's window, and is numbered after the objects of the chunks before it. The statistics come
+from the whole map (:func:`nucseg.watershed.map_statistics`), so an image that fits in one
+chunk and the same image cut into many give the same nuclei. :func:`segment_probability` runs
+a map held in memory as one chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from nucseg.tiling import blocks
+from nucseg.watershed import SegmentSettings, _grow, _read, _statistics, segment_window, use_border
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChunkResult:
+    """The objects a chunk owns, numbered 1..n in the window (globally: ``offset + k``).
+
+    Attributes
+    ----------
+    window : (slice, slice)
+        Where ``labels`` lies in the image.
+    labels : (h, w) ndarray of uint32
+        The owned objects, whole, 0 elsewhere.
+    count : int
+    cut : int
+        Owned objects touching an inner edge of the window (wider than the overlap).
+    offset : int
+        Objects of the chunks before this one (set by :func:`segment_map`).
+    """
+
+    window: tuple[slice, slice]
+    labels: np.ndarray
+    count: int
+    cut: int
+    offset: int = 0
+
+    def paste(self, out) -> None:
+        """Write the owned objects, numbered ``offset + k``, into the image-sized ``out``."""
+        if not self.count:
+            return
+        region = np.asarray(out[self.window])
+        inside = self.labels > 0
+        region[inside] = self.labels[inside] + self.offset
+        out[self.window] = region
+
+
+def _segment_chunk(
+    maps, body: int, border: int | None, core: tuple[slice, slice], stats: tuple[float, int], settings: SegmentSettings, cached: tuple | None = None
+) -> ChunkResult:
+    shape = tuple(maps.shape[1:])
+    window = _grow(core, settings.overlap, shape)
+    foreground = cached[1:] if cached is not None and cached[0] == window else None
+    labels = segment_window(_read(maps, body, window), None if border is None else _read(maps, border, window), *stats, settings, foreground)
+    n = int(labels.max(initial=0))
+    if n == 0:
+        return ChunkResult(window, np.zeros(labels.shape, np.uint32), 0, 0)
+    pixels = np.flatnonzero(labels)
+    ids = labels.ravel()[pixels]
+    yy, xx = np.divmod(pixels, labels.shape[1])
+    area = np.bincount(ids, minlength=n + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = np.floor(np.bincount(ids, weights=yy, minlength=n + 1) / area) + window[0].start
+        cx = np.floor(np.bincount(ids, weights=xx, minlength=n + 1) / area) + window[1].start
+    owned = (area > 0) & (cy >= core[0].start) & (cy < core[0].stop) & (cx >= core[1].start) & (cx < core[1].stop)
+    owned[0] = False
+    number = np.cumsum(owned).astype(np.uint32) * owned
+    out = number[labels]
+    # owned objects reaching an edge of the window that is not an edge of the image were cut
+    edges = []
+    if window[0].start > 0:
+        edges.append(out[0])
+    if window[0].stop < shape[0]:
+        edges.append(out[-1])
+    if window[1].start > 0:
+        edges.append(out[:, 0])
+    if window[1].stop < shape[1]:
+        edges.append(out[:, -1])
+    cut = np.unique(np.concatenate(edges)) if edges else np.zeros(0, np.uint32)
+    return ChunkResult(window, out, int(number.max()), int(np.count_nonzero(cut)))
+
+
+def segment_map(maps, heads: list[str] | tuple[str, ...], settings: SegmentSettings, threads: int = 1) -> Iterator[ChunkResult]:
+    """Segment a (K, H, W) probability map chunk by chunk; yield each chunk's owned objects.
+
+    Parameters
+    ----------
+    maps : (K, H, W) array-like of float in [0, 1]
+        numpy, or a zarr array (any float dtype, any chunking), read window by window.
+    heads : sequence of str
+        Channel names; ``"body"`` is required, ``"border"`` is used by method ``border``.
+    settings : SegmentSettings
+    threads : int
+        Chunks segmented at once; results are yielded in row-major chunk order.
+
+    Yields
+    ------
+    ChunkResult
+        With ``offset`` set: the first chunk's objects are 1..n, the next chunk's follow.
+        Memory stays bounded by ``2 * threads`` windows.
+    """
+    heads = list(heads)
+    if len(maps.shape) != 3 or maps.shape[0] != len(heads):
+        raise ValueError(f"expected a (K, H, W) map with K = {len(heads)} channels {heads}, got shape {tuple(maps.shape)}")
+    if "body" not in heads:
+        raise ValueError(f"the map has no 'body' channel (channels: {heads})")
+    body = heads.index("body")
+    border = heads.index("border") if use_border(settings, heads) else None
+    threshold, spacing, cached = _statistics(maps, body, settings)
+    stats = (threshold, spacing)
+    cores = list(blocks(tuple(maps.shape[1:]), settings.chunk))
+    offset = cut = 0
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        pending: deque = deque()
+        queue = iter(cores)
+        for core in queue:
+            pending.append(pool.submit(_segment_chunk, maps, body, border, core, stats, settings, cached))
+            if len(pending) >= 2 * max(1, threads):
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(queue, None)
+            if nxt is not None:
+                pending.append(pool.submit(_segment_chunk, maps, body, border, nxt, stats, settings, cached))
+            result.offset = offset
+            offset += result.count
+            cut += result.cut
+            yield result
+    if cut:
+        log.warning("%d nuclei reach the edge of their chunk's window: they are wider than segment.overlap (%d px), raise it", cut, settings.overlap)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+#: The temporary label store of a large image (:func:`label_canvas`): its prefix, and its names.
+
+
+def segment_probability(prob: np.ndarray, settings: SegmentSettings, border: np.ndarray | None = None) -> np.ndarray:
+    """Instances from a nucleus probability map held in memory (the whole image at once).
+
+    Parameters
+    ----------
+    prob : (H, W) ndarray of float in [0, 1]
+        Nucleus (body) probability.
+    settings : SegmentSettings
+    border : (H, W) ndarray of float, optional
+        Touching-border probability; used with method ``border``.
+
+    Returns
+    -------
+    (H, W) ndarray of uint32
+        0 is background, nuclei numbered 1..N. All zeros when nothing passes the threshold.
+    """
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.ndim != 2:
+        raise ValueError(f"expected a 2-D probability map, got shape {prob.shape}")
+    heads = ["body"]
+    maps = prob[None]
+    if border is not None:
+        if border.shape != prob.shape:
+            raise ValueError(f"border map {border.shape} and probability map {prob.shape} differ in shape")
+        heads.append("border")
+        maps = np.stack([prob, np.asarray(border, dtype=np.float32)])
+    one = dataclasses.replace(settings, chunk=max(64, *prob.shape))  # the whole image in one window
+    labels = np.zeros(prob.shape, np.uint32)
+    for result in segment_map(maps, heads, one):
+        result.paste(labels)
+    return labels
