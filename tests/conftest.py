@@ -85,3 +85,25 @@ def two_square_sample() -> tuple[np.ndarray, np.ndarray]:
     labels[22:34, 28:40] = 2
     image = np.where(labels > 0, 200, 10).astype(np.uint8)
     return image, labels
+
+
+#: The embedded sample's image that the napari and segment_one tests segment (260 x 347 px).
+SAMPLE_IMAGE = "0402a81e75262469925ea893b6706183832e85324f7b1e08e634129f5d522cdd"
+
+
+@pytest.fixture(scope="session")
+def sample_segmented(tmp_path_factory) -> tuple[Path, Path]:
+    """``nucseg segment`` of one embedded sample image with the shipped model and the command's
+    default settings, once per test session: (the PNG, the ``--out`` folder). Tests must not
+    change them; copy them to change anything."""
+    import zipfile
+
+    from nucseg.cli import main
+
+    root = tmp_path_factory.mktemp("sample_segmented")
+    png = root / "sample.png"
+    with zipfile.ZipFile(REPO / "resources" / "sample" / "sample_test.zip") as archive:
+        png.write_bytes(archive.read(f"{SAMPLE_IMAGE}/images/{SAMPLE_IMAGE}.png"))
+    assert main(["segment", "--out", str(root / "out"), str(png)]) == 0
+    return png, root / "out"
+
