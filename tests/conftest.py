@@ -107,3 +107,26 @@ def sample_segmented(tmp_path_factory) -> tuple[Path, Path]:
     assert main(["segment", "--out", str(root / "out"), str(png)]) == 0
     return png, root / "out"
 
+
+# napari's pytest plugin (napari.utils._testsupport), which napari (nucseg[napari]) registers for
+# every test session, has three autouse fixtures; these fixtures of the same names override them.
+# Its LogRecord factory turns every log argument that is not an int or float into a string for
+# the whole session, which breaks ``%d`` of a numpy integer (a logging error, raised by pytest's
+# log capture) in every module's log calls, in every test: the records stay Python's own here
+# (tests/test_napari.py checks it). The other two import napari and Qt into every test for a
+# theme clean-up and a PyQt5 warning that nucseg's tests need neither of.
+
+
+@pytest.fixture(scope="session")
+def use_leak_safe_log_records():
+    yield
+
+
+@pytest.fixture
+def _clean_themes():
+    yield
+
+
+@pytest.fixture
+def _disable_qt_warnings():
+    yield
