@@ -96,24 +96,6 @@ def _open_predictor(args: argparse.Namespace):
     return model, open_predictor(model, _predict_settings(args), args.threads)
 
 
-def _predict_maps(predictor, image, group, name: str, settings):
-    """Predict part of ``nucseg segment``/``predict``: one image's maps into ``group[name]`` (float16 zarr)."""
-    from nucseg.infer import predict_to_zarr
-
-    return predict_to_zarr(predictor, image, group, name, settings)
-
-
-def _segment_maps(
-    maps, heads: list[str], image, image_id: str, settings, out: Path, tables: list, writers, source: str = "", model: str = "", pixel_size=None
-) -> dict:
-    """Segment part of ``nucseg segment``: labels, measurements and files of one image from its maps."""
-    from nucseg.postprocess import segment_image
-
-    return segment_image(
-        maps, heads, image.rgb(), image_id, settings, out, tables.append, writers, source=source, model=model, raw=image.pixels(), pixel_size=pixel_size
-    )
-
-
 def _each_image(args: argparse.Namespace, out: Path, step) -> None:
     """Open each input and call ``step(path, name, image)``; an unreadable input is reported
     and skipped, and a ValueError naming all of them is raised at the end."""
@@ -211,6 +193,7 @@ def _segment(args: argparse.Namespace) -> None:
     from nucseg.files import NoSpaceError, locked_folder, remove_stale, reporting_no_space, scratch_dir
     from nucseg.outputs import ImageWriters
     from nucseg.postprocess import SegmentSettings
+    from nucseg.segment_one import predict_maps, segment_maps
 
     settings = SegmentSettings(threshold=args.threshold)
     out = Path(args.out)
@@ -235,12 +218,12 @@ def _segment(args: argparse.Namespace) -> None:
 
             def step(path, name, image):
                 with reporting_no_space(maps_zarr):  # zarr's writer threads raise the bare OSError
-                    maps = _predict_maps(predictor, image, maps_group, name, predict_settings)
+                    maps = predict_maps(predictor, image, maps_group, name, predict_settings)
                 objects: list = []
                 pixel_size = resolve(path, args.pixel_size)
                 try:
                     with reporting_no_space(scratch):  # the label store of a large image (the outputs name themselves)
-                        row = _segment_maps(maps, predictor.heads, image, name, settings, scratch, objects, writers, str(path), str(model), pixel_size)
+                        row = segment_maps(maps, predictor.heads, image, name, settings, scratch, objects, writers, str(path), str(model), pixel_size)
                 except NoSpaceError as exc:  # name the output, not its place in the scratch folder
                     written = Path(exc.filename)
                     raise NoSpaceError(out / written.relative_to(staging) if written.is_relative_to(staging) else written, exc.errno) from exc
@@ -265,6 +248,7 @@ def _segment(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from nucseg.files import atomic_dir
     from nucseg.infer import open_output_group
+    from nucseg.segment_one import predict_maps
 
     out = Path(args.out)
     if out.resolve() in {Path(p).resolve() for p in args.images}:
@@ -273,7 +257,7 @@ def _predict(args: argparse.Namespace) -> None:
     settings = _predict_settings(args)
     with atomic_dir(out, overwrite=True) as tmp:
         group = open_output_group(tmp, predictor, model, settings)
-        _each_image(args, out.parent, lambda path, name, image: _predict_maps(predictor, image, group, name, settings))
+        _each_image(args, out.parent, lambda path, name, image: predict_maps(predictor, image, group, name, settings))
 
 
 def _score(args: argparse.Namespace) -> None:

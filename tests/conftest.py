@@ -85,3 +85,48 @@ def two_square_sample() -> tuple[np.ndarray, np.ndarray]:
     labels[22:34, 28:40] = 2
     image = np.where(labels > 0, 200, 10).astype(np.uint8)
     return image, labels
+
+
+#: The embedded sample's image that the napari and segment_one tests segment (260 x 347 px).
+SAMPLE_IMAGE = "0402a81e75262469925ea893b6706183832e85324f7b1e08e634129f5d522cdd"
+
+
+@pytest.fixture(scope="session")
+def sample_segmented(tmp_path_factory) -> tuple[Path, Path]:
+    """``nucseg segment`` of one embedded sample image with the shipped model and the command's
+    default settings, once per test session: (the PNG, the ``--out`` folder). Tests must not
+    change them; copy them to change anything."""
+    import zipfile
+
+    from nucseg.cli import main
+
+    root = tmp_path_factory.mktemp("sample_segmented")
+    png = root / "sample.png"
+    with zipfile.ZipFile(REPO / "resources" / "sample" / "sample_test.zip") as archive:
+        png.write_bytes(archive.read(f"{SAMPLE_IMAGE}/images/{SAMPLE_IMAGE}.png"))
+    assert main(["segment", "--out", str(root / "out"), str(png)]) == 0
+    return png, root / "out"
+
+
+# napari's pytest plugin (napari.utils._testsupport), which napari (nucseg[napari]) registers for
+# every test session, has three autouse fixtures; these fixtures of the same names override them.
+# Its LogRecord factory turns every log argument that is not an int or float into a string for
+# the whole session, which breaks ``%d`` of a numpy integer (a logging error, raised by pytest's
+# log capture) in every module's log calls, in every test: the records stay Python's own here
+# (tests/test_napari.py checks it). The other two import napari and Qt into every test for a
+# theme clean-up and a PyQt5 warning that nucseg's tests need neither of.
+
+
+@pytest.fixture(scope="session")
+def use_leak_safe_log_records():
+    yield
+
+
+@pytest.fixture
+def _clean_themes():
+    yield
+
+
+@pytest.fixture
+def _disable_qt_warnings():
+    yield
