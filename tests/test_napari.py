@@ -121,3 +121,30 @@ def test_the_widget_checks_its_values_as_the_command_does():
         settings_from("otsu", "big", False, 1024, "auto", "auto")
     with pytest.raises(ValueError, match="multiple of 32"):
         settings_from("otsu", "auto", False, 100, "auto", "auto")
+
+
+def test_the_ome_zarr_shows_its_true_colours(make_napari_viewer, tmp_path):
+    """A screenshot of napari's canvas (under Xvfb) of an RGB OME-Zarr that nucseg wrote: the
+    red, green and blue thirds of the image look red, green and blue, not a white blend of
+    three additive layers; the labels layer is shown on top."""
+    from nucseg.outputs import write_ome_zarr
+
+    rgb = np.zeros((96, 96, 3), np.uint8)
+    for c in range(3):
+        rgb[:, 32 * c : 32 * (c + 1), c] = 255
+    labels = np.zeros((96, 96), np.uint16)
+    labels[40:56, 4:20] = 1
+    write_ome_zarr(tmp_path / "rgb.ome.zarr", rgb, labels, 1)
+    viewer = make_napari_viewer(show=True)
+    image, nuclei = viewer.open(str(tmp_path / "rgb.ome.zarr"), plugin="nucseg")
+    assert nuclei.visible
+    nuclei.visible = False
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    h, w = shot.shape[:2]
+    side = min(h, w)  # the square image fills the canvas's shorter side, centred
+    for c in range(3):  # the middle of each third of the image, in canvas pixels
+        pixel = shot[h // 2, w // 2 + (c - 1) * side // 3]
+        expected = np.zeros(3, int)
+        expected[c] = 255
+        assert np.abs(pixel - expected).max() < 40, (c, pixel)
