@@ -204,20 +204,7 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
         The µm columns are NaN (:func:`add_physical` fills them). No rows for an image
         without nuclei.
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool:
-        raise ValueError(f"expected a 2-D integer label image, got {labels.shape} {labels.dtype}")
-    grey = None
-    if image is not None:
-        image = np.asarray(image)
-        grey = image
-        if image.shape[:2] != labels.shape or image.ndim not in (2, 3):
-            raise ValueError(f"image {image.shape} and labels {labels.shape} differ in size")
-    if raw is not None:
-        raw = np.asarray(raw)
-        raw = raw[..., None] if raw.ndim == 2 else raw
-        if raw.ndim != 3 or raw.shape[:2] != labels.shape or not 1 <= raw.shape[2] <= RAW_CHANNELS:
-            raise ValueError(f"raw image {raw.shape} does not match labels {labels.shape} with 1 to {RAW_CHANNELS} channels")
+    labels, grey, raw = _checked_inputs(labels, image, raw)
     n = int(labels.max(initial=0))
     if n == 0:
         return pd.DataFrame({c: pd.Series(dtype=np.int64 if c in ("label", "area") or c.startswith("bbox") else np.float64) for c in COLUMNS})
@@ -232,17 +219,7 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
         return np.bincount(flat, weights=weights, minlength=n + 1)[present]
 
     area = area_all[present].astype(np.float64)
-    cy, cx = total(yy) / area, total(xx) / area
-    # central second moments over the area: skimage's inertia tensor [[a, b], [b, c]]
-    centre_y, centre_x = np.zeros(n + 1), np.zeros(n + 1)
-    centre_y[present], centre_x[present] = cy, cx
-    dy, dx = yy - centre_y[flat], xx - centre_x[flat]
-    a, c, b = total(dx * dx) / area, total(dy * dy) / area, -total(dy * dx) / area
-    root = np.sqrt(((a - c) / 2) ** 2 + b * b)
-    l1, l2 = np.maximum((a + c) / 2 + root, 0), np.maximum((a + c) / 2 - root, 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        eccentricity = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / l1, 0, 1)), 0.0)
-    orientation = np.where(np.isclose(a, c, rtol=0, atol=1e-12), np.where(b < 0, math.pi / 4, -math.pi / 4), 0.5 * np.arctan2(-2 * b, c - a))
+    cy, cx, l1, l2, eccentricity, orientation = _moments(total, flat, yy, xx, area, present, n)
     slices = ndi.find_objects(labels, max_label=n)
     bbox = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in (slices[k - 1] for k in present)], dtype=np.int64)
     convex = _convex_areas(flat, yy, xx, present)
@@ -288,6 +265,41 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
             table[f"raw_min_c{c + 1}"] = low[present]
             table[f"raw_max_c{c + 1}"] = high[present]
     return table[COLUMNS]
+
+
+def _checked_inputs(labels, image, raw) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """:func:`measure_objects`' arrays, checked: labels (H, W) of integers, the image and the
+    own pixels of the same size (the own pixels as (H, W, C))."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool:
+        raise ValueError(f"expected a 2-D integer label image, got {labels.shape} {labels.dtype}")
+    if image is not None:
+        image = np.asarray(image)
+        if image.shape[:2] != labels.shape or image.ndim not in (2, 3):
+            raise ValueError(f"image {image.shape} and labels {labels.shape} differ in size")
+    if raw is not None:
+        raw = np.asarray(raw)
+        raw = raw[..., None] if raw.ndim == 2 else raw
+        if raw.ndim != 3 or raw.shape[:2] != labels.shape or not 1 <= raw.shape[2] <= RAW_CHANNELS:
+            raise ValueError(f"raw image {raw.shape} does not match labels {labels.shape} with 1 to {RAW_CHANNELS} channels")
+    return labels, image, raw
+
+
+def _moments(total, flat, yy, xx, area, present, n):
+    """Centroids, the second-moment ellipse's eigenvalues, eccentricity and orientation of each
+    object (``total`` sums a per-pixel value by object)."""
+    cy, cx = total(yy) / area, total(xx) / area
+    # central second moments over the area: skimage's inertia tensor [[a, b], [b, c]]
+    centre_y, centre_x = np.zeros(n + 1), np.zeros(n + 1)
+    centre_y[present], centre_x[present] = cy, cx
+    dy, dx = yy - centre_y[flat], xx - centre_x[flat]
+    a, c, b = total(dx * dx) / area, total(dy * dy) / area, -total(dy * dx) / area
+    root = np.sqrt(((a - c) / 2) ** 2 + b * b)
+    l1, l2 = np.maximum((a + c) / 2 + root, 0), np.maximum((a + c) / 2 - root, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eccentricity = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / l1, 0, 1)), 0.0)
+    orientation = np.where(np.isclose(a, c, rtol=0, atol=1e-12), np.where(b < 0, math.pi / 4, -math.pi / 4), 0.5 * np.arctan2(-2 * b, c - a))
+    return cy, cx, l1, l2, eccentricity, orientation
 
 
 def add_physical(table: pd.DataFrame, pixel_size) -> pd.DataFrame:
