@@ -276,7 +276,7 @@ def _export_bioimageio(args: argparse.Namespace) -> None:
     from nucseg.export import export_bioimageio, run_model_test
 
     try:
-        package = export_bioimageio(args.model or PRETRAINED_MODEL, args.out)
+        package = export_bioimageio(args.model or PRETRAINED_MODEL, args.out, invert=args.invert)
     except ImportError as exc:
         raise ValueError(f"export-bioimageio needs bioimageio.core: pip install 'nucseg[bioimageio]' ({exc})") from exc
     if args.test:
@@ -394,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export-bioimageio", help="write a model folder as a BioImage Model Zoo package (zip) and test it")
     export.add_argument("--model", default=None, help="model folder (default: the pretrained model shipped with nucseg)")
     export.add_argument("--out", required=True, help="the package to write, e.g. nucseg-nuclei.zip")
+    export.add_argument(
+        "--invert",
+        choices=("auto", "never", "always"),  # nucseg.export.INVERT (not imported: it imports torch)
+        default="auto",
+        help="dark-nuclei inversion: auto (as trained: decided per block), never (a package for fluorescence images), "
+        "always (for bright-field and histology images)",
+    )
     export.add_argument("--no-test", dest="test", action="store_false", help="skip bioimageio.core's model test of the written package")
     export.set_defaults(func=_export_bioimageio)
     return parser
