@@ -41,8 +41,9 @@ STAGE_OF = {
     "plots": "figures",
     "qc": "figures",
 }
-#: Modules above the stages: the task wiring, the command line, the package index.
-ABOVE = {"", "cli", "export", "tasks", "tasks.instance", "tasks.semantic"}
+#: Modules above the stages: the task wiring, the command line and what it shares with the
+#: napari plugin (segment_one), the plugin, the model-zoo export, the package index.
+ABOVE = {"", "cli", "export", "segment_one", "napari", "napari.reader", "napari.widget", "tasks", "tasks.instance", "tasks.semantic"}
 
 
 def module_name(path: Path) -> str:
