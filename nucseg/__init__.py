@@ -38,6 +38,13 @@ __version__ = "0.1.0"
 PRETRAINED_MODEL = str(resources.files(__name__) / "pretrained")
 
 
+def model_folder(name: str | os.PathLike | None) -> Path:
+    """The model folder a setting names, resolved in one place for the workflow (``folder:``,
+    ``train.init``), the command line (``--model``) and the napari widget: ``pretrained`` (or
+    nothing given) is :data:`PRETRAINED_MODEL`, anything else the path it is."""
+    return Path(PRETRAINED_MODEL if name is None or str(name) == "pretrained" else name)
+
+
 #: The workflow's stages in data-flow order: a stage's results are made from the code and the
 #: results of the stages before it, never from those after it.
 STAGES = ("download", "preprocess", "train", "predict", "segment", "evaluate", "aggregate", "figures")

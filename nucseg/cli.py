@@ -87,10 +87,10 @@ def _predict_settings(args: argparse.Namespace):
 
 def _open_predictor(args: argparse.Namespace):
     """The model (``--model``, else the shipped pretrained one) ready to predict."""
-    from nucseg import PRETRAINED_MODEL
+    from nucseg import model_folder
     from nucseg.infer import open_predictor
 
-    model = args.model or PRETRAINED_MODEL
+    model = str(model_folder(args.model))
     if args.model is None and not (Path(model) / "config.json").is_file():
         raise ValueError(f"no --model given and no pretrained model at {model}: pass --model <folder of a trained model>")
     return model, open_predictor(model, _predict_settings(args), args.threads)
@@ -272,11 +272,11 @@ def _score(args: argparse.Namespace) -> None:
 
 
 def _export_bioimageio(args: argparse.Namespace) -> None:
-    from nucseg import PRETRAINED_MODEL
+    from nucseg import model_folder
     from nucseg.export import export_bioimageio, run_model_test
 
     try:
-        package = export_bioimageio(args.model or PRETRAINED_MODEL, args.out, invert=args.invert)
+        package = export_bioimageio(model_folder(args.model), args.out, invert=args.invert)
     except ImportError as exc:
         raise ValueError(f"export-bioimageio needs bioimageio.core: pip install 'nucseg[bioimageio]' ({exc})") from exc
     if args.test:

@@ -332,7 +332,7 @@ def checkpoint_identity(settings: TrainSettings, stores: list[str], indexes: lis
 
 def init_folder(init: str) -> Path:
     """The model folder ``train.init`` names: ``pretrained`` is the shipped model."""
-    return Path(nucseg.PRETRAINED_MODEL if init == "pretrained" else init)
+    return nucseg.model_folder(init)
 
 
 def initialise(model: torch.nn.Module, architecture: str, model_config: dict, init: str) -> None:

@@ -122,7 +122,7 @@ for _name, _overrides in MODELS.items():  # evaluate and qc read the label TIFFs
 def model_folder(value):
     """A model folder as the config gives it (`folder:`, `train.init`): 'pretrained' is the
     shipped one, a relative path is taken as local_or_url takes it."""
-    return nucseg.PRETRAINED_MODEL if value == "pretrained" else local_or_url(value)
+    return str(nucseg.model_folder(value)) if value == "pretrained" else local_or_url(value)  # a path: as local_or_url resolves paths
 
 
 def check_model_folders():
