@@ -351,7 +351,11 @@ def _add_predict_arguments(parser: argparse.ArgumentParser, out_help: str) -> No
     )
     parser.add_argument("--batch", type=_positive, default=defaults.batch, help=f"windows per forward pass (default {defaults.batch}); raise it on a GPU")
     parser.add_argument(
-        "--engine", default=defaults.engine, choices=ENGINES, help="eager: plain PyTorch; onnx: ONNX Runtime (CPU, faster); auto: onnx on CPU, eager on CUDA"
+        "--engine",
+        default=defaults.engine,
+        choices=ENGINES,
+        help="eager: plain PyTorch; onnx: ONNX Runtime (CPU, faster); onnx-int8: ONNX Runtime, the graph quantised to 8 bits (CPU); "
+        "auto: onnx on CPU, eager on CUDA",
     )
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument(

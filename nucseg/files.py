@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -224,10 +225,14 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_file(path: str | os.PathLike, unique: bool = False) -> Iterator[Path]:
     """Write a file under the temporary sibling name ``.<name>.part``; rename it to ``path``
     on success. On any exception the temporary file is removed and ``path`` is left as it was;
     a full disk raises :class:`NoSpaceError` naming ``path``.
+
+    ``unique``: the temporary name is ``.<name>.<8 characters>.part``, one per writer, for a
+    file that several processes may write at once with the same content (a cache): each
+    writes its own temporary and the last rename wins, never a mixture.
 
     Examples
     --------
@@ -236,7 +241,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part" if unique else f".{path.name}.part")
     try:
         with reporting_no_space(path):
             yield tmp

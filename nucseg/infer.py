@@ -14,7 +14,9 @@ One function per image, :func:`predict_to_zarr`, serves the workflow's predict r
 Engines (:class:`PredictSettings` ``engine``): ``eager`` (plain PyTorch, the reference; on CUDA
 with float16 autocast), ``onnx`` (ONNX Runtime on the CPU; the exported graph is cached beside
 the weights as ``weights-<hash>.onnx``, keyed by the weights, the architecture and the torch
-version), ``auto`` (``onnx`` on the CPU, ``eager`` on CUDA). Measured in ``BENCHMARKS.md``.
+version), ``onnx-int8`` (that graph statically quantised to 8 bits, calibrated on the embedded
+sample's training images: :mod:`nucseg.int8`), ``auto`` (``onnx`` on the CPU, ``eager`` on
+CUDA). Measured in ``BENCHMARKS.md``.
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ from scipy.special import expit
 from nucseg.bigimage import ImageStatistics, LazyImage, image_statistics
 from nucseg.files import atomic_dir, atomic_file
 from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
+from nucseg.int8 import MODALITIES, int8_model, quantization_available
 from nucseg.model import DEVICES, choose_device, load_model
 from nucseg.scale import DEFAULT_NUCLEI, estimate_scale
 from nucseg.tiling import MULTIPLE, stream_tiled
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "eager", "onnx")
+ENGINES = ("auto", "eager", "onnx", "onnx-int8")
 ONNX_OPSET = 17
 _EXPORTED: dict[str, bytes] = {}
 
@@ -64,8 +67,9 @@ class PredictSettings:
         Half the overlap of neighbouring windows, blended smoothly; a multiple of 16.
     batch : int
         Windows per forward pass (more uses more memory; helps a GPU).
-    engine : {"auto", "eager", "onnx"}
-        ``eager``: plain PyTorch; ``onnx``: ONNX Runtime (CPU); ``auto``: onnx on CPU, eager on CUDA.
+    engine : {"auto", "eager", "onnx", "onnx-int8"}
+        ``eager``: plain PyTorch; ``onnx``: ONNX Runtime (CPU); ``onnx-int8``: ONNX Runtime with
+        the graph quantised to 8 bits (CPU, :mod:`nucseg.int8`); ``auto``: onnx on CPU, eager on CUDA.
     chunk : int
         Chunk side of the probability maps' zarr arrays, pixels.
     device : {"auto", "cpu", "cuda"}
@@ -125,40 +129,101 @@ class EagerEngine:
             return self.model(t).float().cpu().numpy()
 
 
+def _session(data: bytes, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def _cached_session(build, threads: int | None, what: str):
+    """A session of the graph ``build(refresh)`` returns as ``(bytes, cache file or None)``;
+    a cached file ONNX Runtime cannot read (truncated, overwritten) is named and built again."""
+    data, path = build(False)
+    try:
+        return _session(data, threads)
+    except Exception as exc:  # onnxruntime raises its own classes (InvalidProtobuf, Fail, ...)
+        if path is None:
+            raise
+        log.warning("cannot read the cached %s %s (%s: %s): building it again", what, path, type(exc).__name__, str(exc).splitlines()[0][:200])
+        data, _ = build(True)
+        return _session(data, threads)
+
+
 class OnnxEngine:
     """ONNX Runtime on the CPU, from a graph exported once and cached (see :func:`onnx_model`)."""
 
     name = "onnx"
 
     def __init__(self, model: torch.nn.Module, cache_dir: str | os.PathLike | None = None, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(onnx_model(model, cache_dir), options, providers=["CPUExecutionProvider"])
+        self.session = _cached_session(lambda refresh: _onnx_model(model, cache_dir, refresh), threads, "ONNX graph")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+class OnnxInt8Engine(OnnxEngine):
+    """ONNX Runtime on the CPU with the graph statically quantised to 8 bits (:mod:`nucseg.int8`),
+    calibrated on the embedded sample's images of ``modalities`` normalised by ``normalize``
+    (the model's setting); cached beside the float graph as ``weights-<hash>-int8.onnx``.
+
+    Its ``probe`` is the float graph (:class:`OnnxEngine`): the probes of ``scale: auto``
+    (:meth:`Predictor.network_maps`) run in float, so that every image gets the scale the
+    ``onnx`` engine gives it (a choice between a few factors, which int8's small differences
+    flipped on 4 of Kromp's 42 images, BENCHMARKS.md); the windows run in int8.
+    """
+
+    name = "onnx-int8"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cache_dir: str | os.PathLike | None = None,
+        threads: int | None = None,
+        normalize: dict | None = None,
+        modalities: tuple[str, ...] | None = None,
+    ) -> None:
+        missing = quantization_available()
+        if missing:
+            raise ValueError(f"predict engine 'onnx-int8': {missing}")
+        self.probe = OnnxEngine(model, cache_dir, threads)
+        fp32, _ = _onnx_model(model, cache_dir)
+        key = onnx_key(model)
+        self.session = _cached_session(lambda refresh: int8_model(fp32, key, cache_dir, normalize, modalities, refresh), threads, "int8 graph")
+
+
+def onnx_key(model: torch.nn.Module) -> str:
+    """The hash of ``weights-<hash>.onnx``: the weights, the architecture, the torch version, the opset."""
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    digest.update(f"{torch.__version__} {ONNX_OPSET}".encode())
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def onnx_model(model: torch.nn.Module, cache_dir: str | os.PathLike | None = None) -> bytes:
     """The model as ONNX bytes (dynamic batch, height and width), exported once per weights.
 
     With ``cache_dir`` (the model folder) the graph is read from, or written (atomically) to,
-    ``<cache_dir>/weights-<hash>.onnx``, the hash covering the weights, the architecture, the
-    torch version and the opset; an unwritable folder only costs a re-export next time.
+    ``<cache_dir>/weights-<hash>.onnx`` (:func:`onnx_key`); an unwritable folder only costs a
+    re-export next time.
     """
+    return _onnx_model(model, cache_dir)[0]
+
+
+def _onnx_model(model: torch.nn.Module, cache_dir: str | os.PathLike | None = None, refresh: bool = False) -> tuple[bytes, Path | None]:
+    """:func:`onnx_model`, and the cache file the bytes were read from (None: exported now);
+    ``refresh``: export again and overwrite the cache."""
     model = model.cpu().eval()
-    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    digest.update(f"{torch.__version__} {ONNX_OPSET}".encode())
-    for key, value in model.state_dict().items():
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().numpy().tobytes())
-    key = digest.hexdigest()[:16]
+    key = onnx_key(model)
     path = Path(cache_dir) / f"weights-{key}.onnx" if cache_dir else None
-    if path is not None and path.is_file():
-        return path.read_bytes()
+    if path is not None and path.is_file() and not refresh:
+        return path.read_bytes(), path
+    if refresh:
+        _EXPORTED.pop(key, None)
     data = _EXPORTED.get(key)  # the same weights exported earlier in this process (predict_image in a loop)
     if data is None:
         start = time.perf_counter()
@@ -181,15 +246,24 @@ def onnx_model(model: torch.nn.Module, cache_dir: str | os.PathLike | None = Non
         _EXPORTED[key] = data
     if path is not None:
         try:
-            with atomic_file(path) as tmp:
+            with atomic_file(path, unique=True) as tmp:  # two processes may export it at once
                 tmp.write_bytes(data)
         except OSError as exc:
             log.info("cannot cache the ONNX graph in %s (%s); exporting again next time", cache_dir, exc)
-    return data
+    return data, None
 
 
-def make_engine(model: torch.nn.Module, settings: PredictSettings, device: torch.device, cache_dir: str | os.PathLike | None = None):
-    """The engine ``settings.engine`` names (``auto``: onnx on CPU when onnxruntime imports, else eager)."""
+def make_engine(
+    model: torch.nn.Module,
+    settings: PredictSettings,
+    device: torch.device,
+    cache_dir: str | os.PathLike | None = None,
+    normalize: dict | None = None,
+    modalities: tuple[str, ...] | None = None,
+):
+    """The engine ``settings.engine`` names (``auto``: onnx on CPU when onnxruntime imports, else
+    eager). ``normalize`` (the model's setting) and ``modalities`` (the images it predicts:
+    None, all) are the int8 engine's calibration (:mod:`nucseg.int8`)."""
     engine = settings.engine
     if engine == "auto":
         engine = "eager" if device.type != "cpu" else "onnx"
@@ -199,10 +273,12 @@ def make_engine(model: torch.nn.Module, settings: PredictSettings, device: torch
             except ImportError:
                 log.warning("onnxruntime is not installed: predicting with eager PyTorch (slower on a CPU)")
                 engine = "eager"
+    if engine in ("onnx", "onnx-int8") and device.type != "cpu":
+        raise ValueError(f"predict engine {engine!r} runs on the CPU; device {device.type!r} needs engine 'eager' (or 'auto')")
     if engine == "onnx":
-        if device.type != "cpu":
-            raise ValueError(f"predict engine 'onnx' runs on the CPU; device {device.type!r} needs engine 'eager' (or 'auto')")
         return OnnxEngine(model, cache_dir)
+    if engine == "onnx-int8":
+        return OnnxInt8Engine(model, cache_dir, normalize=normalize, modalities=modalities)
     return EagerEngine(model, device)
 
 
@@ -253,9 +329,10 @@ class Predictor:
 
     def network_maps(self, windows: np.ndarray) -> np.ndarray:
         """Probabilities of windows ``(B, h, w, 3)`` already at the network's size (h, w multiples
-        of 32): no resize and no test-time augmentation (the probes of ``scale: auto``)."""
+        of 32): no resize and no test-time augmentation (the probes of ``scale: auto``), by the
+        engine's ``probe`` where it has one (the int8 engine's float graph)."""
         x = np.ascontiguousarray(windows.transpose(0, 3, 1, 2), dtype=np.float32)
-        return expit(self.engine(x))
+        return expit(getattr(self.engine, "probe", self.engine)(x))
 
     def _maps(self, windows: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(windows.transpose(0, 3, 1, 2), dtype=np.float32)
@@ -379,7 +456,8 @@ def predict_image(
     model : ResUNet in eval mode
     image : (H, W, 3) ndarray of uint8
     settings : PredictSettings
-        ``engine`` ``onnx`` exports the model in memory (no cache).
+        ``engine`` ``onnx`` exports the model in memory (no cache); ``onnx-int8`` quantises it
+        too, calibrated on the embedded sample with ``normalize``.
     normalize : dict, optional
         The model's ``normalize`` setting (``config.json``).
 
@@ -392,7 +470,7 @@ def predict_image(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got shape {image.shape} {image.dtype}")
     device = device or next(model.parameters()).device
-    predictor = Predictor(make_engine(model, settings, device), model.config.heads, normalize, settings.tta, settings.scale)
+    predictor = Predictor(make_engine(model, settings, device, normalize=normalize), model.config.heads, normalize, settings.tta, settings.scale)
     out = np.empty((len(predictor.heads),) + image.shape[:2], np.float32)
 
     def sink(row: int, block: np.ndarray) -> None:
@@ -408,7 +486,8 @@ def open_predictor(model_dir: str | os.PathLike, settings: PredictSettings, thre
     Raises
     ------
     ValueError
-        Not a model folder; ``cuda`` asked for where there is none; ``onnx`` on a GPU.
+        Not a model folder; ``cuda`` asked for where there is none; ``onnx`` or ``onnx-int8``
+        on a GPU; ``onnx-int8`` without ``onnxruntime.quantization`` or the embedded sample.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -431,13 +510,18 @@ def open_predictor(model_dir: str | os.PathLike, settings: PredictSettings, thre
     return predictor
 
 
-def _folder_predictor(model_dir: str | os.PathLike, settings: PredictSettings, device: torch.device) -> Predictor:
+def _folder_predictor(model_dir: str | os.PathLike, settings: PredictSettings, device: torch.device, serves: tuple[str, ...] | None = None) -> Predictor:
+    """``serves``: the modalities a folder's modality model predicts (None: the main model,
+    which predicts the images of every modality not routed elsewhere)."""
     model, config = load_model(model_dir, device)
-    engine = make_engine(model, settings, device, cache_dir=model_dir)
+    routes = config.get("modalities") or {}
+    if serves is None:
+        serves = tuple(m for m in MODALITIES if m not in routes) if routes else None
+    engine = make_engine(model, settings, device, cache_dir=model_dir, normalize=config.get("normalize"), modalities=serves)
     predictor = Predictor(engine, list(model.config.heads), config.get("normalize"), settings.tta, settings.scale, config.get("nuclei"))
     predictor.folder = Path(model_dir)
-    for modality, sub in (config.get("modalities") or {}).items():
-        route = _folder_predictor(Path(model_dir) / sub, settings, device)
+    for modality, sub in routes.items():
+        route = _folder_predictor(Path(model_dir) / sub, settings, device, serves=(modality,))
         if route.routes:
             raise ValueError(f"{Path(model_dir) / sub}: the model for {modality} images has modality models of its own; one level only")
         if route.heads != predictor.heads:

@@ -33,6 +33,17 @@ def test_atomic_file_failure_keeps_the_previous_file_and_leaves_no_part(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
 
+def test_unique_temporaries_let_two_writers_race(tmp_path):
+    """atomic_file(unique=True): each writer has its own temporary; the last rename wins, whole."""
+    target = tmp_path / "cache.bin"
+    with atomic_file(target, unique=True) as first, atomic_file(target, unique=True) as second:
+        assert first != second and first.name.startswith(".cache.bin.") and first.name.endswith(".part")
+        first.write_bytes(b"a" * 1000)
+        second.write_bytes(b"b" * 1000)
+    assert target.read_bytes() in (b"a" * 1000, b"b" * 1000)
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.bin"]
+
+
 def test_atomic_dir_failure_keeps_the_previous_folder(tmp_path):
     target = tmp_path / "store.zarr"
     target.mkdir()
