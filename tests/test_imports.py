@@ -30,6 +30,7 @@ STAGE_OF = {
     "train": "train",
     "infer": "predict",
     "scale": "predict",
+    "int8": "predict",
     "watershed": "predict",  # the probes of predict.scale auto are segmented
     "chunks": "predict",
     "measure": "segment",
