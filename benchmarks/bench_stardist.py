@@ -30,7 +30,10 @@ count (``OMP_NUM_THREADS``, TensorFlow's intra- and inter-op threads, ``nucseg -
   settings (label TIFF, OME-Zarr, GeoJSON, ROI zip, tables).
 
 Reported per tool and size: wall seconds of the child process (Python start and imports
-included), seconds per megapixel, peak RSS of the child (its own ``ru_maxrss``), nuclei found;
+included), seconds per megapixel, CPU seconds of the child (user + system, all its threads: on a
+shared machine they move less with the load than the wall time does, and above the wall time
+they would show a tool using more than its threads), peak RSS of the child (its own
+``ru_maxrss``), nuclei found;
 for StarDist also the seconds of set-up (imports, model, reading), ``predict_instances_big`` and
 the label TIFF; then the ratios nucseg / StarDist. With ``--max-minutes`` a size is skipped when
 the seconds per megapixel of the size before it say it would not finish in the time left.
@@ -52,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -224,8 +228,6 @@ def train_child(args: argparse.Namespace) -> dict:
 
 def stardist_child(args: argparse.Namespace) -> dict:
     """Segment ``args.image`` with the StarDist2D of ``args.model_dir``; the label TIFF into ``args.out``."""
-    import resource
-
     start = time.perf_counter()
     _tensorflow_threads(args.threads)
     import tifffile
@@ -276,21 +278,27 @@ def stardist_child(args: argparse.Namespace) -> dict:
     }
 
 
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_child(argv: list[str], env: dict[str, str]) -> tuple[dict, float]:
-    """This script in a child process: its JSON answer (the last line) and its wall seconds."""
-    start = time.perf_counter()
+    """This script in a child process: its JSON answer (the last line, with ``cpu_s`` added) and
+    its wall seconds."""
+    start, cpu = time.perf_counter(), _children_cpu_seconds()
     result = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if result.returncode:
         sys.exit(f"{' '.join(argv[:2])} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1]), seconds
+    return json.loads(result.stdout.strip().splitlines()[-1]) | {"cpu_s": _children_cpu_seconds() - cpu}, seconds
 
 
 def run_nucseg(image: Path, out: Path, threads: int, env: dict[str, str]) -> tuple[dict, float]:
-    """``nucseg segment`` in a child process: nuclei and peak RSS, and its wall seconds."""
+    """``nucseg segment`` in a child process: nuclei, CPU seconds and peak RSS, and its wall seconds."""
     import pandas as pd
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu_seconds()
     result = subprocess.run(
         [sys.executable, "-c", RUN_NUCSEG, "segment", str(image), "--out", str(out), "--threads", str(threads)], capture_output=True, text=True, env=env
     )
@@ -299,7 +307,7 @@ def run_nucseg(image: Path, out: Path, threads: int, env: dict[str, str]) -> tup
     if result.returncode or not rss:
         sys.exit(f"nucseg segment failed ({result.returncode}):\n{result.stderr[-4000:]}")
     count = int(pd.read_csv(out / "images.csv")["count"].iloc[0])
-    return {"nuclei": count, "peak_rss_mb": int(rss[-1].split()[1]) / 1024}, seconds
+    return {"nuclei": count, "cpu_s": _children_cpu_seconds() - cpu, "peak_rss_mb": int(rss[-1].split()[1]) / 1024}, seconds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -332,6 +340,12 @@ def _child_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--threads", str(args.threads), "--epochs", str(args.epochs), "--steps", str(args.steps)]
     flags += ["--block-size", str(args.block_size), "--min-overlap", str(args.min_overlap), "--context", str(args.context), "--n-tiles", str(args.n_tiles)]
     return flags + (["--random-weights"] if args.random_weights else [])
+
+
+def _row(tool: str, side: int, wall: float, r: dict) -> str:
+    """One line of the table; ``load`` is the 1-minute load average as the tool finished."""
+    mp = side * side / 1e6
+    return f"{tool:9} {side:6d} {mp:6.1f} {wall:8.1f} {wall / mp:6.2f} {r['cpu_s']:8.1f} {r['peak_rss_mb']:11.0f} {r['nuclei']:8d}  {os.getloadavg()[0]:4.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -382,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             f"nucseg segment: shipped model, default settings; mosaics of {where}",
             flush=True,
         )
-        print(f"{'tool':9} {'side':>6} {'MP':>6} {'wall s':>8} {'s/MP':>6} {'peak RSS MB':>11} {'nuclei':>8}  load   details")
+        print(f"{'tool':9} {'side':>6} {'MP':>6} {'wall s':>8} {'s/MP':>6} {'CPU s':>8} {'peak RSS MB':>11} {'nuclei':>8}  load   details")
         per_mp = None
         for side in args.sizes:
             mp = side * side / 1e6
@@ -399,19 +413,11 @@ def main(argv: list[str] | None = None) -> int:
                 ["--child", "stardist", "--model-dir", str(model_dir), "--image", str(path), "--out", str(tmp / "stardist.tif"), *_child_flags(args)], env
             )
             details = f"set-up {sd['seconds_setup']:.1f} s, predict_instances_big {sd['seconds_predict']:.1f} s, label TIFF {sd['seconds_write']:.1f} s"
-            load = os.getloadavg()[0]
-            print(
-                f"{'stardist':9} {side:6d} {mp:6.1f} {sd_wall:8.1f} {sd_wall / mp:6.2f} {sd['peak_rss_mb']:11.0f} {sd['nuclei']:8d}  {load:4.1f}   {details}",
-                flush=True,
-            )
+            print(_row("stardist", side, sd_wall, sd) + f"   {details}", flush=True)
             ns, ns_wall = run_nucseg(path, tmp / f"nucseg_{side}", args.threads, env)
-            load = os.getloadavg()[0]
-            print(f"{'nucseg':9} {side:6d} {mp:6.1f} {ns_wall:8.1f} {ns_wall / mp:6.2f} {ns['peak_rss_mb']:11.0f} {ns['nuclei']:8d}  {load:4.1f}", flush=True)
-            print(
-                f"{'ratio':9} {side:6d} nucseg / StarDist: wall {ns_wall / sd_wall:.2f}, peak RSS {ns['peak_rss_mb'] / sd['peak_rss_mb']:.2f}, "
-                f"nuclei {ns['nuclei'] / max(sd['nuclei'], 1):.2f}",
-                flush=True,
-            )
+            print(_row("nucseg", side, ns_wall, ns), flush=True)
+            ratios = f"wall {ns_wall / sd_wall:.2f}, CPU {ns['cpu_s'] / sd['cpu_s']:.2f}, peak RSS {ns['peak_rss_mb'] / sd['peak_rss_mb']:.2f}"
+            print(f"{'ratio':9} {side:6d} nucseg / StarDist: {ratios}, nuclei {ns['nuclei'] / max(sd['nuclei'], 1):.2f}", flush=True)
             per_mp = (sd_wall + ns_wall) / mp
             for leftover in (path, tmp / "stardist.tif"):
                 leftover.unlink()

@@ -100,3 +100,9 @@ def test_import_check_names_the_missing_module(bench):
 def test_children_get_one_thread_count(bench):
     env = bench.child_env(3)
     assert all(env[k] == "3" for k in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "MKL_NUM_THREADS"))
+
+
+def test_table_row(bench):
+    row = bench._row("nucseg", 4096, 33.55, {"cpu_s": 30.04, "peak_rss_mb": 1530.6, "nuclei": 7507})
+    assert row.split()[:7] == ["nucseg", "4096", "16.8", "33.5", "2.00", "30.0", "1531"]
+    assert row.split()[7] == "7507"
