@@ -25,14 +25,16 @@ count (``OMP_NUM_THREADS``, TensorFlow's intra- and inter-op threads, ``nucseg -
   ``predict_instances_big(img, axes='YX', block_size, min_overlap, context, n_tiles,
   normalizer=...)`` with each block normalised by ``csbdeep.utils.normalize_mi_ma`` (what
   ``csbdeep.utils.normalize`` does, without holding a float32 copy of the whole image: StarDist's
-  own big-data example), then the label image written as a tiled zlib TIFF.
+  own big-data example), then the label image written as a tiled zlib TIFF. ``--block-size``
+  defaults to 4096 (StarDist's docstring example: 16384^2 is then 25 blocks, 1.56x its pixels
+  through the network with their context); 5760 covers 16384^2 with 9 blocks, 1.11x.
 - nucseg: ``nucseg segment MOSAIC --out DIR --threads N``, the shipped model and default
   settings (label TIFF, OME-Zarr, GeoJSON, ROI zip, tables).
 
 Reported per tool and size: wall seconds of the child process (Python start and imports
-included), seconds per megapixel, CPU seconds of the child (user + system, all its threads: on a
-shared machine they move less with the load than the wall time does, and above the wall time
-they would show a tool using more than its threads), peak RSS of the child (its own
+included), seconds per megapixel, CPU seconds of the child (user + system, all its threads: they
+leave out the time a process waits for a core on a shared machine, and above the wall time they
+would show a tool using more than its threads), peak RSS of the child (its own
 ``ru_maxrss``), nuclei found;
 for StarDist also the seconds of set-up (imports, model, reading), ``predict_instances_big`` and
 the label TIFF; then the ratios nucseg / StarDist. With ``--max-minutes`` a size is skipped when
