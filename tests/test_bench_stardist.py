@@ -106,3 +106,11 @@ def test_table_row(bench):
     row = bench._row("nucseg", 4096, 33.55, {"cpu_s": 30.04, "peak_rss_mb": 1530.6, "nuclei": 7507})
     assert row.split()[:7] == ["nucseg", "4096", "16.8", "33.5", "2.00", "30.0", "1531"]
     assert row.split()[7] == "7507"
+
+
+def test_source_tiles_without_shared_are_the_sample_fluorescence_images(bench, monkeypatch, tmp_path):
+    """A fresh clone has no ../shared: the mosaics are made of the embedded sample's images."""
+    monkeypatch.setattr(bench, "FIXTURE", tmp_path / "absent.tif")
+    tiles, where = bench.source_tiles()
+    assert len(tiles) > 10 and "sample" in where
+    assert all(t.shape == (256, 256) and t.dtype == np.uint8 for t in tiles)
