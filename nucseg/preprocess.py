@@ -420,7 +420,8 @@ def preprocess_fullsize(
             h, w = sample.image.shape[:2]
             chunk = (min(h, FULLSIZE_CHUNK), min(w, FULLSIZE_CHUNK))
             img_group.create_array(image_id, data=sample.image, chunks=chunk + (3,))
-            if (sample.info.get("bit_depth"), sample.info.get("channels")) != (8, 3):
+            # 8-bit RGB and RGBA (alpha dropped) inputs: images/<id> holds their own pixels, no second decode
+            if not (sample.info.get("bit_depth") == 8 and sample.info.get("channels") in (3, 4)):
                 _store_own_pixels(raw_group, image_id, image_path(dataset_dir, image_id, layout), chunk)
             if sample.labels is not None:
                 lab_group.create_array(image_id, data=sample.labels, chunks=chunk)

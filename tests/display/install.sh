@@ -13,31 +13,4 @@ PKGS=(
   libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 libxcb-xkb1 libfontconfig1 libdbus-1-3
 )
 
-missing=()
-for p in "${PKGS[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$p")
-  fi
-done
-
-if [ "${#missing[@]}" -eq 0 ]; then
-  echo "install.sh: already installed: ${PKGS[*]}"
-  exit 0
-fi
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "install.sh: need root or sudo" >&2; exit 1; }
-  SUDO="sudo"
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-# Only refresh package lists when apt has none (fresh container) or the install fails.
-if ! compgen -G "/var/lib/apt/lists/*_Packages" >/dev/null; then
-  $SUDO apt-get update
-fi
-echo "install.sh: installing ${missing[*]}"
-if ! $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; then
-  $SUDO apt-get update
-  $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
-fi
+"$(dirname "$0")/../apt_install.sh" "${PKGS[@]}"
