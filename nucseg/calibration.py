@@ -161,7 +161,7 @@ def _tiff(path: Path, name: str) -> PixelSize:
             found = _ome_xml(tif.ome_metadata, name)
             if found is not None:
                 return found
-        page = tif.pages.first
+        page = tif.pages[0]
         tags = page.tags
         if "XResolution" not in tags or "YResolution" not in tags:
             return UNKNOWN
