@@ -38,6 +38,7 @@ STAGE_OF = {
     "postprocess": "segment",
     "evaluate": "evaluate",
     "metrics": "evaluate",
+    "vscores": "evaluate",
     "report": "aggregate",
     "plots": "figures",
     "qc": "figures",

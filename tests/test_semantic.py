@@ -34,6 +34,7 @@ from nucseg.tasks.semantic import (
     to_class_index,
 )
 from nucseg.train import TrainSettings, train_model
+from nucseg.vscores import boundary_scores
 
 ISBI = {"membrane": 0, "cell": 255}
 WBC = {"background": 0, "cytoplasm": 1, "nucleus": 2}
@@ -262,6 +263,11 @@ def test_semantic_stores_train_predict_segment_evaluate(isbi_zip, tmp_path):
     )
     assert row["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"]) and row["image_id"] == "s27"
     assert {"dice_membrane", "iou_cell", "precision_membrane", "recall_cell", "mean_dice", "fw_iou"} <= set(table.columns)
+    # two classes: the challenge's region scores of the cells between the membranes
+    truth_index = zarr.open_group(tmp_path / "full.zarr")["labels"]["s27"][:]
+    regions_expected = boundary_scores(truth_index == 1, to_class_index(class_map_values, (0, 255)) == 1)
+    assert row["v_rand"] == pytest.approx(regions_expected["v_rand"]) and row["v_info_merge"] == pytest.approx(regions_expected["v_info_merge"])
+    assert 0 <= row["v_rand"] <= 1 and 0 <= row["v_info"] <= 1
 
     pngs = {pick: str(tmp_path / f"{pick}.png") for pick in ("best", "median", "worst")}
     task.qc(str(tmp_path / "per_image.csv"), str(tmp_path / "seg"), str(tmp_path / "full.zarr"), pngs)

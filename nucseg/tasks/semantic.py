@@ -18,7 +18,10 @@ Pieces, by stage:
   draws), networks from :mod:`nucseg.nets`;
 * segment: :func:`segment_dataset` (argmax of the class probabilities of the predict stage);
 * evaluate: :func:`confusion_matrix`, :func:`scores` (pixel accuracy; per-class Dice, IoU,
-  precision, recall; their macro and frequency-weighted means), :func:`evaluate_dataset`;
+  precision, recall; their macro and frequency-weighted means), :func:`evaluate_dataset`; with
+  two classes also the ISBI 2012 challenge's region scores V_rand and V_info
+  (:mod:`nucseg.vscores`): the second class's 4-connected regions, the first class what
+  separates them (membranes between cells; background between objects);
 * qc and plots: :func:`qc_pictures` (classes overlaid), :func:`plot_class_scores`.
 """
 
@@ -40,6 +43,7 @@ from torch import nn
 
 from nucseg.classmaps import SemanticClasses, to_class_index  # noqa: F401 (to_class_index: this module's name too)
 from nucseg.files import atomic_dir, atomic_file, write_csv
+from nucseg.vscores import boundary_scores
 
 log = logging.getLogger(__name__)
 
@@ -377,12 +381,18 @@ def evaluate_dataset(
     index_csv : path-like
         The store's index table.
     out_csv : path-like
-        :data:`nucseg.evaluate.ID_COLUMNS`, then the keys of :func:`scores`.
+        :data:`nucseg.evaluate.ID_COLUMNS`, then the keys of :func:`scores`; with two classes
+        then ``v_rand, v_rand_split, v_rand_merge, v_info, v_info_split, v_info_merge``
+        (:func:`nucseg.vscores.rand_info`, NaN on an image without any second-class pixel).
     """
     from nucseg.evaluate import score_images
 
     def score(truth: np.ndarray, pred_path: Path) -> dict:
-        s = scores(confusion_matrix(truth, read_class_map(pred_path, classes), len(classes)), classes.names)
+        pred = read_class_map(pred_path, classes)
+        s = scores(confusion_matrix(truth, pred, len(classes)), classes.names)
+        if len(classes) == 2:  # the second class's regions, the first what separates them (module docstring)
+            s.update(boundary_scores(truth == 1, pred == 1))
+            log.info("%s: V_rand %.4f, V_info %.4f", pred_path.stem, s["v_rand"], s["v_info"])
         log.info("%s: pixel accuracy %.4f, mean Dice %.4f", pred_path.stem, s["pixel_accuracy"], s["mean_dice"])
         return s
 
