@@ -203,7 +203,10 @@ def network(name: str, data: dict, work: Path, reuse: bool = False, tta: bool = 
     budget = f"{settings.model} w{settings.width}, {config['epochs_run']} ep x {settings.samples_per_epoch} crops {size}px, {seconds / 60:.1f} min"
     results = []
     # "wbc2@0.4": Dataset2 as it is, predicted with predict.scale 0.4 (its cells to Dataset1's size)
-    tests = [(dataset, dataset, 1.0)] + ([("wbc2", "wbc2", 1.0), ("wbc2s", "wbc2s", 1.0), ("wbc2@0.4", "wbc2", WBC2_SIDE / 300)] if dataset == "wbc" else [])
+    # "@auto": predict.scale auto, each image's factor from its probes (nucseg.scale)
+    tests = [(dataset, dataset, 1.0), (f"{dataset}@auto", dataset, "auto")]
+    if dataset == "wbc":
+        tests += [("wbc2", "wbc2", 1.0), ("wbc2s", "wbc2s", 1.0), ("wbc2@0.4", "wbc2", WBC2_SIDE / 300), ("wbc2@auto", "wbc2", "auto")]
     for test, source, scale in tests:
         t = data[source]
         pred = work / "pred" / f"{name}_{test}{'_tta' if tta else ''}.zarr"
@@ -212,7 +215,9 @@ def network(name: str, data: dict, work: Path, reuse: bool = False, tta: bool = 
         labels, areas, per_image = work / "seg" / name / tag, work / "seg" / f"{name}_{tag}_areas.csv", work / "seg" / f"{name}_{tag}_per_image.csv"
         task.segment(str(pred), t["full"], t["full_index"], dict(labels=str(labels), objects=str(areas)))
         table = task.evaluate(str(labels), t["full"], t["full_index"], str(per_image), test, name)
-        extra = isbi_challenge_scores(pred, t["full"], t["full_index"]) if test == "isbi" else {}
+        extra = isbi_challenge_scores(pred, t["full"], t["full_index"]) if source == "isbi" else {}
+        used = [float(a.attrs.get("scale", np.nan)) for _, a in zarr.open_group(pred, mode="r").arrays()]
+        extra["scale_used"] = f"{np.median(used):.2f} ({min(used):.2f}-{max(used):.2f})" if scale == "auto" else f"{scale:.2f}"
         results.append(
             dict(
                 run=name + (" +TTA" if tta else ""),

@@ -411,7 +411,7 @@ def model_folder_schema(heads: Sequence[str] | None = None, architectures: Seque
             },
             "nuclei": {
                 "type": "object",
-                "description": "the training nuclei's diameters, px (the target of predict.scale auto)",
+                "description": "the training nuclei's (semantic task: objects') diameters, px (the target of predict.scale auto)",
                 "required": ["median", "p10", "p90"],
                 "properties": {k: {"type": "number", "exclusiveMinimum": 0} for k in ("median", "p10", "p90")} | {"n": {"type": "integer", "minimum": 0}},
             },

@@ -312,6 +312,7 @@ class Predictor:
         self.tta = tta
         self.scale = 1.0 if scale == "auto" else float(scale)
         self.nuclei = {**DEFAULT_NUCLEI, **(nuclei or {})}
+        self.sizes_recorded = bool(nuclei)  # a semantic model is measured against its own record only
         normalize = dict(normalize or {})
         self.low = float(normalize.get("low", NORMALIZE_LOW))
         self.high = float(normalize.get("high", NORMALIZE_HIGH))
@@ -394,17 +395,23 @@ def predict_lazy(
     if routed:
         log.info("%s: %s image (modality guess): predicted by the model folder's %s model", image.name, routed, routed)
     read = predictor.normalizer(image, stats)
-    if settings.scale == "auto" and "body" not in predictor.heads:
-        scale = 1.0  # a semantic model: no nuclei to measure (its scale is set by hand)
-        log.info("%s: predict scale 1 (scale auto measures nuclei, and this model has no nucleus body head: %s)", image.name, predictor.heads)
+    semantic = "body" not in predictor.heads
+    if settings.scale == "auto" and semantic and not predictor.sizes_recorded:
+        scale = 1.0  # trained before the train stage recorded a semantic model's object sizes
+        log.info(
+            "%s: predict scale 1 (scale auto measures objects against the training sizes a model folder records; "
+            "this semantic model's records none: retrain it, or set a number)",
+            image.name,
+        )
     elif settings.scale == "auto":
         estimate = estimate_scale(predictor, read, image.shape, predictor.nuclei)
         scale = estimate.scale
         found = ", ".join(f"{s:g}: {n} of {d:.1f} px" for s, (n, d) in estimate.by_scale.items())
         log.info(
-            "%s: predict scale %g (nuclei of %.1f px; the model's %.1f-%.1f px; probes, nuclei of px per scale: %s)",
+            "%s: predict scale %g (%s of %.1f px; the model's %.1f-%.1f px; probes, found of px per scale: %s)",
             image.name,
             scale,
+            "objects" if semantic else "nuclei",
             estimate.diameter,
             *estimate.band,
             found,

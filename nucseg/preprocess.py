@@ -40,7 +40,7 @@ from nucseg.calibration import resolve
 from nucseg.datasets import Sample, ground_truth, image_path, list_images, load_solution, read_sample
 from nucseg.files import atomic_dir, write_csv
 from nucseg.imageio import guess_modality, intensity_range, read_image_pixels
-from nucseg.sizes import BINS, nucleus_diameters
+from nucseg.sizes import BINS, nucleus_diameters, regions
 
 log = logging.getLogger(__name__)
 
@@ -253,10 +253,11 @@ def preprocess_training(
         chunk per example (training computes its targets from the labels after augmenting
         them, :func:`make_targets`); ``intensity_range (N, 2) float32``, the values at the
         percentiles of :func:`nucseg.imageio.normalize_image` over the whole
-        source image of each example; for the instance task ``diameter_counts (images, bins)
-        int32``, each image's nuclei counted by equivalent diameter (:data:`nucseg.sizes.BINS`;
-        the whole image's, nuclei at its edge left out; in resize mode as resized), in the
-        index table's order: the model folder's record of its training nuclei.
+        source image of each example; ``diameter_counts (images, bins) int32``, each image's
+        nuclei (semantic task: 4-connected regions of every class but the first) counted by
+        equivalent diameter (:data:`nucseg.sizes.BINS`; the whole image's, objects at its edge
+        left out; in resize mode as resized), in the index table's order: the model folder's
+        record of its training objects, the target of ``predict.scale: auto``.
     index_csv : path-like
         Index table: ``image_id, height, width, bit_depth, channels, modality,
         dark_nuclei, n_nuclei, n_overlap_px, split, first_crop, n_crops``.
@@ -299,16 +300,17 @@ def preprocess_training(
             images[n:] = imgs
             labels[n:] = labs
             ranges += [intensity_range(sample.image)] * len(imgs)
-            if not names:  # the nuclei's sizes as the network sees them (resize mode: resized)
-                h, w = sample.labels.shape
-                factor = float(np.sqrt(s * s / (h * w))) if settings.mode == "resize" else 1.0
-                sizes.append(np.histogram(nucleus_diameters(sample.labels) * factor, BINS)[0].astype(np.int32))
+            # the objects' sizes as the network sees them (resize mode: resized): the nuclei, or
+            # a class map's regions of every class but the first (cells between membranes)
+            h, w = sample.labels.shape
+            factor = float(np.sqrt(s * s / (h * w))) if settings.mode == "resize" else 1.0
+            objects = regions(sample.labels > 0) if names else sample.labels
+            sizes.append(np.histogram(nucleus_diameters(objects) * factor, BINS)[0].astype(np.int32))
             rows.append(dict(_index_row(sample, guess_modality(sample.image), names), first_crop=n, n_crops=len(imgs)))
             n += len(imgs)
         root.create_array("intensity_range", data=np.asarray(ranges, dtype=np.float32).reshape(n, 2), chunks=(max(n, 1), 2))
-        if not names:
-            counts = np.asarray(sizes, np.int32).reshape(len(sizes), len(BINS) - 1)
-            root.create_array("diameter_counts", data=counts, chunks=(max(len(sizes), 1), len(BINS) - 1))
+        counts = np.asarray(sizes, np.int32).reshape(len(sizes), len(BINS) - 1)
+        root.create_array("diameter_counts", data=counts, chunks=(max(len(sizes), 1), len(BINS) - 1))
         index = pd.DataFrame(rows)
         index.insert(index.columns.get_loc("first_crop"), "split", split_by_modality(index["modality"], settings.val_fraction, settings.seed))
         root.attrs.update(

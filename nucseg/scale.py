@@ -22,6 +22,13 @@ size model is for) measures each image before it is predicted:
    No size found: 1.
 
 The probes cost the network ``len(CANDIDATES) * PROBE^2`` pixels (0.6 megapixels) per image.
+
+A semantic model (no nucleus body head) is measured the same way on its objects: the 4-connected
+regions of every class but the first (cells between membranes; a white blood cell's cytoplasm
+and nucleus on the background) in the probes' class maps (argmax), against the sizes its folder
+records (``config.json`` ``nuclei``, written by the train stage from the training images'
+objects); one object per probe is enough (:data:`MIN_OBJECTS`). A folder without that record
+is predicted at 1 (:func:`nucseg.infer.predict_lazy` says so in the log).
 """
 
 from __future__ import annotations
@@ -32,11 +39,11 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from nucseg.sizes import nucleus_diameters
+from nucseg.sizes import nucleus_diameters, regions
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CANDIDATES", "PROBE", "ScaleEstimate", "probe_window", "measure_size", "choose_scale", "estimate_scale"]
+__all__ = ["CANDIDATES", "PROBE", "ScaleEstimate", "probe_window", "measure_size", "choose_scale", "estimate_scale", "probe_objects"]
 
 #: The scales tried, geometric steps of about sqrt(2): nuclei up to 4x and down to 0.7x the model's size.
 CANDIDATES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4)
@@ -45,6 +52,8 @@ CANDIDATES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4)
 PROBE = 320
 #: Fewest nuclei a scale must find in the probe to take part.
 MIN_NUCLEI = 3
+#: The same for a semantic model's objects: a bright-field image around one cell holds one.
+MIN_OBJECTS = 1
 #: Diameters within this factor of each other are one size (:func:`measure_size`).
 CONSISTENT = 1.3
 #: The training nuclei of a model whose folder does not record them: the shipped model's
@@ -143,24 +152,32 @@ def estimate_scale(predictor, read, shape: tuple[int, int], nuclei: dict, candid
         The model's training diameters, px: ``median``, ``p10``, ``p90`` (``config.json``
         ``nuclei``; missing ones from :data:`DEFAULT_NUCLEI`).
     """
-    from nucseg.chunks import segment_probability
-    from nucseg.watershed import SegmentSettings
-
     nuclei = {**DEFAULT_NUCLEI, **(nuclei or {})}
-    body = predictor.heads.index("body")
+    semantic = "body" not in predictor.heads
     by_scale = {}
     for s in candidates:
         window = _probe(read, shape, int(round(PROBE / s)))
         # at the network's size: the probe is segmented there (PROBE^2 pixels, whatever s)
         size = tuple(max(32, int(round(n * s / 32)) * 32) for n in window.shape[:2])
         resized = cv2.resize(window, size[::-1], interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-        prob = predictor.network_maps(resized[None])[0, body]
-        d = nucleus_diameters(segment_probability(prob, SegmentSettings())) * (window.shape[0] / size[0])
+        d = nucleus_diameters(probe_objects(predictor, predictor.network_maps(resized[None])[0])) * (window.shape[0] / size[0])
         by_scale[float(s)] = (int(d.size), float(np.median(d)) if d.size else float("nan"))
-    diameter = measure_size(by_scale)
+    diameter = measure_size(by_scale, min_nuclei=MIN_OBJECTS if semantic else MIN_NUCLEI)
     band = (float(nuclei["p10"]), float(nuclei["p90"]))
     scale = choose_scale(diameter, band, candidates, fallback=min(candidates, key=lambda s: abs(np.log(diameter * s / nuclei["median"]))))
     return ScaleEstimate(scale, diameter, float(nuclei["median"]), band, by_scale)
+
+
+def probe_objects(predictor, maps: np.ndarray) -> np.ndarray:
+    """``(H, W)`` labels of the objects in one probe's maps ``(K, H, W)``: the nuclei of the
+    body map segmented with the default settings, or a semantic model's regions of every class
+    but the first (module docstring)."""
+    if "body" not in predictor.heads:
+        return regions(maps.argmax(axis=0) > 0)
+    from nucseg.chunks import segment_probability
+    from nucseg.watershed import SegmentSettings
+
+    return segment_probability(maps[predictor.heads.index("body")], SegmentSettings())
 
 
 def _probe(read, shape: tuple[int, int], side: int) -> np.ndarray:

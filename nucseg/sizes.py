@@ -1,6 +1,6 @@
 """Nucleus sizes of label images: equivalent diameters, and a training set's summary of them.
 
-A leaf module (numpy only): the train stage records its training nuclei's sizes in the model
+A leaf module (numpy and scipy only): the train stage records its training nuclei's sizes in the model
 folder (``config.json`` ``nuclei``) with it, and ``predict.scale: auto`` (:mod:`nucseg.scale`)
 measures an image's nuclei with it.
 """
@@ -8,8 +8,22 @@ measures an image's nuclei with it.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
 
-__all__ = ["BINS", "nucleus_diameters", "diameter_histogram", "summary_of_histogram", "diameter_summary"]
+__all__ = ["BINS", "FOUR", "regions", "nucleus_diameters", "diameter_histogram", "summary_of_histogram", "diameter_summary"]
+
+
+#: The 4-connected neighbourhood regions are labelled with.
+FOUR = ndi.generate_binary_structure(2, 1)
+
+
+def regions(mask: np.ndarray) -> np.ndarray:
+    """``(H, W) int32`` labels of the 4-connected components of a boolean ``(H, W)`` mask (0 off it):
+    the objects of a semantic class map (every class but the first, the background or boundary)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
+    return ndi.label(mask.astype(bool), structure=FOUR)[0].astype(np.int32)
 
 
 def nucleus_diameters(labels: np.ndarray, drop_edge: bool = True) -> np.ndarray:

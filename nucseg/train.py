@@ -550,17 +550,20 @@ def write_model_folder(
     return config
 
 
-def training_nuclei(train_set: CropDataset, indexes: list[str] | None = None) -> dict:
-    """Median, 10th and 90th percentile of the diameters (px) of the training images' nuclei,
-    and their number: from the stores' ``diameter_counts`` (whole images, the ``train`` split of
-    ``indexes``), or, for stores written without them, from the training crops (nuclei cut by a
-    crop's edge left out: large nuclei are then missed)."""
+def training_nuclei(train_set: CropDataset, indexes: list[str] | None = None, from_crops: bool = True) -> dict:
+    """Median, 10th and 90th percentile of the diameters (px) of the training images' nuclei
+    (semantic task: objects, :func:`nucseg.preprocess.preprocess_training`), and their number:
+    from the stores' ``diameter_counts`` (whole images, the ``train`` split of ``indexes``), or,
+    for stores written without them and ``from_crops``, from the training crops (nuclei cut by a
+    crop's edge left out: large nuclei are then missed); else ``{}``."""
     total = np.zeros(len(BINS) - 1, np.int64)
     if indexes is not None and all("diameter_counts" in zarr.open_group(store, mode="r") for store in train_set.stores):
         for store, index_csv in zip(train_set.stores, indexes):
             split = pd.read_csv(index_csv)["split"].to_numpy()
             total += zarr.open_group(store, mode="r")["diameter_counts"][:][split == "train"].sum(axis=0)
         return summary_of_histogram(total)
+    if not from_crops:
+        return {}
     counts = train_set.per_example(diameter_histogram)
     return summary_of_histogram(counts.sum(axis=0)) if len(counts) else {}
 
@@ -687,5 +690,6 @@ def train_model(
     if state.bad_epochs >= settings.stop_patience:
         log.info("early stop: no better validation IoU for %d epochs", state.bad_epochs)
 
-    nuclei = training_nuclei(train_set, list(map(str, indexes))) if task.name == "instance" else None
+    # a semantic class map's crops are no label images: its sizes come from the stores only
+    nuclei = training_nuclei(train_set, list(map(str, indexes)), from_crops=task.name == "instance")
     return write_model_folder(out_dir, state.best_state, pd.DataFrame(history), settings, task, architecture, model_config, invert_dark, device, nuclei)

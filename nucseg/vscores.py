@@ -38,10 +38,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["RegionCounts", "regions", "thin_boundaries", "region_counts", "rand_info", "boundary_scores"]
+from nucseg.sizes import regions
 
-#: The 4-connected neighbourhood the regions are labelled with.
-FOUR = ndi.generate_binary_structure(2, 1)
+__all__ = ["RegionCounts", "regions", "thin_boundaries", "region_counts", "rand_info", "boundary_scores"]
 
 
 @dataclass(frozen=True)
@@ -60,14 +59,6 @@ class RegionCounts:
     pair: np.ndarray
     truth: np.ndarray
     pred: np.ndarray
-
-
-def regions(mask: np.ndarray) -> np.ndarray:
-    """``(H, W) int32`` labels of the 4-connected components of a boolean ``(H, W)`` mask (0 off it)."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
-    return ndi.label(mask.astype(bool), structure=FOUR)[0].astype(np.int32)
 
 
 def thin_boundaries(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ from nucseg.tasks.semantic import (
     scores,
     to_class_index,
 )
+from nucseg.sizes import BINS, nucleus_diameters, regions
 from nucseg.train import TrainSettings, train_model
 from nucseg.vscores import boundary_scores
 
@@ -178,6 +179,24 @@ def isbi_zip(shared_data, tmp_path) -> Path:
     return _crops_zip(shared_data / "isbi2012" / "isbi2012_train.zip", boxes, tmp_path / "isbi_crops.zip")
 
 
+def test_semantic_training_store_records_its_objects_sizes(shared_data, tmp_path):
+    """The cells between the membranes of a whole real slice (4-connected regions of every class
+    but the first, those at the edge left out) are counted by diameter, and a model trained on
+    the store records them: the target of predict.scale auto for a semantic model."""
+    archive = _crops_zip(shared_data / "isbi2012" / "isbi2012_train.zip", {"s0": ("slice_00", (0, 512, 0, 512))}, tmp_path / "slice.zip")
+    root = download_dataset(str(archive), tmp_path / "isbi", layout="semantic")
+    index = preprocess_training(root, tmp_path / "t.zarr", tmp_path / "t.csv", PreprocessSettings(size=256, val_fraction=0), "semantic", classes=ISBI)
+    counts = zarr.open_group(tmp_path / "t.zarr", mode="r")["diameter_counts"][:]
+    expected = nucleus_diameters(regions(read_sample(root, "s0", "semantic", class_values=(0, 255)).labels > 0))
+    assert counts.shape == (len(index), len(BINS) - 1) and counts.sum() == expected.size > 50
+    assert np.array_equal(counts[0], np.histogram(expected, BINS)[0])
+    task = make_task("semantic", ISBI)
+    settings = TrainSettings(model="unet", width=4, epochs=1, samples_per_epoch=4, batch_size=4, invert_dark=False)
+    config = train_model([tmp_path / "t.zarr"], [tmp_path / "t.csv"], tmp_path / "model", settings, task=task, threads=1)
+    assert config["nuclei"]["n"] == expected.size
+    assert config["nuclei"]["p10"] <= np.median(expected) + 0.5 and abs(config["nuclei"]["median"] - np.median(expected)) <= 0.5
+
+
 def test_semantic_layout_reads_class_indices(isbi_zip, tmp_path):
     root = download_dataset(str(isbi_zip), tmp_path / "isbi", layout="semantic")
     assert list_images(root, "semantic") == ["s0", "s1", "s2", "s27", "s3"]
@@ -232,6 +251,7 @@ def test_semantic_stores_train_predict_segment_evaluate(isbi_zip, tmp_path):
     assert {"share_membrane", "share_cell"} <= set(index.columns) and "n_nuclei" not in index
     store = zarr.open_group(tmp_path / "train.zarr", mode="r")
     assert "body" not in store and set(np.unique(store["labels"][:])) <= {0, 1} and store.attrs["classes"] == ISBI
+    assert store["diameter_counts"].shape[0] == len(index)  # (these crops' cells all touch their edges)
     full = preprocess_fullsize(root, tmp_path / "full.zarr", tmp_path / "full.csv", "semantic", exclude=["s0", "s1", "s2", "s3"], classes=ISBI)
     assert full["image_id"].tolist() == ["s27"]
 
