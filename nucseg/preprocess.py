@@ -254,8 +254,8 @@ def preprocess_training(
         them, :func:`make_targets`); ``intensity_range (N, 2) float32``, the values at the
         percentiles of :func:`nucseg.imageio.normalize_image` over the whole
         source image of each example; ``diameter_counts (images, bins) int32``, each image's
-        nuclei (semantic task: 4-connected regions of every class but the first) counted by
-        equivalent diameter (:data:`nucseg.sizes.BINS`; the whole image's, objects at its edge
+        nuclei counted by equivalent diameter (semantic task: the pixels of the 4-connected
+        regions of every class but the first, by their region's equivalent diameter) (:data:`nucseg.sizes.BINS`; the whole image's, objects at its edge
         left out; in resize mode as resized), in the index table's order: the model folder's
         record of its training objects, the target of ``predict.scale: auto``.
     index_csv : path-like
@@ -304,8 +304,12 @@ def preprocess_training(
             # a class map's regions of every class but the first (cells between membranes)
             h, w = sample.labels.shape
             factor = float(np.sqrt(s * s / (h * w))) if settings.mode == "resize" else 1.0
-            objects = regions(sample.labels > 0) if names else sample.labels
-            sizes.append(np.histogram(nucleus_diameters(objects) * factor, BINS)[0].astype(np.int32))
+            if names:  # a class map's regions, counted by their pixels (nucseg.scale's semantic sizes)
+                d = nucleus_diameters(regions(sample.labels > 0))
+                counts = np.histogram(d * factor, BINS, weights=np.round(np.pi * d**2 / 4 * factor**2))[0]
+            else:
+                counts = np.histogram(nucleus_diameters(sample.labels) * factor, BINS)[0]
+            sizes.append(counts.astype(np.int32))
             rows.append(dict(_index_row(sample, guess_modality(sample.image), names), first_crop=n, n_crops=len(imgs)))
             n += len(imgs)
         root.create_array("intensity_range", data=np.asarray(ranges, dtype=np.float32).reshape(n, 2), chunks=(max(n, 1), 2))

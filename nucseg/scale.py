@@ -27,8 +27,12 @@ A semantic model (no nucleus body head) is measured the same way on its objects:
 regions of every class but the first (cells between membranes; a white blood cell's cytoplasm
 and nucleus on the background) in the probes' class maps (argmax), against the sizes its folder
 records (``config.json`` ``nuclei``, written by the train stage from the training images'
-objects); one object per probe is enough (:data:`MIN_OBJECTS`). A folder without that record
-is predicted at 1 (:func:`nucseg.infer.predict_lazy` says so in the log).
+objects). Two differences: sizes are medians over *pixels* (the diameter of the region the
+median pixel lies in), on both sides, so that specks of a mislabelled background do not outvote
+the one cell of an image; and regions at the probe's edge count (a bright-field image around
+one cell is hardly larger than the cell). One object per probe is enough
+(:data:`MIN_OBJECTS`). A folder without that record is predicted at 1
+(:func:`nucseg.infer.predict_lazy` says so in the log).
 """
 
 from __future__ import annotations
@@ -61,14 +65,14 @@ CONSISTENT = 1.3
 DEFAULT_NUCLEI = {"median": 20.75, "p10": 9.25, "p90": 34.25}
 
 
-def probe_window(read, shape: tuple[int, int], side: int = PROBE) -> tuple[slice, slice]:
+def probe_window(read, shape: tuple[int, int], side: int = PROBE, multiple: int = 32) -> tuple[slice, slice]:
     """The probe of an image: the ``side`` x ``side`` window (the image's extent where smaller,
     rounded down to a multiple of 32) of highest intensity spread among 3 x 3 candidates.
 
     ``read(rows, cols)`` gives normalised pixels ``(len(rows), len(cols), 3)`` float32.
     """
     h, w = shape
-    ph, pw = (max(32, min(side, n) // 32 * 32) for n in (h, w))
+    ph, pw = (max(32, min(side, n) // multiple * multiple) for n in (h, w))
     best, best_spread = None, -1.0
     for r0 in sorted({int(round(f * max(h - ph, 0))) for f in (0.0, 0.5, 1.0)}):
         for c0 in sorted({int(round(f * max(w - pw, 0))) for f in (0.0, 0.5, 1.0)}):
@@ -156,16 +160,28 @@ def estimate_scale(predictor, read, shape: tuple[int, int], nuclei: dict, candid
     semantic = "body" not in predictor.heads
     by_scale = {}
     for s in candidates:
-        window = _probe(read, shape, int(round(PROBE / s)))
+        # a semantic model's probe takes a small image whole (it is resized to the network's
+        # multiple of 32 anyway): an image around one cell cut down to 32 px steps cuts the cell
+        window = _probe(read, shape, int(round(PROBE / s)), multiple=1 if semantic else 32)
         # at the network's size: the probe is segmented there (PROBE^2 pixels, whatever s)
         size = tuple(max(32, int(round(n * s / 32)) * 32) for n in window.shape[:2])
         resized = cv2.resize(window, size[::-1], interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-        d = nucleus_diameters(probe_objects(predictor, predictor.network_maps(resized[None])[0])) * (window.shape[0] / size[0])
-        by_scale[float(s)] = (int(d.size), float(np.median(d)) if d.size else float("nan"))
+        objects = probe_objects(predictor, predictor.network_maps(resized[None])[0])
+        # a semantic model's regions: those at the probe's edge kept (an image of one cell is
+        # hardly larger than the cell), the median taken over pixels (specks do not outvote a cell)
+        d = nucleus_diameters(objects, drop_edge=not semantic) * (window.shape[0] / size[0])
+        by_scale[float(s)] = (int(d.size), (weighted_median(d, d**2) if semantic else float(np.median(d))) if d.size else float("nan"))
     diameter = measure_size(by_scale, min_nuclei=MIN_OBJECTS if semantic else MIN_NUCLEI)
     band = (float(nuclei["p10"]), float(nuclei["p90"]))
     scale = choose_scale(diameter, band, candidates, fallback=min(candidates, key=lambda s: abs(np.log(diameter * s / nuclei["median"]))))
     return ScaleEstimate(scale, diameter, float(nuclei["median"]), band, by_scale)
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The value below which half the total weight lies (the lower one at an exact half)."""
+    order = np.argsort(values)
+    cumulative = np.cumsum(np.asarray(weights, np.float64)[order])
+    return float(np.asarray(values)[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
 def probe_objects(predictor, maps: np.ndarray) -> np.ndarray:
@@ -180,9 +196,9 @@ def probe_objects(predictor, maps: np.ndarray) -> np.ndarray:
     return segment_probability(maps[predictor.heads.index("body")], SegmentSettings())
 
 
-def _probe(read, shape: tuple[int, int], side: int) -> np.ndarray:
+def _probe(read, shape: tuple[int, int], side: int, multiple: int = 32) -> np.ndarray:
     """The normalised pixels of :func:`probe_window` (an image under 32 px mirrored up to it)."""
-    rows, cols = probe_window(read, shape, side)
+    rows, cols = probe_window(read, shape, side, multiple)
     window = read(np.arange(rows.start, min(rows.stop, shape[0])), np.arange(cols.start, min(cols.stop, shape[1])))
     ph, pw = rows.stop - rows.start, cols.stop - cols.start
     if window.shape[:2] != (ph, pw):
