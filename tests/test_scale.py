@@ -153,3 +153,52 @@ def test_scale_setting_values():
         PredictSettings(scale="big")
     with pytest.raises(ValueError, match="between 0.05 and 20"):
         PredictSettings(scale=0.01)
+
+
+@pytest.mark.slow
+def test_auto_scale_of_a_semantic_model_follows_the_magnification(shared_data, tmp_path):
+    """A small U-Net trained on real bright-field white blood cells (wbc3class Dataset1, three
+    classes; about a minute): on held-out images the cells' size measured in the probes matches
+    their true size, and on the same images enlarged 2x it doubles, the chosen factor brings it
+    back near the model's size, and the class maps agree with the original's."""
+    from nucseg.datasets import download_dataset
+    from nucseg.preprocess import PreprocessSettings, preprocess_training, read_id_list
+    from nucseg.scale import weighted_median
+    from nucseg.sizes import regions
+    from nucseg.tasks import make_task
+    from nucseg.train import TrainSettings, train_model
+
+    classes = {"background": 0, "cytoplasm": 1, "nucleus": 2}
+    root = download_dataset(str(shared_data / "wbc3class" / "wbc3class.zip"), tmp_path / "wbc", layout="semantic", subdir="Dataset1")
+    held = read_id_list(ROOT / "config" / "wbc3class_heldout.txt")
+    preprocess_training(root, tmp_path / "t.zarr", tmp_path / "t.csv", PreprocessSettings(size=128, val_fraction=0.1), "semantic", held, classes)
+    settings = TrainSettings(model="unet", width=8, epochs=14, samples_per_epoch=64, batch_size=8, learning_rate=2e-3, invert_dark=False, sampling="balanced")
+    config = train_model([tmp_path / "t.zarr"], [tmp_path / "t.csv"], tmp_path / "model", settings, task=make_task("semantic", classes), threads=1)
+    assert 50 <= config["nuclei"]["median"] <= 100  # Dataset1's cells: about 75 px across
+
+    predictor = open_predictor(tmp_path / "model", PredictSettings(device="cpu"))
+    assert predictor.sizes_recorded and "body" not in predictor.heads
+    for image_id in held[:3]:
+        sample = read_sample(root, image_id, "semantic", class_values=(0, 1, 2))
+        cells = nucleus_diameters(regions(sample.labels > 0), drop_edge=False)
+        true_size = weighted_median(cells, cells**2)
+        base = _size(predictor, sample.image)
+        assert base.diameter == pytest.approx(true_size, rel=0.25), (image_id, base, true_size)
+        big = cv2.resize(sample.image, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)
+        size = _size(predictor, big)
+        assert size.diameter == pytest.approx(2 * base.diameter, rel=0.25), (image_id, size, base)
+        # the factor brings the cells back to about the sizes the model saw (no candidate may
+        # land inside its p10-p90 band exactly: factors are steps of about sqrt(2))
+        assert size.scale <= 0.7 and size.band[0] / 1.3 <= size.diameter * size.scale <= size.band[1] * 1.3
+        maps = {}
+        for name, image in (("base", sample.image), ("big", big)):
+            prob = np.empty((3,) + image.shape[:2], np.float32)
+
+            def sink(r, block, prob=prob):
+                prob[:, r : r + block.shape[1]] = block
+
+            predict_lazy(predictor, LazyImage(image, "YXC", name), PredictSettings(scale="auto"), sink)
+            maps[name] = prob.argmax(axis=0)
+        back = cv2.resize(maps["big"].astype(np.uint8), sample.image.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+        cell = (maps["base"] > 0) & (back > 0)
+        assert 2 * cell.sum() / ((maps["base"] > 0).sum() + (back > 0).sum()) >= 0.85
