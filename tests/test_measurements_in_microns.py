@@ -37,7 +37,10 @@ def segmented(tmp_path_factory, grey):
     folder = tmp_path_factory.mktemp("inputs")
     tifffile.imwrite(folder / "grey.ome.tif", grey, metadata={"axes": "YX", "PhysicalSizeX": SIZE, "PhysicalSizeY": SIZE})
     rgb = sample_image(256, 256)[0].transpose(1, 2, 0).astype(np.uint8)
-    rgb[..., 1] //= 2  # channels that differ, so that each is measured on its own
+    # channels that differ, so that each is measured on its own; by little enough that the
+    # image stays a grey fluorescence image for the modality guess (halved, it went to the
+    # histology model, which measures H&E, and the test would depend on that model)
+    rgb[..., 1] = (rgb[..., 1] * 0.9).astype(np.uint8)
     Image.fromarray(rgb).save(folder / "rgb.png")
     out = folder / "out"
     inputs = [str(folder / "grey.ome.tif"), str(folder / "rgb.png")]
