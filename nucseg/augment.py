@@ -79,8 +79,13 @@ class AugmentSettings:
         (up to 0.1 in normalised units), on the normalised image.
     blur : float
         Gaussian blur of a sigma drawn in [0.5, 1.5] px, on the normalised image.
+    sparse : float
+        A sparse scene (:func:`dim_nuclei`): of a crop with two or more nuclei, all but 0-3 of
+        them (drawn at random) have their signal against the background cut to a factor drawn
+        in [0.15, 0.6], before normalisation with the whole source image's percentiles, which
+        the bright nuclei kept still set: dim nuclei beside a few bright ones.
 
-    The last five are 0 by default, which leaves the draws of the others as they were.
+    The last six are 0 by default, which leaves the draws of the others as they were.
     """
 
     affine: float = 0.5
@@ -92,9 +97,10 @@ class AugmentSettings:
     grey: float = 0.0
     noise: float = 0.0
     blur: float = 0.0
+    sparse: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("affine", "distort", "intensity", "colour", "rescale", "stain", "grey", "noise", "blur"):
+        for name in ("affine", "distort", "intensity", "colour", "rescale", "stain", "grey", "noise", "blur", "sparse"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"augmentation probability {name} must be in [0, 1], got {value}")
@@ -149,6 +155,35 @@ def random_grey(image: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """An RGB ``uint8`` image as grey ``sum(weights * channels)`` (weights summing to 1), on three channels."""
     grey = np.clip(np.round(image[..., :3].astype(np.float32) @ np.asarray(weights, np.float32)), 0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)
+
+
+def dim_nuclei(image: np.ndarray, labels: np.ndarray, dim: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` with the nuclei ``dim`` (label values) moved toward the background: ``b + (x -
+    b) * factor`` per channel, ``b`` the median of the pixels outside every nucleus (bright
+    nuclei on dark and dark on light alike).
+
+    Parameters
+    ----------
+    image : (H, W, C) ndarray of uint8
+    labels : (H, W) ndarray of int
+    dim : (N,) ndarray of int
+        The label values to dim.
+    factor : float
+        In [0, 1]: 0 makes them background, 1 leaves them.
+
+    Returns
+    -------
+    (H, W, C) ndarray of uint8
+        A new image; ``image`` itself as it was when no pixel is background or none is dimmed.
+    """
+    background = labels == 0
+    where = np.isin(labels, dim)
+    if not background.any() or not where.any():
+        return image
+    b = np.median(image[background], axis=0).astype(np.float32)
+    out = image.astype(np.float32)
+    out[where] = b + (out[where] - b) * factor
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def _seed_compose(compose: A.Compose, rng: np.random.Generator) -> None:
@@ -206,6 +241,20 @@ class Augmenter:
         if self.settings.grey > 0 and rng.random() < self.settings.grey:
             image = random_grey(image, rng.dirichlet(np.ones(3)))
         return image
+
+    def sparse(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A sparse scene of a ``(H, W, C) uint8`` image and its labels (setting ``sparse``,
+        :func:`dim_nuclei`); under two nuclei, or the setting at 0, the image comes back as it
+        is (at 0 nothing is drawn)."""
+        if self.settings.sparse <= 0 or rng.random() >= self.settings.sparse:
+            return image
+        ids = np.unique(labels)
+        ids = ids[ids != 0]
+        if ids.size < 2:
+            return image
+        keep = min(int(rng.integers(0, 4)), ids.size - 1)
+        dim = rng.permutation(ids)[keep:]
+        return dim_nuclei(image, labels, dim, float(rng.uniform(0.15, 0.6)))
 
     def intensity(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Brightness, contrast and gamma of a normalised ``(H, W, C) float32`` image (values in [-0.5, 1.5])."""

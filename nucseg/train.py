@@ -104,6 +104,7 @@ class TrainSettings:
     augment_grey: float = 0.0
     augment_noise: float = 0.0
     augment_blur: float = 0.0
+    augment_sparse: float = 0.0
     invert_dark: bool = True
     sampling: str = "uniform"
     empty_weight: float = 0.25
@@ -156,6 +157,7 @@ class TrainSettings:
             grey=self.augment_grey,
             noise=self.augment_noise,
             blur=self.augment_blur,
+            sparse=self.augment_sparse,
         )
         return settings if self.augment else None
 
@@ -209,6 +211,7 @@ class CropDataset(Dataset):
             # one generator per (seed, epoch, example): identical whatever the worker layout
             rng = np.random.default_rng((self.seed, self.epoch, i))
             image, labels = self.augmenter.spatial(image, labels, rng)
+            image = self.augmenter.sparse(image, labels, rng)
             image = self.augmenter.intensity(self._normalise(self.augmenter.stain(image, rng), lo, hi, i), rng)
         target = self.targets(labels, self.heads)
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(target)
@@ -615,6 +618,8 @@ def train_model(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fastest kernels for the fixed crop size (not bit-reproducible)
     task = task or make_task()
+    if task.name != "instance" and settings.augment and settings.augment_sparse > 0:
+        raise ValueError(f"train.augment_sparse dims the nuclei of label images; the {task.name} task's class maps hold none: set it to 0")
     examples = split_examples(list(map(str, indexes)))
     heads = settings.heads
     invert_dark = settings.invert_dark and task.invert_dark

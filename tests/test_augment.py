@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.draw import disk
 
-from nucseg.augment import NORM_HIGH, NORM_LOW, Augmenter, AugmentSettings, intensity_transforms, spatial_transforms
+from nucseg.augment import NORM_HIGH, NORM_LOW, Augmenter, AugmentSettings, dim_nuclei, intensity_transforms, spatial_transforms
 
 SIZE = 96
 #: grey value of label k in the test image: well apart, so bilinear mixing at edges is told from the inside
@@ -224,3 +224,40 @@ def test_rescale_changes_the_size_of_the_nuclei():
     augmenter = Augmenter(AugmentSettings(affine=0, distort=0, rescale=1))
     areas = [int((augmenter.spatial(image, labels, np.random.default_rng(s))[1] == 3).sum()) for s in range(20)]
     assert min(areas) < 400 * 0.8 and max(areas) > 400 * 1.25 and max(areas) <= 400 * 4.5
+
+
+def test_dim_nuclei_moves_the_chosen_nuclei_toward_the_background():
+    """Bright nuclei on dark and dark nuclei on light alike: the dimmed ones come to
+    b + (x - b) * factor, the others and the background stay, the input is not modified."""
+    labels = np.zeros((8, 8), np.int32)
+    labels[1:3, 1:3], labels[5:7, 5:7] = 1, 2
+    for background, nucleus in ((10, 210), (230, 30)):
+        image = np.full((8, 8, 3), background, np.uint8)
+        image[labels > 0] = nucleus
+        before = image.copy()
+        out = dim_nuclei(image, labels, np.array([2]), 0.25)
+        assert (image == before).all() and out.dtype == np.uint8
+        assert (out[labels == 2] == round(background + (nucleus - background) * 0.25)).all()
+        assert (out[labels != 2] == image[labels != 2]).all()
+    assert dim_nuclei(image, np.ones((8, 8), np.int32), np.array([1]), 0.5) is image  # no background to move toward
+
+
+def test_sparse_scene_dims_all_but_a_few_nuclei_and_draws_nothing_when_off():
+    image, labels = disc_sample()
+    ids = np.unique(labels)[1:]
+    on = Augmenter(AugmentSettings(sparse=1.0))
+    kept = set()
+    for seed in range(16):
+        out = on.sparse(image, labels, np.random.default_rng(seed))
+        assert out.shape == image.shape and out.dtype == np.uint8 and (out[labels == 0] == image[labels == 0]).all()
+        same = [i for i in ids if (out[labels == i] == image[labels == i]).all()]
+        assert len(same) <= 3  # all but 0-3 nuclei dimmed: of four, one at least
+        dimmed = [i for i in ids if i not in same]
+        assert all((out[labels == i] < image[labels == i]).all() for i in dimmed)  # bright on dark: darker
+        kept.add(len(same))
+    assert kept == {0, 1, 2, 3}
+    rng = np.random.default_rng(0)
+    assert Augmenter(AugmentSettings()).sparse(image, labels, rng) is image
+    assert rng.random() == np.random.default_rng(0).random()  # nothing drawn at 0
+    one = np.where(labels == ids[0], labels, 0)
+    assert on.sparse(image, one, np.random.default_rng(0)) is image  # one nucleus: nothing to set it against

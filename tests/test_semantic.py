@@ -320,3 +320,10 @@ def test_the_ready_semantic_configs_are_valid(name):
     assert make_task(config["task"], config["classes"]).classes.values in ((0, 255), (0, 1, 2))
     for dataset in config["datasets"].values():
         assert (repo / dataset["exclude"]).is_file() if "exclude" in dataset else True
+
+
+def test_sparse_scenes_are_refused_for_class_maps(tmp_path):
+    """augment_sparse dims nuclei of label images: a semantic class map has none to dim."""
+    settings = TrainSettings(model="unet", width=4, invert_dark=False, augment_sparse=0.5)
+    with pytest.raises(ValueError, match="augment_sparse"):
+        train_model([], [], tmp_path / "model", settings, task=make_task("semantic", ISBI), threads=1)
