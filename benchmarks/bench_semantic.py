@@ -44,9 +44,10 @@ from skimage.filters import threshold_otsu
 from nucseg.datasets import download_dataset
 from nucseg.infer import PredictSettings, predict_dataset
 from nucseg.preprocess import PreprocessSettings, preprocess_fullsize, preprocess_training, read_id_list
+from nucseg.sizes import regions
 from nucseg.tasks.semantic import SemanticTask, confusion_matrix, scores
 from nucseg.train import TrainSettings, train_model
-from nucseg.vscores import boundary_scores, rand_info, region_counts, regions
+from nucseg.vscores import boundary_scores, rand_info, region_counts
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

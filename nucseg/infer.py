@@ -408,7 +408,7 @@ def predict_lazy(
         scale = estimate.scale
         found = ", ".join(f"{s:g}: {n} of {d:.1f} px" for s, (n, d) in estimate.by_scale.items())
         log.info(
-            "%s: predict scale %g (%s of %.1f px; the model's %.1f-%.1f px; probes, found of px per scale: %s)",
+            "%s: predict scale %g (%s of %.1f px; the model's %.1f-%.1f px; probes, found per scale: %s)",
             image.name,
             scale,
             "objects" if semantic else "nuclei",

@@ -254,10 +254,11 @@ def preprocess_training(
         them, :func:`make_targets`); ``intensity_range (N, 2) float32``, the values at the
         percentiles of :func:`nucseg.imageio.normalize_image` over the whole
         source image of each example; ``diameter_counts (images, bins) int32``, each image's
-        nuclei counted by equivalent diameter (semantic task: the pixels of the 4-connected
-        regions of every class but the first, by their region's equivalent diameter) (:data:`nucseg.sizes.BINS`; the whole image's, objects at its edge
-        left out; in resize mode as resized), in the index table's order: the model folder's
-        record of its training objects, the target of ``predict.scale: auto``.
+        nuclei counted by equivalent diameter (:data:`nucseg.sizes.BINS`; the whole image's,
+        objects at its edge left out; in resize mode as resized), in the index table's order:
+        the model folder's record of its training objects, the target of ``predict.scale:
+        auto``. Semantic task: the pixels of the 4-connected regions of every class but the
+        first, each counted at its region's equivalent diameter.
     index_csv : path-like
         Index table: ``image_id, height, width, bit_depth, channels, modality,
         dark_nuclei, n_nuclei, n_overlap_px, split, first_crop, n_crops``.

@@ -40,7 +40,7 @@ from scipy import ndimage as ndi
 
 from nucseg.sizes import regions
 
-__all__ = ["RegionCounts", "regions", "thin_boundaries", "region_counts", "rand_info", "boundary_scores"]
+__all__ = ["RegionCounts", "thin_boundaries", "region_counts", "rand_info", "boundary_scores"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def region_counts(truth: np.ndarray, pred: np.ndarray) -> RegionCounts:
     Parameters
     ----------
     truth, pred : (H, W) ndarray of non-negative int
-        Region labels (:func:`regions`), 0 the boundary; the labels of the two are unrelated.
+        Region labels (:func:`nucseg.sizes.regions`), 0 the boundary; the labels of the two are unrelated.
     """
     truth, pred = np.asarray(truth), np.asarray(pred)
     if truth.shape != pred.shape:
@@ -169,6 +169,6 @@ def boundary_scores(truth_regions: np.ndarray, pred_regions: np.ndarray) -> dict
     Parameters
     ----------
     truth_regions, pred_regions : (H, W) ndarray of bool
-        Each is labelled into its 4-connected regions (:func:`regions`) first.
+        Each is labelled into its 4-connected regions (:func:`nucseg.sizes.regions`) first.
     """
     return rand_info(region_counts(regions(truth_regions), regions(pred_regions)))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from skimage.metrics import variation_of_information
 
-from nucseg.vscores import RegionCounts, boundary_scores, rand_info, region_counts, regions, thin_boundaries
+from nucseg.sizes import regions
+from nucseg.vscores import RegionCounts, boundary_scores, rand_info, region_counts, thin_boundaries
 
 
 def brute_rand(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
