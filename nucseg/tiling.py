@@ -182,28 +182,33 @@ def plan_windows(shape: tuple[int, int], tile: int, margin: int, multiple: int =
 
 
 class _Blender:
-    """Weighted sums of window results over the rows still open, released row band by band."""
+    """Weighted sums of window results over the rows still open, released row band by band.
 
-    def __init__(self, shape: tuple[int, int], pads, n_out: int, sink: Callable[[int, np.ndarray], None], flush_rows: int) -> None:
-        (self.top, _), (self.left, _) = pads
-        self.h, self.w = shape
-        self.padded_w = self.w + sum(pads[1])
+    It sums the part of each window inside ``region`` (rows and columns of the padded image);
+    every pixel gets the same products, added in the same order, whatever the region, so a
+    region's result equals the same pixels of the whole image's bit for bit."""
+
+    def __init__(
+        self, region: tuple[tuple[int, int], tuple[int, int]], n_out: int, sink: Callable[[int, np.ndarray], None], flush_rows: int, base: int
+    ) -> None:
+        (self.r0, self.r1), (self.c0, self.c1) = region
         self.n_out, self.sink, self.flush_rows = n_out, sink, max(1, flush_rows)
-        self.base = 0  # padded row of acc[:, 0]
-        self.acc = np.zeros((n_out, 0, self.padded_w), np.float32)
-        self.wsum = np.zeros((0, self.padded_w), np.float32)
+        self.base = base  # padded row of acc[:, 0]
+        self.acc = np.zeros((n_out, 0, self.c1 - self.c0), np.float32)
+        self.wsum = np.zeros((0, self.c1 - self.c0), np.float32)
         self.pending: list[np.ndarray] = []
-        self.written = 0  # image rows handed to the sink
+        self.written = 0  # rows of the region handed to the sink
 
     def add(self, win: Window, result: np.ndarray) -> None:
         need = win.y + win.h - self.base
         if need > self.acc.shape[1]:
             extra = need - self.acc.shape[1]
-            self.acc = np.concatenate([self.acc, np.zeros((self.n_out, extra, self.padded_w), np.float32)], axis=1)
-            self.wsum = np.concatenate([self.wsum, np.zeros((extra, self.padded_w), np.float32)])
-        rows, cols = slice(win.y - self.base, need), slice(win.x, win.x + win.w)
-        self.acc[:, rows, cols] += result * win.weight
-        self.wsum[rows, cols] += win.weight
+            self.acc = np.concatenate([self.acc, np.zeros((self.n_out, extra, self.acc.shape[2]), np.float32)], axis=1)
+            self.wsum = np.concatenate([self.wsum, np.zeros((extra, self.wsum.shape[1]), np.float32)])
+        a, b = max(win.x, self.c0), min(win.x + win.w, self.c1)
+        rows, cols, part = slice(win.y - self.base, need), slice(a - self.c0, b - self.c0), slice(a - win.x, b - win.x)
+        self.acc[:, rows, cols] += result[:, :, part] * win.weight[:, part]
+        self.wsum[rows, cols] += win.weight[:, part]
 
     def release(self, upto: int, last: bool = False) -> None:
         """Rows of the padded image before ``upto`` are final."""
@@ -212,9 +217,9 @@ class _Blender:
             done = self.acc[:, :n] / self.wsum[:n]
             self.acc, self.wsum, first = self.acc[:, n:], self.wsum[n:], self.base
             self.base = upto
-            r0, r1 = max(first, self.top), min(upto, self.top + self.h)
+            r0, r1 = max(first, self.r0), min(upto, self.r1)
             if r1 > r0:
-                self.pending.append(done[:, r0 - first : r1 - first, self.left : self.left + self.w])
+                self.pending.append(done[:, r0 - first : r1 - first])
         ready = sum(p.shape[1] for p in self.pending)
         if ready and (last or ready >= self.flush_rows):
             block = np.concatenate(self.pending, axis=1)
@@ -235,6 +240,7 @@ def stream_tiled(
     batch: int = 1,
     flush_rows: int = 1,
     multiple: int = MULTIPLE,
+    region: tuple[slice, slice] | None = None,
 ) -> None:
     """Apply ``fn`` over batches of blended overlapping windows of an image, streaming the result.
 
@@ -257,26 +263,40 @@ def stream_tiled(
         image is no larger than ``tile + 2 * margin``.
     batch : int
         Windows per call of ``fn``.
+    region : (slice, slice), optional
+        Only this part of the image (rows, columns; steps of 1): the windows of the whole image
+        that reach it run, in the whole image's batches, and the sink receives the region's rows
+        (``row`` counted from its top, ``W`` its width), equal bit for bit to the same pixels of
+        the whole image's result. Default: the whole image.
     """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     pads, windows = plan_windows(shape, tile, margin, multiple)
     iy, ix = (mirror_index(n, *p) for n, p in zip(shape, pads))
+    region = (slice(0, shape[0]), slice(0, shape[1])) if region is None else region
+    bounds = tuple(s.indices(n)[:2] for s, n in zip(region, shape))
+    if any(stop <= start for start, stop in bounds) or any(s.step not in (None, 1) for s in region):
+        raise ValueError(f"region {region} is empty or strided, or outside the image of shape {shape}")
+    (r0, r1), (c0, c1) = ((start + pad[0], stop + pad[0]) for (start, stop), pad in zip(bounds, pads))
     if len(windows) == 1:  # the image fits in one window: nothing to blend
-        (win,) = windows
         result = np.asarray(fn(read(iy, ix)[None])[0], np.float32)
-        (top, _), (left, _) = pads
-        sink(0, result[:, top : top + shape[0], left : left + shape[1]])
+        sink(0, result[:, r0:r1, c0:c1])
         return
-    blender = _Blender(shape, pads, n_out, sink, flush_rows)
-    for i in range(0, len(windows), batch):
-        group = windows[i : i + batch]
+
+    def reaches(w: Window) -> bool:
+        return w.y < r1 and w.y + w.h > r0 and w.x < c1 and w.x + w.w > c0
+
+    groups = [group for group in (windows[i : i + batch] for i in range(0, len(windows), batch)) if any(map(reaches, group))]
+    blender = _Blender(((r0, r1), (c0, c1)), n_out, sink, flush_rows, base=min(w.y for w in groups[0] if reaches(w)))
+    for i, group in enumerate(groups):
         blocks = np.stack([read(iy[w.y : w.y + w.h], ix[w.x : w.x + w.w]) for w in group])
         results = fn(blocks)
         for win, result in zip(group, results):
-            blender.add(win, result)
-        following = windows[i + batch] if i + batch < len(windows) else None
-        blender.release(following.y if following else blender.base + blender.acc.shape[1], last=following is None)
+            if reaches(win):
+                blender.add(win, result)
+        if i + 1 < len(groups):
+            blender.release(groups[i + 1][0].y)
+    blender.release(blender.base + blender.acc.shape[1], last=True)
 
 
 def process_tiled(

@@ -206,3 +206,67 @@ def test_bad_tiling_settings_are_named():
         plan_windows((100, 100), 48, 16)
     with pytest.raises(ValueError, match="batch must be >= 1"):
         process_tiled(identity, np.zeros((10, 10, 1), np.float32), 1, batch=0)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize(
+    "region",
+    [
+        (slice(0, 300), slice(0, 200)),  # the whole image
+        (slice(0, 128), slice(0, 96)),  # a corner
+        (slice(128, 256), slice(96, 200)),  # inside, to the right edge
+        (slice(90, 110), slice(7, 13)),  # a sliver inside one window (padded rows 100-120, columns 19-25)
+        (slice(10, 290), slice(64, 128)),  # a column strip
+        (slice(250, 300), slice(150, 200)),  # the bottom right corner, in four windows
+    ],
+)
+def test_a_region_equals_the_same_pixels_of_the_whole_image_bit_for_bit(region, batch):
+    """The split workflow predicts regions of an image as separate jobs: each region's maps must
+    be the whole image's. The function depends on the window's whole content and on its batch
+    (as a network's rounding may), so every window that reaches the region must run, in the
+    whole image's batches."""
+    image = np.random.default_rng(7).random((300, 200, 1)).astype(np.float32)
+    calls = []
+
+    def context(blocks):  # each pixel plus its window's mean, and its batch's size
+        calls.append(len(blocks))
+        means = blocks.mean(axis=(1, 2, 3), keepdims=True)
+        return np.moveaxis(blocks + means + len(blocks), -1, 1) * 0.37
+
+    def run(part):
+        out = {}
+        stream_tiled(
+            context,
+            lambda r, c: image[np.ix_(r, c)],
+            (300, 200),
+            1,
+            lambda row, block: out.setdefault(row, block.copy()),
+            tile=64,
+            margin=16,
+            batch=batch,
+            flush_rows=7,
+            region=part,
+        )
+        return np.concatenate([out[row] for row in sorted(out)], axis=1)
+
+    whole = run(None)
+    calls.clear()
+    part = run(region)
+    assert part.shape == (1, region[0].stop - region[0].start, region[1].stop - region[1].start)
+    np.testing.assert_array_equal(part, whole[:, region[0], region[1]])
+    if region == (slice(90, 110), slice(7, 13)):
+        assert sum(calls) <= batch  # one window reaches it: only its batch runs
+
+
+def test_a_region_outside_the_image_is_refused():
+    with pytest.raises(ValueError, match="region"):
+        stream_tiled(
+            identity,
+            lambda r, c: np.zeros((len(r), len(c), 1)),
+            (100, 100),
+            1,
+            lambda row, block: None,
+            tile=32,
+            margin=16,
+            region=(slice(100, 120), slice(0, 10)),
+        )
