@@ -60,6 +60,11 @@ class ChunkResult:
         out[self.window] = region
 
 
+def chunk_cores(shape: tuple[int, int], settings: SegmentSettings) -> list[tuple[slice, slice]]:
+    """The chunks of a map of ``shape``, row-major: the order their objects are numbered in."""
+    return list(blocks(shape, settings.chunk))
+
+
 def _segment_chunk(
     maps, body: int, border: int | None, core: tuple[slice, slice], stats: tuple[float, int], settings: SegmentSettings, cached: tuple | None = None
 ) -> ChunkResult:
@@ -95,7 +100,14 @@ def _segment_chunk(
     return ChunkResult(window, out, int(number.max()), int(np.count_nonzero(cut)))
 
 
-def segment_map(maps, heads: list[str] | tuple[str, ...], settings: SegmentSettings, threads: int = 1) -> Iterator[ChunkResult]:
+def segment_map(
+    maps,
+    heads: list[str] | tuple[str, ...],
+    settings: SegmentSettings,
+    threads: int = 1,
+    statistics: tuple[float, int] | None = None,
+    cores: list[tuple[slice, slice]] | None = None,
+) -> Iterator[ChunkResult]:
     """Segment a (K, H, W) probability map chunk by chunk; yield each chunk's owned objects.
 
     Parameters
@@ -107,6 +119,11 @@ def segment_map(maps, heads: list[str] | tuple[str, ...], settings: SegmentSetti
     settings : SegmentSettings
     threads : int
         Chunks segmented at once; results are yielded in row-major chunk order.
+    statistics : (float, int), optional
+        The whole map's threshold and marker spacing (:func:`nucseg.watershed.map_statistics`)
+        when the caller has them already (a region of a split image: :mod:`nucseg.merge`).
+    cores : list of (slice, slice), optional
+        Only these chunks of :func:`chunk_cores` (default: all); the offsets then count theirs only.
 
     Yields
     ------
@@ -121,9 +138,12 @@ def segment_map(maps, heads: list[str] | tuple[str, ...], settings: SegmentSetti
         raise ValueError(f"the map has no 'body' channel (channels: {heads})")
     body = heads.index("body")
     border = heads.index("border") if use_border(settings, heads) else None
-    threshold, spacing, cached = _statistics(maps, body, settings)
-    stats = (threshold, spacing)
-    cores = list(blocks(tuple(maps.shape[1:]), settings.chunk))
+    if statistics is None:
+        threshold, spacing, cached = _statistics(maps, body, settings)
+        stats = (threshold, spacing)
+    else:
+        stats, cached = statistics, None
+    cores = chunk_cores(tuple(maps.shape[1:]), settings) if cores is None else cores
     offset = cut = 0
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         pending: deque = deque()
@@ -141,6 +161,11 @@ def segment_map(maps, heads: list[str] | tuple[str, ...], settings: SegmentSetti
             offset += result.count
             cut += result.cut
             yield result
+    warn_cut(cut, settings)
+
+
+def warn_cut(cut: int, settings: SegmentSettings) -> None:
+    """Log the nuclei cut by the edge of their chunk's window, if any."""
     if cut:
         log.warning("%d nuclei reach the edge of their chunk's window: they are wider than segment.overlap (%d px), raise it", cut, settings.overlap)
 

@@ -381,46 +381,62 @@ class Predictor:
         return read
 
 
-def predict_lazy(
-    predictor: Predictor, image: LazyImage, settings: PredictSettings, sink, flush_rows: int = 1, stats: ImageStatistics | None = None
-) -> tuple[float, str | None]:
-    """Stream the probability maps of one image into ``sink(row, (K, n, W) float32)``
-    (:func:`nucseg.tiling.stream_tiled`) at ``settings.scale``, with the model folder's model
-    for the image's modality where it has one (:meth:`Predictor.route`); returns the scale used
-    (the image's estimate for ``"auto"``, :func:`nucseg.scale.estimate_scale`) and the
-    modality whose own model predicted it (``None``: the folder's main model). ``stats``: the
-    image's :func:`nucseg.bigimage.image_statistics` when the caller has them already."""
-    stats = image_statistics(image) if stats is None else stats
-    predictor, routed = predictor.route(stats.modality)
-    if routed:
-        log.info("%s: %s image (modality guess): predicted by the model folder's %s model", image.name, routed, routed)
-    read = predictor.normalizer(image, stats)
+def choose_scale(predictor: Predictor, image: LazyImage, settings: PredictSettings, read) -> float:
+    """The scale an image is predicted at: ``settings.scale``, or for ``"auto"`` the image's own
+    estimate (:func:`nucseg.scale.estimate_scale`, logged), from ``read`` (:meth:`Predictor.normalizer`)
+    of the predictor that predicts it (:meth:`Predictor.route`)."""
+    if settings.scale != "auto":
+        return float(settings.scale)
     semantic = "body" not in predictor.heads
-    if settings.scale == "auto" and semantic and not predictor.sizes_recorded:
-        scale = 1.0  # trained before the train stage recorded a semantic model's object sizes
+    if semantic and not predictor.sizes_recorded:
         log.info(
             "%s: predict scale 1 (scale auto measures objects against the training sizes a model folder records; "
             "this semantic model's records none: retrain it, or set a number)",
             image.name,
         )
-    elif settings.scale == "auto":
-        estimate = estimate_scale(predictor, read, image.shape, predictor.nuclei)
-        scale = estimate.scale
-        found = ", ".join(f"{s:g}: {n} of {d:.1f} px" for s, (n, d) in estimate.by_scale.items())
-        log.info(
-            "%s: predict scale %g (%s of %.1f px; the model's %.1f-%.1f px; probes, found per scale: %s)",
-            image.name,
-            scale,
-            "objects" if semantic else "nuclei",
-            estimate.diameter,
-            *estimate.band,
-            found,
-        )
-    else:
-        scale = float(settings.scale)
+        return 1.0  # trained before the train stage recorded a semantic model's object sizes
+    estimate = estimate_scale(predictor, read, image.shape, predictor.nuclei)
+    found = ", ".join(f"{s:g}: {n} of {d:.1f} px" for s, (n, d) in estimate.by_scale.items())
+    log.info(
+        "%s: predict scale %g (%s of %.1f px; the model's %.1f-%.1f px; probes, found per scale: %s)",
+        image.name,
+        estimate.scale,
+        "objects" if semantic else "nuclei",
+        estimate.diameter,
+        *estimate.band,
+        found,
+    )
+    return estimate.scale
+
+
+def predict_lazy(
+    predictor: Predictor,
+    image: LazyImage,
+    settings: PredictSettings,
+    sink,
+    flush_rows: int = 1,
+    stats: ImageStatistics | None = None,
+    scale: float | None = None,
+    region: tuple[slice, slice] | None = None,
+) -> tuple[float, str | None]:
+    """Stream the probability maps of one image into ``sink(row, (K, n, W) float32)``
+    (:func:`nucseg.tiling.stream_tiled`) at ``settings.scale``, with the model folder's model
+    for the image's modality where it has one (:meth:`Predictor.route`); returns the scale used
+    (the image's estimate for ``"auto"``, :func:`choose_scale`) and the modality whose own model
+    predicted it (``None``: the folder's main model). ``stats``: the image's
+    :func:`nucseg.bigimage.image_statistics` when the caller has them already; ``scale``: the
+    scale, when the caller has chosen it already; ``region``: only this part of the image (rows,
+    columns), equal to the same pixels of the whole image's maps (the split workflow's regions,
+    :mod:`nucseg.split`, given the whole image's ``stats`` and ``scale``)."""
+    stats = image_statistics(image) if stats is None else stats
+    predictor, routed = predictor.route(stats.modality)
+    if routed:
+        log.info("%s: %s image (modality guess): predicted by the model folder's %s model", image.name, routed, routed)
+    read = predictor.normalizer(image, stats)
+    scale = choose_scale(predictor, image, settings, read) if scale is None else scale
     saved, predictor.scale = predictor.scale, scale
     try:
-        stream_tiled(predictor, read, image.shape, len(predictor.heads), sink, settings.tile, settings.margin, settings.batch, flush_rows)
+        stream_tiled(predictor, read, image.shape, len(predictor.heads), sink, settings.tile, settings.margin, settings.batch, flush_rows, region=region)
     finally:
         predictor.scale = saved
     return scale, routed
@@ -552,14 +568,16 @@ def predict_dataset(
     out_zarr: str | os.PathLike,
     settings: PredictSettings,
     threads: int | None = None,
+    skip: frozenset[str] = frozenset(),
 ) -> None:
     """Predict stage: probability maps for every image of a full-size store.
 
     Writes ``out_zarr`` (atomically) with one array per image ``<id>``: ``(K, H, W)`` float16 in
     [0, 1], chunks ``(K, chunk, chunk)``; group attributes ``heads``, ``model``, ``tta``, ``engine``.
+    ``skip``: image ids left out (predicted region by region: :mod:`nucseg.split`).
     """
     predictor = open_predictor(model_dir, settings, threads)
-    ids = pd.read_csv(index_csv, dtype={"image_id": str})["image_id"].tolist()
+    ids = [i for i in pd.read_csv(index_csv, dtype={"image_id": str})["image_id"] if i not in skip]
     images = zarr.open_group(images_zarr, mode="r")["images"]
     with atomic_dir(out_zarr, overwrite=True) as tmp:
         root = open_output_group(tmp, predictor, model_dir, settings)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,7 @@ def segment_image(
     modality: str | None = None,
     raw=None,
     pixel_size=None,
+    results: Iterable[ChunkResult] | None = None,
 ) -> dict:
     """Segment one image chunk by chunk, measure its nuclei and write its files.
 
@@ -105,6 +107,10 @@ def segment_image(
         per-image ``bit_depth`` and ``channels``, and the OME-Zarr's image (``image`` without it).
     pixel_size : nucseg.calibration.PixelSize, optional
         The µm columns, the label TIFF's resolution and the OME-Zarr's scale; unknown without it.
+    results : iterable of nucseg.chunks.ChunkResult, optional
+        The chunks' objects, numbered (``offset``) and in row-major order, when they were
+        segmented already (by the region jobs of a split image: :mod:`nucseg.merge`); default
+        :func:`nucseg.chunks.segment_map` of ``maps``.
 
     Returns
     -------
@@ -120,7 +126,7 @@ def segment_image(
     summary = ImageSummary(image_id, height, width, attrs.get("scale", np.nan), source, model, modality, pixels, pixel_size)
     nuclei = []  # label, area (and in µm²) of each nucleus: the OME-Zarr's label properties
     with label_canvas((height, width), scratch) as canvas, writers.objects(image_id) as features:
-        for result in segment_map(maps, heads, settings, threads):
+        for result in segment_map(maps, heads, settings, threads) if results is None else results:
             result.paste(canvas)
             if not result.count:
                 continue
@@ -153,6 +159,115 @@ def _own_pixels(store: zarr.Group, image_id: str):
     return store["raw"][image_id] if image_id in store["raw"] else store["images"][image_id]
 
 
+class DatasetOutputs:
+    """The segment stage's files of a dataset, written atomically (a context manager): label TIFFs,
+    OME-Zarr, GeoJSON, ImageJ ROIs and the object table as images are added, the image table
+    at the end. :meth:`segment` segments an image into them; :meth:`adopt` takes an image's
+    files made by another job (the merge of a split image: :mod:`nucseg.merge`)."""
+
+    def __init__(
+        self,
+        index_csv: str | os.PathLike,
+        out_dir: str | os.PathLike,
+        objects_csv: str | os.PathLike,
+        settings: SegmentSettings,
+        images_csv: str | os.PathLike | None = None,
+        ome_zarr_dir: str | os.PathLike | None = None,
+        geojson_dir: str | os.PathLike | None = None,
+        rois_dir: str | os.PathLike | None = None,
+        threads: int = 1,
+    ) -> None:
+        self.index = pd.read_csv(index_csv, dtype={"image_id": str, "source": str, "modality": str}, keep_default_na=False)
+        self.ids = self.index["image_id"].tolist()
+        self.sources = dict(zip(self.ids, self.index["source"])) if "source" in self.index else {}
+        self.modalities = dict(zip(self.ids, self.index["modality"])) if "modality" in self.index else {}
+        self.calibration = {image_id: from_columns(row) for image_id, row in zip(self.ids, self.index.to_dict("records"))}
+        self.folders = dict(labels=out_dir, ome_zarr=ome_zarr_dir, geojson=geojson_dir, rois=rois_dir)
+        self.objects_csv, self.images_csv, self.settings, self.threads = objects_csv, images_csv, settings, threads
+        self.rows: list[dict] = []
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> DatasetOutputs:
+        # label stores of large images that a killed run of this job left (label_canvas); the folder
+        # is this job's, no live process writes there
+        remove_stale(Path(self.objects_csv).parent, LABEL_SCRATCH)
+        stack, settings = self._stack.__enter__(), self.settings
+        self.tmp = {name: stack.enter_context(atomic_dir(folder, overwrite=True)) if folder is not None else None for name, folder in self.folders.items()}
+        objects_tmp = stack.enter_context(atomic_file(self.objects_csv))
+        self.scratch = Path(objects_tmp).parent
+        from nucseg.outputs import ImageWriters
+
+        on = dict(labels=settings.tiff, ome_zarr=settings.ome_zarr, geojson=settings.geojson, rois=settings.rois)
+        self.writers = ImageWriters(*(self.tmp[name] if on[name] else None for name in ("labels", "ome_zarr", "geojson", "rois")), threads=self.threads)
+        self.table = stack.enter_context(open(objects_tmp, "w", newline=""))
+        self.table.write(",".join(["image_id", *COLUMNS]) + "\n")
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        done = self._stack.__exit__(*exc)
+        if exc[0] is None and self.images_csv is not None:
+            write_csv(self.image_table(), self.images_csv)
+        return done
+
+    def image_table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=IMAGE_COLUMNS)
+
+    def segment(self, image_id: str, maps, heads: list[str], store: zarr.Group, model: str = "", results: Iterable[ChunkResult] | None = None) -> dict:
+        """Segment one image of the full-size ``store`` from its ``maps`` (:func:`segment_image`)."""
+        images = store["images"]
+        row = segment_image(
+            maps,
+            heads,
+            images[image_id],
+            image_id,
+            self.settings,
+            self.scratch,
+            lambda t: t.to_csv(self.table, header=False, index=False),
+            self.writers,
+            self.threads,
+            source=self.sources.get(image_id, ""),
+            model=model,
+            # the maps' own guess (predicted with it), else the preprocess index's
+            modality=maps.attrs.get("modality") or self.modalities.get(image_id, ""),
+            raw=_own_pixels(store, image_id),
+            pixel_size=self.calibration[image_id],
+            results=results,
+        )
+        self.rows.append(row)
+        return row
+
+    def adopt(self, image_id: str, outputs: DatasetOutputs | dict) -> None:
+        """Take one image's files from another job's outputs (a dict of the same keys as the
+        constructor's folders and tables): hard links where the file system allows, else copies."""
+        for name, folder in self.folders.items():
+            if folder is None or self.tmp[name] is None or outputs.get(name) is None:
+                continue
+            for path in sorted(Path(outputs[name]).glob(f"{glob_escape(image_id)}[._]*")):
+                _link_tree(path, Path(self.tmp[name]) / path.name)
+        with open(outputs["objects"], newline="") as table:  # its rows as they are, less the header
+            next(table)
+            shutil.copyfileobj(table, self.table)
+        row = pd.read_csv(outputs["images"], dtype={"image_id": str, "source": str, "modality": str, "model": str}, keep_default_na=False)
+        self.rows.append(row[row["image_id"] == image_id].iloc[0].to_dict())
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    if source.is_dir():
+        dest.mkdir()
+        for child in source.iterdir():
+            _link_tree(child, dest / child.name)
+        return
+    try:
+        os.link(source, dest)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(source, dest)
+
+
 def segment_dataset(
     pred_zarr: str | os.PathLike,
     images_zarr: str | os.PathLike,
@@ -165,6 +280,7 @@ def segment_dataset(
     geojson_dir: str | os.PathLike | None = None,
     rois_dir: str | os.PathLike | None = None,
     threads: int = 1,
+    merged: dict[str, dict] | None = None,
 ) -> pd.DataFrame:
     """Segment stage for a dataset: label TIFFs, OME-Zarr, GeoJSON, ImageJ ROIs, object and image tables.
 
@@ -189,18 +305,16 @@ def segment_dataset(
         off or not given).
     threads : int
         Chunks segmented at once, and dask's threads for the OME-Zarr pyramids.
+    merged : dict, optional
+        Image id -> the files the merge of that split image made (:func:`nucseg.merge.merge_outputs`),
+        taken as they are (:meth:`DatasetOutputs.adopt`); these images need no map in ``pred_zarr``.
 
     Returns
     -------
     pandas.DataFrame
         The per-image table.
     """
-    from nucseg.outputs import ImageWriters
-
-    index = pd.read_csv(index_csv, dtype={"image_id": str, "source": str, "modality": str}, keep_default_na=False)
-    ids = index["image_id"].tolist()
-    sources = dict(zip(ids, index["source"])) if "source" in index else {}
-    modalities = dict(zip(ids, index["modality"])) if "modality" in index else {}
+    merged = merged or {}
     preds = zarr.open_group(pred_zarr, mode="r")
     model = str(preds.attrs.get("model", ""))
     heads = list(preds.attrs.get("heads", []))
@@ -209,53 +323,15 @@ def segment_dataset(
     if settings.method == "border" and "border" not in heads:
         log.info("method 'border': the model has no border head (heads %s), so the paper's method runs", heads)
     store = zarr.open_group(images_zarr, mode="r")
-    images = store["images"]
-    calibration = {image_id: from_columns(row) for image_id, row in zip(ids, index.to_dict("records"))}
-    rows = []
-    # label stores of large images that a killed run of this job left (label_canvas); the folder
-    # is this job's, no live process writes there
-    remove_stale(Path(objects_csv).parent, LABEL_SCRATCH)
-    with contextlib.ExitStack() as stack:
-        labels_tmp = stack.enter_context(atomic_dir(out_dir, overwrite=True))
-        ome_tmp = stack.enter_context(atomic_dir(ome_zarr_dir, overwrite=True)) if ome_zarr_dir is not None else None
-        geo_tmp = stack.enter_context(atomic_dir(geojson_dir, overwrite=True)) if geojson_dir is not None else None
-        rois_tmp = stack.enter_context(atomic_dir(rois_dir, overwrite=True)) if rois_dir is not None else None
-        objects_tmp = stack.enter_context(atomic_file(objects_csv))
-        writers = ImageWriters(
-            labels_tmp if settings.tiff else None,
-            ome_tmp if settings.ome_zarr else None,
-            geo_tmp if settings.geojson else None,
-            rois_tmp if settings.rois else None,
-            threads=threads,
-        )
-        with open(objects_tmp, "w", newline="") as table_file:
-            table_file.write(",".join(["image_id", *COLUMNS]) + "\n")
-            for image_id in ids:
-                if image_id not in preds:
-                    raise ValueError(f"{pred_zarr}: no probability map for image {image_id!r} of {index_csv}")
-                maps = preds[image_id]
-                if maps.shape[1:] != images[image_id].shape[:2]:
-                    raise ValueError(f"{pred_zarr}: map of {image_id!r} has shape {maps.shape}, the image {images[image_id].shape}")
-                rows.append(
-                    segment_image(
-                        maps,
-                        heads,
-                        images[image_id],
-                        image_id,
-                        settings,
-                        Path(objects_tmp).parent,
-                        lambda t: t.to_csv(table_file, header=False, index=False),
-                        writers,
-                        threads,
-                        source=sources.get(image_id, ""),
-                        model=model,
-                        # the maps' own guess (predicted with it), else the preprocess index's
-                        modality=maps.attrs.get("modality") or modalities.get(image_id, ""),
-                        raw=_own_pixels(store, image_id),
-                        pixel_size=calibration[image_id],
-                    )
-                )
-    table = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
-    if images_csv is not None:
-        write_csv(table, images_csv)
-    return table
+    with DatasetOutputs(index_csv, out_dir, objects_csv, settings, images_csv, ome_zarr_dir, geojson_dir, rois_dir, threads) as outputs:
+        for image_id in outputs.ids:
+            if image_id in merged:
+                outputs.adopt(image_id, merged[image_id])
+                continue
+            if image_id not in preds:
+                raise ValueError(f"{pred_zarr}: no probability map for image {image_id!r} of {index_csv}")
+            maps = preds[image_id]
+            if maps.shape[1:] != store["images"][image_id].shape[:2]:
+                raise ValueError(f"{pred_zarr}: map of {image_id!r} has shape {maps.shape}, the image {store['images'][image_id].shape}")
+            outputs.segment(image_id, maps, heads, store, model)
+    return outputs.image_table()
