@@ -21,7 +21,7 @@ import jsonschema
 import yaml
 
 #: The settings sections, and those a model may override.
-SECTIONS = ("download", "preprocess", "train", "predict", "segment")
+SECTIONS = ("download", "preprocess", "train", "predict", "segment", "split")
 MODEL_SECTIONS = ("train", "predict", "segment")
 
 #: The most values (keys, items and scalars) a config may expand to through YAML aliases. A

@@ -165,6 +165,17 @@ def merge_outputs(folder: str | os.PathLike) -> dict[str, Path]:
     return {key: Path(folder) / name for key, name in MERGED.items()}
 
 
+def merged_images(plan_json: str | os.PathLike, folders: list) -> dict[str, dict[str, Path]]:
+    """Image id -> the merged files (:func:`merge_outputs`) of each image a plan splits, from the
+    merge folders ``.../<position>/merged`` (the segment rule's input; one per split image)."""
+    by_position = {Path(folder).parent.name: folder for folder in folders}
+    plan = read_plan(plan_json)
+    missing = sorted(set(map(str, plan.images)) - set(by_position))
+    if missing:
+        raise ValueError(f"{plan_json}: no merged files given for the split images at positions {missing}")
+    return {entry.image_id: merge_outputs(by_position[str(position)]) for position, entry in plan.images.items()}
+
+
 def merge_image(
     plan_json: str | os.PathLike,
     position: int | str,

@@ -44,6 +44,23 @@ MIN_REGION = 256
 
 
 @dataclass(frozen=True)
+class SplitSettings:
+    """The workflow's ``split`` section.
+
+    Attributes
+    ----------
+    region : int
+        Images larger than this many pixels in either direction are cut into regions of this
+        side, each predicted and segmented by jobs of its own (then merged); 0: off.
+    """
+
+    region: int = 0
+
+    def __post_init__(self) -> None:
+        check_region(self.region)
+
+
+@dataclass(frozen=True)
 class SplitImage:
     """One image of a plan: where it is, its regions, and the whole image's predict inputs.
 

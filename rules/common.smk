@@ -1,6 +1,7 @@
 # Workflow-level Python: config validation, dataset tables, paths, input functions.
 
 import glob
+import json
 import os
 import re
 
@@ -180,6 +181,7 @@ SUMMARY_STATS = f"{RESULTS}/summary_stats.csv"
 IMAGES_TABLE = f"{RESULTS}/images.csv"  # every model's per-image counts, density, coverage
 SUMMARY_HTML = f"{RESULTS}/summary.html"
 COMPARISON = f"{RESULTS}/comparison.csv"  # written when there are several models
+REGIONS = f"{RESULTS}/regions/{{model}}/{{dataset}}"  # split images (rules/split.smk)
 PLOTS = f"{RESULTS}/plots/{{model}}"
 QC = f"{RESULTS}/qc/{{model}}/{{dataset}}"
 QC_PICKS = ["best", "median", "worst"]  # nucseg.qc.PICKS
@@ -188,6 +190,10 @@ QC_PICKS = ["best", "median", "worst"]  # nucseg.qc.PICKS
 wildcard_constraints:
     dataset="|".join(re.escape(name) for name in DATASETS),
     model="|".join(re.escape(name) for name in MODELS),
+    image=r"\d+",  # an image's row in the dataset's index (rules/split.smk)
+    region=r"\d+",
+
+
 
 
 def sorted_settings(values):
@@ -287,3 +293,42 @@ def print_summary(path):
         from nucseg.report import format_summary
 
         print(f"\nSummary ({path}):\n{format_summary(pd.read_csv(path))}\n")
+
+
+# One large image over many jobs (rules/split.smk): images larger than this many pixels a side
+# are cut into regions; 0 (the default) runs every image in its dataset's jobs.
+SPLIT_REGION = section_settings("split")["region"]
+if SPLIT_REGION and TASK != "instance":
+    raise WorkflowError(f"config: split.region is for the instance task (task is {TASK}); set it to 0")
+
+
+def split_plan(wildcards):
+    """Input of the dataset's predict and segment jobs where images are split: the plan, which
+    names the images the region jobs run."""
+    return {"plan": f"{REGIONS}/plan.json".format(**wildcards)} if SPLIT_REGION else {}
+
+
+def planned_regions(wildcards):
+    """{image position: number of regions} of the dataset's plan (once the checkpoint ran)."""
+    with open(checkpoints.plan_regions.get(model=wildcards.model, dataset=wildcards.dataset).output[0]) as file:
+        return {entry["position"]: len(entry["regions"]) for entry in json.load(file)["images"]}
+
+
+def region_outputs(pattern):
+    def outputs(wildcards):
+        n = planned_regions(wildcards)[int(wildcards.image)]
+        return expand(pattern, model=wildcards.model, dataset=wildcards.dataset, image=wildcards.image, region=range(n))
+
+    return outputs
+
+
+region_maps = region_outputs(f"{REGIONS}/{{image}}/maps/{{region}}.zarr")
+region_chunks = region_outputs(f"{REGIONS}/{{image}}/chunks/{{region}}.zarr")
+
+
+def split_segment(wildcards):
+    """Input of the dataset's segment job: the plan and the merged files of its split images."""
+    if not SPLIT_REGION:
+        return {}
+    merged = expand(f"{REGIONS}/{{image}}/merged", model=wildcards.model, dataset=wildcards.dataset, image=sorted(planned_regions(wildcards)))
+    return {"plan": f"{REGIONS}/plan.json".format(**wildcards), "merged": merged}

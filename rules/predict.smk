@@ -2,6 +2,7 @@ rule predict:
     # Probability maps of the full-size test images: blended tiles, streamed into float16 zarr.
     input:
         unpack(model_input),
+        unpack(split_plan),
         zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
         index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",
     output:

@@ -4,6 +4,7 @@ rule segment:
     # (image + labels), GeoJSON outlines (QuPath) and an ImageJ ROI zip (Fiji), each switchable
     # off, and the object and image tables.
     input:
+        unpack(split_segment),
         pred=f"{RESULTS}/predictions/{{model}}/{{dataset}}.zarr",
         zarr=f"{RESULTS}/preprocessed/{{dataset}}/full.zarr",
         index=f"{RESULTS}/preprocessed/{{dataset}}/full_index.csv",

@@ -29,6 +29,7 @@ STAGE_OF = {
     "sampling": "train",
     "train": "train",
     "infer": "predict",
+    "split": "predict",
     "scale": "predict",
     "int8": "predict",
     "watershed": "predict",  # the probes of predict.scale auto are segmented
@@ -36,6 +37,7 @@ STAGE_OF = {
     "measure": "segment",
     "outputs": "segment",
     "postprocess": "segment",
+    "merge": "segment",
     "evaluate": "evaluate",
     "metrics": "evaluate",
     "vscores": "evaluate",

@@ -1,6 +1,7 @@
 """Adapter of rule segment -> nucseg.postprocess.segment_dataset."""
 
 from nucseg.logs import setup_logging
+from nucseg.merge import merged_images
 from nucseg.postprocess import SegmentSettings, segment_dataset
 
 setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
@@ -16,4 +17,6 @@ segment_dataset(
     rois_dir=snakemake.output.rois,  # noqa: F821
     settings=SegmentSettings(**snakemake.params.settings),  # noqa: F821
     threads=snakemake.threads,  # noqa: F821
+    # the images split into regions: their files as the merge made them (rules/split.smk)
+    merged=merged_images(snakemake.input.plan, snakemake.input.merged) if "plan" in snakemake.input.keys() else None,  # noqa: F821
 )
