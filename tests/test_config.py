@@ -14,16 +14,23 @@ import yaml
 from nucseg.config import MAX_CONFIG_VALUES, config_problems, config_size_problem, type_cli_config
 from nucseg.download import DownloadSettings
 from nucseg.infer import PredictSettings
-from nucseg.split import SplitSettings
 from nucseg.postprocess import SegmentSettings
 from nucseg.preprocess import PreprocessSettings
+from nucseg.split import SplitSettings
 from nucseg.train import TrainSettings
 
 from .conftest import REPO, snakemake
 
 CONFIG = yaml.safe_load((REPO / "config/config.yaml").read_text())
 SCHEMA = yaml.safe_load((REPO / "config/config.schema.yaml").read_text())
-CLASSES = {"download": DownloadSettings, "preprocess": PreprocessSettings, "train": TrainSettings, "predict": PredictSettings, "segment": SegmentSettings, "split": SplitSettings}
+CLASSES = {
+    "download": DownloadSettings,
+    "preprocess": PreprocessSettings,
+    "train": TrainSettings,
+    "predict": PredictSettings,
+    "segment": SegmentSettings,
+    "split": SplitSettings,
+}
 # fields of the settings classes that are not settings of the workflow
 NOT_IN_CONFIG = {"download": {"progress"}}
 
