@@ -23,6 +23,8 @@ checkpoint plan_regions:
         gpu=1,
     log:
         f"{LOGS}/plan_regions/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/plan_regions/{{model}}/{{dataset}}.tsv"
     conda:
         "../envs/nucseg.yaml"
     script:
@@ -63,6 +65,8 @@ rule region_statistics:
         code=script_code("../workflow_scripts/region_statistics.py"),
     log:
         f"{LOGS}/region_statistics/{{model}}/{{dataset}}/{{image}}.log",
+    benchmark:
+        f"{BENCH}/region_statistics/{{model}}/{{dataset}}/{{image}}.tsv"
     conda:
         "../envs/nucseg.yaml"
     script:

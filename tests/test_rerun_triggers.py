@@ -118,7 +118,7 @@ def test_the_exclusion_table_has_no_stale_entry():
     for module, stage in nucseg.EXCLUDED_BEFORE.items():
         assert module in MODULES and (stage is None or stage in nucseg.STAGES), module
         assert any(module in reach(s) and module not in nucseg.imported_modules(s) for s in ADAPTERS), f"{module}: excluded from no rule"
-    rules = {name for path in (REPO / "rules").glob("*.smk") for name in re.findall(r"(?m)^rule (\w+):", path.read_text())} - {"all"}
+    rules = {name for path in (REPO / "rules").glob("*.smk") for name in re.findall(r"(?m)^(?:rule|checkpoint) (\w+):", path.read_text())} - {"all"}
     assert rules == set(nucseg.RULE_STAGES)
     assert {path.stem.removesuffix("_task") for path in ADAPTERS} == rules
 
@@ -259,7 +259,11 @@ def test_editing_a_module_reruns_exactly_the_rules_that_run_it(tmp_path, task):
     config = semantic_config(tmp_path) if task == "semantic" else []
     workdir = tmp_path / "run"
     recorded_run(copy, workdir, config)
-    assert params_changed(run_copy(copy, workdir, "--summary", *config)) == set()
+    summary = run_copy(copy, workdir, "--summary", *config)
+    assert params_changed(summary) == set()
+    # the rules this config runs (the split rules run only with split.region: tests/test_workflow_split.py)
+    in_dag = {line.split("\t")[2] for line in summary.splitlines()[1:] if line.count("\t") >= 4}
+    assert {"predict", "segment"} <= in_dag
     failures = []
     for module, path in MODULES.items():
         edited = copy / path.relative_to(REPO)
@@ -269,7 +273,7 @@ def test_editing_a_module_reruns_exactly_the_rules_that_run_it(tmp_path, task):
             rerun = params_changed(run_copy(copy, workdir, "--summary", *config))
         finally:
             edited.write_text(original)
-        expected = {rule for rule in nucseg.RULE_STAGES if module in nucseg.imported_modules(adapter(rule, task))}
+        expected = {rule for rule in nucseg.RULE_STAGES if rule in in_dag and module in nucseg.imported_modules(adapter(rule, task))}
         if rerun != expected:
             failures.append(f"{module or 'nucseg'}: reran {sorted(rerun)}, expected {sorted(expected)}")
     assert not failures, "\n".join(failures)
@@ -286,6 +290,18 @@ def test_editing_a_module_reruns_exactly_the_rules_that_run_it(tmp_path, task):
         if module == "plots":
             assert "train" not in reasons, reasons
     assert "Nothing to be done" in run_copy(copy, workdir, "--dry-run", *config)
+
+
+def test_the_region_predicts_rerun_on_no_segment_edit():
+    """A split image's region jobs follow the stages: predict_region and the plan hash the predict
+    stage's code, not the watershed's files and tables; the region segments and the merge hash both."""
+    segment_side = {"postprocess", "measure", "outputs", "merge"}
+    for rule in ("plan_regions", "predict_region"):
+        hashed = set(nucseg.imported_modules(adapter(rule, "instance")))
+        assert {"split", "infer", "tiling"} <= hashed and not hashed & segment_side, (rule, sorted(hashed))
+    for rule in ("region_statistics", "segment_region", "merge_regions"):
+        hashed = set(nucseg.imported_modules(adapter(rule, "instance")))
+        assert {"merge", "split", "chunks", "watershed", "postprocess"} <= hashed and "evaluate" not in hashed, (rule, sorted(hashed))
 
 
 def test_parsing_the_instance_workflow_imports_no_torch():

@@ -58,7 +58,7 @@ def test_rule_code_hashes_cover_what_each_adapter_imports():
     for rules in (REPO / "rules").glob("*.smk"):
         text = rules.read_text()
         assert "nucseg.code_hash(" not in text, f"{rules.name}: a hand-written module list"
-        assert text.count("code=script_code(") == len(re.findall(r"(?m)^rule ", text)), rules.name
+        assert text.count("code=script_code(") == len(re.findall(r"(?m)^(?:rule|checkpoint) ", text)), rules.name
 
 
 def test_script_code_hash_changes_with_an_imported_module(tmp_path):

@@ -25,8 +25,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 
 from .conftest import REPO, SNAKEMAKE
 
@@ -175,3 +177,54 @@ def test_sample_workflow_on_slurm_equals_the_local_run(slurm_cluster, sample_run
     assert sha256(remote / "models/resunet/weights.pt") == sha256(local / "models/resunet/weights.pt")
     for table in ["metrics/resunet/sample_test/per_image.csv", "summary.csv", "segmentation/resunet/sample_test/objects.csv"]:
         pd.testing.assert_frame_equal(pd.read_csv(remote / table), pd.read_csv(local / table), check_exact=True, obj=table)
+
+
+def job_intervals(controller_log: str, ids: dict[str, str], rule: str) -> list[tuple[str, str]]:
+    """(allocated, completed) times of the Slurm jobs of ``rule``, from slurmctld's log."""
+    times = []
+    for job_id, name in ids.items():
+        if name != f"rule_{rule}":
+            continue
+        start = re.search(rf"^\[([^\]]+)\] sched.*Allocate JobId={job_id} ", controller_log, re.MULTILINE)
+        end = re.search(rf"^\[([^\]]+)\] _job_complete: JobId={job_id} ", controller_log, re.MULTILINE)
+        assert start and end, f"job {job_id} ({name}) not found in slurmctld.log"
+        times.append((start.group(1), end.group(1)))
+    return times
+
+
+def test_split_images_on_slurm_equal_the_local_run(slurm_cluster, sample_run, tmp_path):
+    """split: {region: 768} on the one-node Slurm, from a copy of the finished local sample run:
+    the sample's three test images larger than 768 pixels run as 10 region jobs of each kind,
+    several at once (the region segments ask for 1 CPU each on the 2-CPU node), and the tables
+    equal the local run's, where every image ran in one job.
+
+    The split comes by ``--config``: Snakemake passes ``--config`` and ``--configfiles`` on to the
+    jobs inside Slurm, not ``--replace-workflow-config`` (snakemake 9.27), so a config file that
+    replaces config/config.yaml would be merged with it inside each job (README, Slurm)."""
+    env, state = slurm_cluster
+    workdir = tmp_path / "work"
+    shutil.copytree(sample_run[0], workdir, symlinks=True)  # keeps times: training does not rerun
+    profiles = ["--workflow-profile", "none", "--profile", str(REPO / "profiles" / "slurm"), "--profile", str(SLURM_DIR / "profile")]
+    command = SNAKEMAKE + ["--directory", str(workdir), *profiles, "--config", "split={region: 768}", "--set-threads", "segment_region=1", "--verbose"]
+    result = subprocess.run(command, cwd=workdir, env=env, check=False, capture_output=True, text=True, timeout=3600)
+    output = result.stdout + result.stderr
+    (tmp_path / "snakemake_output.txt").write_text(output)
+    assert result.returncode == 0, output[-6000:]
+
+    ids = job_ids(output)
+    names = sorted(ids.values())
+    assert "rule_train" not in names, names
+    assert names.count("rule_predict_region") == 10 and names.count("rule_segment_region") == 10, names
+    assert names.count("rule_plan_regions") == 1 and names.count("rule_merge_regions") == 3, names
+    controller_log = (state / "log" / "slurmctld.log").read_text()
+    for job_id, name in ids.items():
+        assert f"_job_complete: JobId={job_id} WEXITSTATUS 0" in controller_log, f"{name}: job {job_id} did not complete"
+    # two region segments ran at the same time on the node (ISO times compare as text)
+    spans = sorted(job_intervals(controller_log, ids, "segment_region"))
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+
+    local, remote = sample_run[0] / "results", workdir / "results"
+    for table in ["segmentation/resunet/sample_test/objects.csv", "segmentation/resunet/sample_test/images.csv", "metrics/resunet/sample_test/per_image.csv"]:
+        assert (remote / table).read_text() == (local / table).read_text(), table
+    for path in sorted((local / "segmentation/resunet/sample_test/labels").glob("*.tif")):
+        np.testing.assert_array_equal(tifffile.imread(remote / path.relative_to(local)), tifffile.imread(path), err_msg=path.name)
