@@ -92,12 +92,12 @@ def main() -> None:
         runs = [run(root, root / "slide", region, args.cores) for region in args.regions]
         base = runs[0]
         reference = tifffile.imread(base["labels"])
-        print(f"{args.size}^2 slide, {args.cores} cores, shipped model; seconds per rule are the jobs' own (summed over a rule's jobs), max RSS the largest job's")
+        print(f"{args.size}^2 slide, {args.cores} cores, shipped model; seconds per rule: the jobs' own, summed over a rule's jobs; max RSS: the largest job's")
         print(f"{'region':>7} {'jobs':>5} {'wall s':>8} {'x single':>9} {'nuclei':>8} {'same':>5}  rule seconds (max RSS MB)")
         for r in runs:
             labels = reference if r is base else tifffile.imread(r["labels"])
             same = bool(np.array_equal(labels, reference))
-            n = -(-args.size // r["region"]) ** 2 if r["region"] else 1
+            n = -((-args.size // r["region"]) ** 2) if r["region"] else 1
             rules = "  ".join(f"{rule} {s:.0f} ({r['seconds'][rule + '_rss']:.0f})" for rule, s in sorted(r["seconds"].items()) if not rule.endswith("_rss"))
             print(f"{r['region']:>7} {n:>5} {r['wall']:>8.1f} {r['wall'] / base['wall']:>9.2f} {int(labels.max()):>8} {str(same):>5}  {rules}")
             del labels
