@@ -97,7 +97,7 @@ def main() -> None:
         for r in runs:
             labels = reference if r is base else tifffile.imread(r["labels"])
             same = bool(np.array_equal(labels, reference))
-            n = -((-args.size // r["region"]) ** 2) if r["region"] else 1
+            n = len(range(0, args.size, r["region"])) ** 2 if r["region"] else 1
             rules = "  ".join(f"{rule} {s:.0f} ({r['seconds'][rule + '_rss']:.0f})" for rule, s in sorted(r["seconds"].items()) if not rule.endswith("_rss"))
             print(f"{r['region']:>7} {n:>5} {r['wall']:>8.1f} {r['wall'] / base['wall']:>9.2f} {int(labels.max()):>8} {str(same):>5}  {rules}")
             del labels
