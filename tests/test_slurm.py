@@ -185,7 +185,7 @@ def job_intervals(controller_log: str, ids: dict[str, str], rule: str) -> list[t
     for job_id, name in ids.items():
         if name != f"rule_{rule}":
             continue
-        start = re.search(rf"^\[([^\]]+)\] sched.*Allocate JobId={job_id} ", controller_log, re.MULTILINE)
+        start = re.search(rf"^\[([^\]]+)\] sched.*(?:Allocate|Started) JobId={job_id} ", controller_log, re.MULTILINE)
         end = re.search(rf"^\[([^\]]+)\] _job_complete: JobId={job_id} ", controller_log, re.MULTILINE)
         assert start and end, f"job {job_id} ({name}) not found in slurmctld.log"
         times.append((start.group(1), end.group(1)))
