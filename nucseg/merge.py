@@ -151,12 +151,12 @@ def merged_chunks(entry: SplitImage, chunk_folders: list, settings: SegmentSetti
             chunk = group.attrs.get("chunk")
             raise ValueError(f"{chunk_folders[owner(core, entry.regions)]}: no chunk {k} (segmented with chunk {chunk}, not {settings.chunk}?): rerun it")
         array = group[str(k)]
-        a, b, c, d = array.attrs["window"]
-        count = int(array.attrs["count"])
+        attrs = array.attrs.asdict()
+        (a, b, c, d), count = attrs["window"], int(attrs["count"])
         labels = np.asarray(array[...]) if count else np.zeros((b - a, d - c), np.uint32)
-        yield ChunkResult((slice(a, b), slice(c, d)), labels, count, int(array.attrs["cut"]), offset)
+        yield ChunkResult((slice(a, b), slice(c, d)), labels, count, int(attrs["cut"]), offset)
         offset += count
-        cut += int(array.attrs["cut"])
+        cut += int(attrs["cut"])
     warn_cut(cut, settings)
 
 

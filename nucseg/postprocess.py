@@ -236,24 +236,22 @@ class DatasetOutputs:
         self.rows.append(row)
         return row
 
-    def adopt(self, image_id: str, outputs: DatasetOutputs | dict) -> None:
-        """Take one image's files from another job's outputs (a dict of the same keys as the
-        constructor's folders and tables): hard links where the file system allows, else copies."""
+    def adopt(self, image_id: str, outputs: dict) -> None:
+        """Take one image's files from the folders and tables of another job that made that
+        image alone (the merge of a split image: :func:`nucseg.merge.merge_outputs` names them):
+        hard links where the file system allows, else copies."""
         for name, folder in self.folders.items():
             if folder is None or self.tmp[name] is None or outputs.get(name) is None:
                 continue
-            for path in sorted(Path(outputs[name]).glob(f"{glob_escape(image_id)}[._]*")):
+            for path in sorted(Path(outputs[name]).iterdir()):
                 _link_tree(path, Path(self.tmp[name]) / path.name)
         with open(outputs["objects"], newline="") as table:  # its rows as they are, less the header
             next(table)
             shutil.copyfileobj(table, self.table)
-        row = pd.read_csv(outputs["images"], dtype={"image_id": str, "source": str, "modality": str, "model": str}, keep_default_na=False)
-        self.rows.append(row[row["image_id"] == image_id].iloc[0].to_dict())
-
-
-def glob_escape(name: str) -> str:
-    """``name`` with glob's special characters taken literally."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+        (row,) = pd.read_csv(outputs["images"], dtype={"image_id": str, "source": str, "modality": str, "model": str}, keep_default_na=False).to_dict("records")
+        if row["image_id"] != image_id:
+            raise ValueError(f"{outputs['images']}: the files of image {row['image_id']!r}, not {image_id!r}")
+        self.rows.append(row)
 
 
 def _link_tree(source: Path, dest: Path) -> None:
