@@ -449,20 +449,34 @@ def to_float16(array: np.ndarray) -> np.ndarray:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(torch.float16).numpy()
 
 
+#: Images wider than this are predicted in column strips of about this width (whole chunks):
+#: the blend holds a row of windows as wide as a strip, not as the image (0.4 GB of sums and
+#: weights per 16384 columns for two heads). Each strip runs the whole image's windows that
+#: reach it, so the maps are the same bit for bit; the window columns on a border between two
+#: strips run twice (one in 16 at a tile of 1024).
+STRIP = 16384
+
+
 def predict_to_zarr(predictor: Predictor, image: LazyImage, group: zarr.Group, name: str, settings: PredictSettings) -> zarr.Array:
     """Predict one image into ``group[name]``: ``(K, H, W)`` float16 in [0, 1], chunks ``(K, chunk, chunk)``,
-    written chunk row by chunk row (memory: a row of windows and a row of chunks, whatever the image size)."""
+    written chunk row by chunk row, in column strips of :data:`STRIP` pixels for wider images
+    (memory: a row of windows and a row of chunks of one strip, whatever the image size)."""
     h, w = image.shape
     k = len(predictor.heads)
     c = settings.chunk
     array = group.create_array(name, shape=(k, h, w), dtype="float16", chunks=(k, min(h, c), min(w, c)), fill_value=0)
     start = time.perf_counter()
-
-    def sink(row: int, block: np.ndarray) -> None:
-        array[:, row : row + block.shape[1]] = to_float16(block)
-
     stats = image_statistics(image)
-    scale, routed = predict_lazy(predictor, image, settings, sink, flush_rows=min(h, c), stats=stats)
+    width = max(c, STRIP // c * c)
+    scale = routed = None
+    for x0 in range(0, w, width):
+        cols = slice(x0, min(w, x0 + width))
+
+        def sink(row: int, block: np.ndarray, cols: slice = cols) -> None:
+            array[:, row : row + block.shape[1], cols] = to_float16(block)
+
+        region = None if cols == slice(0, w) else (slice(0, h), cols)
+        scale, routed = predict_lazy(predictor, image, settings, sink, flush_rows=min(h, c), stats=stats, scale=scale, region=region)
     array.attrs.update(scale=scale, modality_model=routed, modality=stats.modality)  # the guess, for images.csv
     seconds = time.perf_counter() - start
     log.info("%s: %dx%d predicted in %.1f s (%.2f megapixels/s)", name, h, w, seconds, h * w / 1e6 / max(seconds, 1e-9))

@@ -175,6 +175,26 @@ def test_streamed_zarr_from_a_tiled_tiff_equals_in_memory_prediction(tiny_model,
     np.testing.assert_allclose(out[:].astype(np.float32), expected, atol=1e-3)
 
 
+def test_a_wide_image_in_column_strips_equals_the_whole_width(tiny_model, tmp_path, monkeypatch):
+    """Images wider than STRIP are predicted strip by strip (bounded memory on a 65536-wide slide):
+    the maps equal those of the image at its whole width, bit for bit, and the scale is chosen once."""
+    import nucseg.infer as infer
+
+    image = LazyImage((np.random.default_rng(3).random((300, 700, 3)) * 255).astype(np.uint8), "YXC", "wide")
+    settings = PredictSettings(tile=128, margin=32, chunk=96, batch=2, engine="eager", scale="auto")
+    predictor = Predictor(EagerEngine(tiny_model, torch.device("cpu")), ["body", "border"], {"invert_dark": True})
+    whole = predict_to_zarr(predictor, image, zarr.open_group(tmp_path / "w.zarr", mode="w"), "img", settings)
+    regions, scales = [], []
+    real_lazy, real_scale = infer.predict_lazy, infer.choose_scale
+    monkeypatch.setattr(infer, "STRIP", 200)  # strips of 192 columns (2 chunks of 96): 4 strips
+    monkeypatch.setattr(infer, "predict_lazy", lambda *a, **k: regions.append(k["region"]) or real_lazy(*a, **k))
+    monkeypatch.setattr(infer, "choose_scale", lambda *a: scales.append(1) or real_scale(*a))
+    strips = predict_to_zarr(predictor, image, zarr.open_group(tmp_path / "s.zarr", mode="w"), "img", settings)
+    assert [r[1] for r in regions] == [slice(0, 192), slice(192, 384), slice(384, 576), slice(576, 700)] and len(scales) == 1
+    np.testing.assert_array_equal(strips[:], whole[:])
+    assert dict(strips.attrs) == dict(whole.attrs)
+
+
 def test_predict_dataset_writes_the_documented_zarr(tiny_model, tmp_path):
     """Contract the segment stage reads: one (K, H, W) float16 array per image in [0, 1], chunks
     (K, chunk, chunk), group attributes heads, model, tta, engine, scale (the setting), and
