@@ -29,6 +29,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import tifffile
 import torch
 
@@ -127,7 +128,47 @@ def scale(args, tmp: Path, model: Path, tiles: list[np.ndarray]) -> None:
                 f"(s/MP x{seconds / mp / first[command][0]:.2f}, RSS x{rss / first[command][1]:.2f} of the smallest)",
                 flush=True,
             )
+            if command == "segment" and args.check and rc == 0:
+                check_outputs(out, path.stem, side, tiles, model, args)
         path.unlink()
+
+
+def check_outputs(out: Path, name: str, side: int, tiles: list[np.ndarray], model: Path, args) -> None:
+    """Every file of ``nucseg segment`` is there; the label TIFF's type, its largest label and the
+    tables' counts agree; and the count against the tiles' own: each 256 x 256 tile of the mosaic
+    segmented alone (as placed: rotated), at the mosaic's predict scale, summed over the placements.
+    Nuclei cut by a seam between tiles count once or twice in the mosaic and in halves in the
+    tiles, so the two agree within a few per cent, not exactly."""
+    import zarr
+
+    from nucseg.bigimage import LazyImage
+    from nucseg.infer import PredictSettings, open_predictor
+    from nucseg.postprocess import SegmentSettings
+    from nucseg.segment_one import segment_in_memory
+
+    row = pd.read_csv(out / "images.csv").iloc[-1]
+    with open(out / "objects.csv") as f:
+        rows = sum(1 for _ in f) - 1
+    with tifffile.TiffFile(out / f"{name}.tif") as tif:
+        dtype = tif.pages[0].dtype
+        labels = zarr.open_array(tif.aszarr(), mode="r")
+        largest = max(int(np.asarray(labels[y : y + 4096]).max()) for y in range(0, side, 4096))
+    pyramid = sorted(p.name for p in (out / f"{name}.ome.zarr" / "labels" / "nuclei").iterdir() if p.is_dir())
+    sizes = {f.name: sum(g.stat().st_size for g in ([f] if f.is_file() else f.rglob("*") if f.is_dir() else [])) / 1e9 for f in sorted(out.iterdir())}
+    print(f"         {side}^2: label TIFF {dtype}, largest label {largest}, images.csv count {row['count']}, objects.csv rows {rows}; labels pyramid {pyramid}")
+    print("         files (GB): " + ", ".join(f"{k} {v:.2f}" for k, v in sizes.items()))
+    settings = PredictSettings(tile=args.tile, margin=args.margin, engine=args.engine, scale=float(row["predict_scale"]))
+    predictor = open_predictor(model, settings, args.threads)
+    own = {}
+    for i in range(len(tiles)):
+        for k in range(4):
+            tile = np.rot90(tiles[i], k)
+            own[i, k] = int(segment_in_memory(predictor, LazyImage(np.ascontiguousarray(tile), "YX", "tile"), "tile", settings, SegmentSettings())[0].max())
+    n = side // 256
+    expected = sum(own[p % len(tiles), (p // len(tiles)) % 4] for p in range(n * n))
+    print(
+        f"         tiles' own nuclei summed over the {n * n} placements: {expected}; the mosaic's {row['count']} ({row['count'] / expected:.3f}x)", flush=True
+    )
 
 
 def best_of(fn, repeat: int) -> float:
@@ -192,6 +233,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--engine", default="auto")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--check", action="store_true", help="after segment: the files, the label type and counts, and the count against the tiles' own")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not ARCHIVE.is_file():
