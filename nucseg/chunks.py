@@ -100,6 +100,28 @@ def _segment_chunk(
     return ChunkResult(window, out, int(number.max()), int(np.count_nonzero(cut)))
 
 
+def _channels(maps, heads: list[str] | tuple[str, ...], settings: SegmentSettings) -> tuple[int, int | None]:
+    """The map's ``body`` channel, and its ``border`` channel when the method uses it (else None),
+    after checking the map's shape against ``heads``."""
+    heads = list(heads)
+    if len(maps.shape) != 3 or maps.shape[0] != len(heads):
+        raise ValueError(f"expected a (K, H, W) map with K = {len(heads)} channels {heads}, got shape {tuple(maps.shape)}")
+    if "body" not in heads:
+        raise ValueError(f"the map has no 'body' channel (channels: {heads})")
+    body = heads.index("body")
+    border = heads.index("border") if use_border(settings, heads) else None
+    return body, border
+
+
+def _whole_map_statistics(maps, body: int, settings: SegmentSettings, statistics: tuple[float, int] | None) -> tuple[tuple[float, int], tuple | None]:
+    """The whole map's threshold and marker spacing (``statistics`` when the caller has them), and
+    what computing them cached for the chunks (None when given)."""
+    if statistics is None:
+        threshold, spacing, cached = _statistics(maps, body, settings)
+        return (threshold, spacing), cached
+    return statistics, None
+
+
 def segment_map(
     maps,
     heads: list[str] | tuple[str, ...],
@@ -131,18 +153,8 @@ def segment_map(
         With ``offset`` set: the first chunk's objects are 1..n, the next chunk's follow.
         Memory stays bounded by ``2 * threads`` windows.
     """
-    heads = list(heads)
-    if len(maps.shape) != 3 or maps.shape[0] != len(heads):
-        raise ValueError(f"expected a (K, H, W) map with K = {len(heads)} channels {heads}, got shape {tuple(maps.shape)}")
-    if "body" not in heads:
-        raise ValueError(f"the map has no 'body' channel (channels: {heads})")
-    body = heads.index("body")
-    border = heads.index("border") if use_border(settings, heads) else None
-    if statistics is None:
-        threshold, spacing, cached = _statistics(maps, body, settings)
-        stats = (threshold, spacing)
-    else:
-        stats, cached = statistics, None
+    body, border = _channels(maps, heads, settings)
+    stats, cached = _whole_map_statistics(maps, body, settings, statistics)
     cores = chunk_cores(tuple(maps.shape[1:]), settings) if cores is None else cores
     offset = cut = 0
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:

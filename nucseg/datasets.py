@@ -249,6 +249,33 @@ def _archive_for(source: str, sha256: str | None, cache: Path, settings: Downloa
     return archive
 
 
+def _lay_out(source: str, dest: Path, sha256: str | None, layout: str, subdir: str | None, cache: Path, settings: DownloadSettings) -> None:
+    """Make ``dest`` from the source: links to the image files of a local folder (or, for the
+    ``images`` layout, of a glob pattern), else the unpacked (downloaded, verified) archive."""
+    if not is_url(source) and Path(source).is_dir():
+        if sha256:
+            raise ValueError(f"{source} is a folder: a sha256 checksum is for an archive (leave sha256 out for a folder)")
+        _link_images(str(Path(source, subdir)) if subdir else source, dest)
+    elif layout == "images" and not is_url(source) and not str(source).lower().endswith(".zip"):
+        _link_images(source, dest)
+    else:
+        unpack_zip(_archive_for(source, sha256, cache, settings), dest, subdir, settings)
+
+
+def _copy_solution(solution: str, solution_sha256: str | None, dest: Path, cache: Path, settings: DownloadSettings) -> None:
+    """Copy the solution CSV (downloaded into ``cache``, or a local file; verified) to
+    ``dest/solution.csv``, and note beside it where it came from."""
+    if is_url(solution):
+        local = fetch(solution, cache / PurePosixPath(solution.split("?")[0]).name, solution_sha256, settings)
+    else:
+        local = Path(solution)
+        if not local.is_file():
+            raise FileNotFoundError(f"solution file not found: {solution}")
+        verify_checksum(local, solution_sha256)
+    shutil.copyfile(local, dest / SOLUTION)
+    (dest / SOLUTION_SOURCE).write_text(f"{solution}\n")
+
+
 def download_dataset(
     source: str,
     dest: str | os.PathLike,
@@ -290,25 +317,10 @@ def download_dataset(
         raise ValueError(f"unknown dataset layout {layout!r}; choose one of {LAYOUTS}")
     dest = Path(dest)
     cache = Path(cache_dir) if cache_dir is not None else dest.parent / "downloads"
-    if not is_url(source) and Path(source).is_dir():
-        if sha256:
-            raise ValueError(f"{source} is a folder: a sha256 checksum is for an archive (leave sha256 out for a folder)")
-        _link_images(str(Path(source, subdir)) if subdir else source, dest)
-    elif layout == "images" and not is_url(source) and not str(source).lower().endswith(".zip"):
-        _link_images(source, dest)
-    else:
-        unpack_zip(_archive_for(source, sha256, cache, settings), dest, subdir, settings)
+    _lay_out(source, dest, sha256, layout, subdir, cache, settings)
     try:
         if solution:
-            if is_url(solution):
-                local = fetch(solution, cache / PurePosixPath(solution.split("?")[0]).name, solution_sha256, settings)
-            else:
-                local = Path(solution)
-                if not local.is_file():
-                    raise FileNotFoundError(f"solution file not found: {solution}")
-                verify_checksum(local, solution_sha256)
-            shutil.copyfile(local, dest / SOLUTION)
-            (dest / SOLUTION_SOURCE).write_text(f"{solution}\n")
+            _copy_solution(solution, solution_sha256, dest, cache, settings)
             load_solution(dest, list_images(dest, layout))  # unknown ids or bad runs stop here
         ids = list_images(dest, layout)
         if not ids:

@@ -219,11 +219,20 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
         return np.bincount(flat, weights=weights, minlength=n + 1)[present]
 
     area = area_all[present].astype(np.float64)
+    table = _shape_table(labels, total, flat, yy, xx, area, present, n, offset)
+    _add_intensities(table, grey, raw, pixels, flat, total, area, present, n)
+    return table[COLUMNS]
+
+
+def _shape_table(labels, total, flat, yy, xx, area, present, n, offset) -> pd.DataFrame:
+    """:func:`measure_objects`' table of the labels ``present``: the position and shape columns,
+    the intensity and µm columns NaN. ``total`` sums per-pixel weights by label, ``flat``, ``yy``
+    and ``xx`` are the labelled pixels' labels and coordinates."""
     cy, cx, l1, l2, eccentricity, orientation = _moments(total, flat, yy, xx, area, present, n)
     slices = ndi.find_objects(labels, max_label=n)
     bbox = np.array([[s[0].start, s[1].start, s[0].stop, s[1].stop] for s in (slices[k - 1] for k in present)], dtype=np.int64)
     convex = _convex_areas(flat, yy, xx, present)
-    table = pd.DataFrame(
+    return pd.DataFrame(
         {
             "label": present.astype(np.int64),
             "area": area.astype(np.int64),
@@ -245,6 +254,12 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
             **{c: np.nan for c in COLUMNS[COLUMNS.index("area_um2") :]},
         }
     )
+
+
+def _add_intensities(table: pd.DataFrame, grey, raw, pixels, flat, total, area, present, n) -> None:
+    """Fill ``table``'s intensity columns in place: from the image ``grey`` (the mean over its
+    channels) and each channel of the own pixels ``raw``, where given, at the labelled pixels
+    (flat indices ``pixels``)."""
     if grey is not None:
         # the mean over channels at the objects' pixels only (the same float64 values as the
         # whole image's mean over its channel axis)
@@ -264,7 +279,6 @@ def measure_objects(labels: np.ndarray, image: np.ndarray | None = None, offset:
             table[f"raw_integrated_c{c + 1}"] = integrated
             table[f"raw_min_c{c + 1}"] = low[present]
             table[f"raw_max_c{c + 1}"] = high[present]
-    return table[COLUMNS]
 
 
 def _checked_inputs(labels, image, raw) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:

@@ -613,6 +613,23 @@ def aggregated_jaccard(truth: ArrayLike, pred: ArrayLike) -> float:
     return _aji_from_overlap(ov, ov.pair_iou())
 
 
+def _row_from_overlap(ov: _Overlap) -> dict[str, float]:
+    """All scores of one image, as one flat row, from its contingency table (see :func:`evaluate_image`)."""
+    pair_iou = ov.pair_iou()
+    row: dict[str, float] = {"n_true": ov.n_true, "n_pred": ov.n_pred}
+    row.update(_pixel_from_counts(int(ov.inter.sum()), int(ov.area_true.sum()), int(ov.area_pred.sum()), ov.n_pixels))
+    obj = _match_counts(ov, pair_iou, 0.5)
+    for key in ("tp", "fp", "fn", "precision", "recall", "f1"):
+        row[f"obj_{key}"] = obj[key]
+    row["mean_matched_iou"] = obj["mean_matched_iou"]
+    per = _challenge_from_overlap(ov, pair_iou, CHALLENGE_THRESHOLDS)
+    for thr, score in zip(CHALLENGE_THRESHOLDS, per):
+        row[f"ap_{thr:.2f}"] = float(score)
+    row["challenge_score"] = float(per.mean())
+    row["aji"] = _aji_from_overlap(ov, pair_iou)
+    return row
+
+
 def evaluate_image(truth: ArrayLike, pred: ArrayLike) -> dict[str, float]:
     """All scores of one image as one flat row (e.g. for a pandas DataFrame).
 
@@ -663,17 +680,4 @@ def evaluate_image(truth: ArrayLike, pred: ArrayLike) -> dict[str, float]:
         differ.
     """
     t, p = _as_pair(truth, pred)
-    ov = _overlap(t, p)
-    pair_iou = ov.pair_iou()
-    row: dict[str, float] = {"n_true": ov.n_true, "n_pred": ov.n_pred}
-    row.update(_pixel_from_counts(int(ov.inter.sum()), int(ov.area_true.sum()), int(ov.area_pred.sum()), ov.n_pixels))
-    obj = _match_counts(ov, pair_iou, 0.5)
-    for key in ("tp", "fp", "fn", "precision", "recall", "f1"):
-        row[f"obj_{key}"] = obj[key]
-    row["mean_matched_iou"] = obj["mean_matched_iou"]
-    per = _challenge_from_overlap(ov, pair_iou, CHALLENGE_THRESHOLDS)
-    for thr, score in zip(CHALLENGE_THRESHOLDS, per):
-        row[f"ap_{thr:.2f}"] = float(score)
-    row["challenge_score"] = float(per.mean())
-    row["aji"] = _aji_from_overlap(ov, pair_iou)
-    return row
+    return _row_from_overlap(_overlap(t, p))

@@ -212,11 +212,7 @@ def write_ome_zarr(path: str | os.PathLike, image, labels, count: int, threads: 
     Path
     """
     import dask
-    import dask.array as da
     import zarr
-    from ome_zarr.classes import OMEZarrImage, OMEZarrLabels
-    from ome_zarr.scale import Methods
-    from ome_zarr.writer import write_image, write_label_metadata
 
     shape = tuple(labels.shape)
     factors = pyramid_factors(shape)
@@ -229,31 +225,52 @@ def write_ome_zarr(path: str | os.PathLike, image, labels, count: int, threads: 
     with atomic_dir(path, overwrite=True) as tmp, own_threads(threads) as pool, dask.config.set(scheduler="threads", pool=pool):
         root = zarr.open_group(tmp, mode="w")
         if image is not None:
-            pixels = da.from_array(image, chunks=(OME_CHUNK, OME_CHUNK) + tuple(image.shape[2:]))
-            pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-            chunks = (pixels.shape[0], OME_CHUNK, OME_CHUNK)
-            write_image(
-                pixels.rechunk(chunks),
-                root,
-                scale_factors=factors,
-                method=Methods.NEAREST,
-                axes="cyx",
-                scale={"c": 1.0, **scale},
-                axes_units=units,
-                storage_options=dict(chunks=chunks),
-                omero=_omero(pixels, pool),
-            )
-        lab = da.from_array(labels, chunks=(OME_CHUNK, OME_CHUNK)).astype(label_dtype(count))
-        # what write_labels does, without its pass over the whole label image collecting every
-        # label value for colour metadata that it then drops (a sort of all pixels: ~5 % of
-        # the segment stage on large images)
-        pyramid = OMEZarrLabels(
-            OMEZarrImage(lab, axes="yx", scale=scale, name="nuclei", axes_units=units), scale_factors=factors, method=Methods.NEAREST, auto_parse_labels=False
-        )
-        pyramid.to_ome_zarr(root.require_group("labels/nuclei"), storage_options=dict(chunks=(OME_CHUNK, OME_CHUNK)), compute=True, overwrite=True)
-        # source: the image two levels up, which the reader then opens with the labels
-        write_label_metadata(root["labels"], "nuclei", source={"image": "../../"}, **_label_metadata(objects))
+            _write_ome_image(root, image, factors, scale, units, pool)
+        _write_ome_labels(root, labels, count, factors, scale, units, objects)
     return Path(path)
+
+
+def _write_ome_image(root, image, factors, scale: dict, units: dict | None, pool) -> None:
+    """Write :func:`write_ome_zarr`'s image into the group ``root``: axes ``c, y, x``, a pyramid of
+    ``factors``, with ``omero`` metadata (:func:`_omero`, computed on the threads of ``pool``)."""
+    import dask.array as da
+    from ome_zarr.scale import Methods
+    from ome_zarr.writer import write_image
+
+    pixels = da.from_array(image, chunks=(OME_CHUNK, OME_CHUNK) + tuple(image.shape[2:]))
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    chunks = (pixels.shape[0], OME_CHUNK, OME_CHUNK)
+    write_image(
+        pixels.rechunk(chunks),
+        root,
+        scale_factors=factors,
+        method=Methods.NEAREST,
+        axes="cyx",
+        scale={"c": 1.0, **scale},
+        axes_units=units,
+        storage_options=dict(chunks=chunks),
+        omero=_omero(pixels, pool),
+    )
+
+
+def _write_ome_labels(root, labels, count: int, factors, scale: dict, units: dict | None, objects: pd.DataFrame | None) -> None:
+    """Write :func:`write_ome_zarr`'s ``labels/nuclei`` into the group ``root``: a pyramid of
+    ``factors`` with the nuclei's ``image-label`` metadata (:func:`_label_metadata`)."""
+    import dask.array as da
+    from ome_zarr.classes import OMEZarrImage, OMEZarrLabels
+    from ome_zarr.scale import Methods
+    from ome_zarr.writer import write_label_metadata
+
+    lab = da.from_array(labels, chunks=(OME_CHUNK, OME_CHUNK)).astype(label_dtype(count))
+    # what write_labels does, without its pass over the whole label image collecting every
+    # label value for colour metadata that it then drops (a sort of all pixels: ~5 % of
+    # the segment stage on large images)
+    pyramid = OMEZarrLabels(
+        OMEZarrImage(lab, axes="yx", scale=scale, name="nuclei", axes_units=units), scale_factors=factors, method=Methods.NEAREST, auto_parse_labels=False
+    )
+    pyramid.to_ome_zarr(root.require_group("labels/nuclei"), storage_options=dict(chunks=(OME_CHUNK, OME_CHUNK)), compute=True, overwrite=True)
+    # source: the image two levels up, which the reader then opens with the labels
+    write_label_metadata(root["labels"], "nuclei", source={"image": "../../"}, **_label_metadata(objects))
 
 
 def _trace(mask: np.ndarray, origin: tuple[int, int]) -> list[list[int]]:

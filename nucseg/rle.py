@@ -177,6 +177,31 @@ def _run_pixels(starts: NDArray[np.int64], lengths: NDArray[np.int64]) -> NDArra
     return np.repeat(starts, lengths) + offsets
 
 
+def _parse_row(
+    record: dict[str, str], line: int, shown: str, sizes: dict[str, tuple[int, int]]
+) -> tuple[str, tuple[NDArray[np.int64], NDArray[np.int64]]] | None:
+    """The ImageId and runs of one row of a solution CSV (line ``line`` of the file ``shown``), or
+    ``None`` for an ``Ignored`` row; its size must match the image's earlier rows (``sizes``, to
+    which the image's first row adds it)."""
+    image_id = (record["ImageId"] or "").strip()
+    where = f"{shown}: row {line} (ImageId {image_id!r})"
+    if not image_id:
+        raise ValueError(f"{shown}: row {line} has no ImageId")
+    if (record.get("Usage") or "").strip() == "Ignored":
+        return None
+    try:
+        shape = _as_shape((record["Height"], record["Width"]))
+    except ValueError:
+        raise ValueError(f"{where}: Height and Width must be positive integers, got {record['Height']!r} and {record['Width']!r}") from None
+    if sizes.setdefault(image_id, shape) != shape:
+        raise ValueError(f"{where}: size {shape} differs from the size {sizes[image_id]} of the image's earlier rows")
+    try:
+        parsed = _parse_runs(record["EncodedPixels"], shape[0] * shape[1])
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    return image_id, parsed
+
+
 def read_solution(path: str | os.PathLike, name: str | None = None) -> dict[str, NDArray[np.uint32]]:
     """Decode a solution CSV into one label image per ``ImageId``.
 
@@ -214,23 +239,10 @@ def read_solution(path: str | os.PathLike, name: str | None = None) -> dict[str,
         if missing:
             raise ValueError(f"{shown}: not a solution CSV: missing column(s) {', '.join(missing)} (has {reader.fieldnames})")
         for record in reader:
-            line = reader.line_num
-            image_id = (record["ImageId"] or "").strip()
-            where = f"{shown}: row {line} (ImageId {image_id!r})"
-            if not image_id:
-                raise ValueError(f"{shown}: row {line} has no ImageId")
-            if (record.get("Usage") or "").strip() == "Ignored":
+            row = _parse_row(record, reader.line_num, shown, sizes)
+            if row is None:
                 continue
-            try:
-                shape = _as_shape((record["Height"], record["Width"]))
-            except ValueError:
-                raise ValueError(f"{where}: Height and Width must be positive integers, got {record['Height']!r} and {record['Width']!r}") from None
-            if sizes.setdefault(image_id, shape) != shape:
-                raise ValueError(f"{where}: size {shape} differs from the size {sizes[image_id]} of the image's earlier rows")
-            try:
-                parsed = _parse_runs(record["EncodedPixels"], shape[0] * shape[1])
-            except ValueError as err:
-                raise ValueError(f"{where}: {err}") from None
+            image_id, parsed = row
             entries = runs.setdefault(image_id, [])
             if parsed[0].size:
                 entries.append(parsed)

@@ -229,6 +229,39 @@ class _Blender:
             self.pending = [block[:, keep:]] if keep < ready else []
 
 
+def _padded_region(region: tuple[slice, slice] | None, shape: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Rows and columns ``((r0, r1), (c0, c1))`` of the padded image that ``region`` of the image
+    covers (the whole image when ``None``); an empty or strided region is refused."""
+    region = (slice(0, shape[0]), slice(0, shape[1])) if region is None else region
+    bounds = tuple(s.indices(n)[:2] for s, n in zip(region, shape))
+    if any(stop <= start for start, stop in bounds) or any(s.step not in (None, 1) for s in region):
+        raise ValueError(f"region {region} is empty or strided, or outside the image of shape {shape}")
+    return tuple((start + pad[0], stop + pad[0]) for (start, stop), pad in zip(bounds, pads))
+
+
+def _blend_groups(
+    fn: Callable[[np.ndarray], np.ndarray],
+    read: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    index: tuple[np.ndarray, np.ndarray],
+    groups: list[list[Window]],
+    reaches: Callable[[Window], bool],
+    blender: _Blender,
+) -> None:
+    """Run ``fn`` over each batch of windows (read at the mirrored ``index`` rows and columns),
+    blend the results of the windows that reach the region, and release the rows that no later
+    batch touches; the rest at the end."""
+    iy, ix = index
+    for i, group in enumerate(groups):
+        blocks = np.stack([read(iy[w.y : w.y + w.h], ix[w.x : w.x + w.w]) for w in group])
+        results = fn(blocks)
+        for win, result in zip(group, results):
+            if reaches(win):
+                blender.add(win, result)
+        if i + 1 < len(groups):
+            blender.release(groups[i + 1][0].y)
+    blender.release(blender.base + blender.acc.shape[1], last=True)
+
+
 def stream_tiled(
     fn: Callable[[np.ndarray], np.ndarray],
     read: Callable[[np.ndarray, np.ndarray], np.ndarray],
@@ -273,11 +306,7 @@ def stream_tiled(
         raise ValueError(f"batch must be >= 1, got {batch}")
     pads, windows = plan_windows(shape, tile, margin, multiple)
     iy, ix = (mirror_index(n, *p) for n, p in zip(shape, pads))
-    region = (slice(0, shape[0]), slice(0, shape[1])) if region is None else region
-    bounds = tuple(s.indices(n)[:2] for s, n in zip(region, shape))
-    if any(stop <= start for start, stop in bounds) or any(s.step not in (None, 1) for s in region):
-        raise ValueError(f"region {region} is empty or strided, or outside the image of shape {shape}")
-    (r0, r1), (c0, c1) = ((start + pad[0], stop + pad[0]) for (start, stop), pad in zip(bounds, pads))
+    (r0, r1), (c0, c1) = _padded_region(region, shape, pads)
     if len(windows) == 1:  # the image fits in one window: nothing to blend
         result = np.asarray(fn(read(iy, ix)[None])[0], np.float32)
         sink(0, result[:, r0:r1, c0:c1])
@@ -288,15 +317,7 @@ def stream_tiled(
 
     groups = [group for group in (windows[i : i + batch] for i in range(0, len(windows), batch)) if any(map(reaches, group))]
     blender = _Blender(((r0, r1), (c0, c1)), n_out, sink, flush_rows, base=min(w.y for w in groups[0] if reaches(w)))
-    for i, group in enumerate(groups):
-        blocks = np.stack([read(iy[w.y : w.y + w.h], ix[w.x : w.x + w.w]) for w in group])
-        results = fn(blocks)
-        for win, result in zip(group, results):
-            if reaches(win):
-                blender.add(win, result)
-        if i + 1 < len(groups):
-            blender.release(groups[i + 1][0].y)
-    blender.release(blender.base + blender.acc.shape[1], last=True)
+    _blend_groups(fn, read, (iy, ix), groups, reaches, blender)
 
 
 def process_tiled(

@@ -339,6 +339,21 @@ def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.
     inside = labels > 0
     low = np.finfo(image.dtype).min if np.issubdtype(image.dtype, np.floating) else np.iinfo(image.dtype).min
     is_max = (image == _square_max(np.where(inside, image, low), square)) & inside
+    slow = _slow_labels(labels, inside, is_max, square)
+    rows, cols = np.nonzero(is_max & ~slow[labels] & (image > threshold))  # row-major, as skimage lists them
+    found = [(rows, cols), *_box_peaks(image, labels, slow, square, low, threshold)]
+    rows, cols = (np.concatenate(axis) for axis in zip(*found))
+    ids, values = labels[rows, cols], image[rows, cols]
+    # by label, then highest first, ties in row-major order
+    order = np.lexsort((rows * labels.shape[1] + cols, -values, ids))
+    rows, cols, ids = rows[order], cols[order], ids[order]
+    keep = _spaced(rows, cols, ids, min_distance)
+    return np.stack([rows[keep], cols[keep]], axis=1).astype(np.intp)
+
+
+def _slow_labels(labels: np.ndarray, inside: np.ndarray, is_max: np.ndarray, square: np.ndarray) -> np.ndarray:
+    """:func:`label_peaks`' labels that go through skimage's steps, a bool per label number: those
+    another label comes near (within ``square``), and plateaus (every pixel a maximum ``is_max``)."""
     # a label pixel whose square holds another label's pixel (labels as float32: exact below 2^24)
     n = int(labels.max(initial=0))
     if n >= 1 << 24:
@@ -353,8 +368,13 @@ def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.
     slow |= np.bincount(labels[is_max], minlength=n + 1) == area  # a plateau: skimage's "trivial image"
     slow &= area > 0  # numbers no pixel carries
     slow[0] = False
-    rows, cols = np.nonzero(is_max & ~slow[labels] & (image > threshold))  # row-major, as skimage lists them
-    found = [(rows, cols)]
+    return slow
+
+
+def _box_peaks(image: np.ndarray, labels: np.ndarray, slow: np.ndarray, square: np.ndarray, low, threshold) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Peak rows and columns of each ``slow`` label by skimage's steps on its bounding box (other
+    pixels at ``low``; peaks above ``threshold``)."""
+    found = []
     objects = ndi.find_objects(labels)
     for label in np.flatnonzero(slow):  # skimage's steps on the label's bounding box
         roi = objects[label - 1]
@@ -370,11 +390,13 @@ def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.
             peak &= box > threshold
         r, c = np.nonzero(peak)
         found.append((r + roi[0].start, c + roi[1].start))
-    rows, cols = (np.concatenate(axis) for axis in zip(*found))
-    ids, values = labels[rows, cols], image[rows, cols]
-    # by label, then highest first, ties in row-major order
-    order = np.lexsort((rows * labels.shape[1] + cols, -values, ids))
-    rows, cols, ids = rows[order], cols[order], ids[order]
+    return found
+
+
+def _spaced(rows: np.ndarray, cols: np.ndarray, ids: np.ndarray, min_distance: int) -> np.ndarray:
+    """Which peaks to keep (bool): skimage's ensure_spacing, label by label, on peaks sorted by
+    label and highest first: each kept peak drops its label's later ones nearer than
+    ``min_distance`` (Chebyshev)."""
     keep = np.ones(len(ids), bool)
     if min_distance > 1:  # skimage's ensure_spacing, label by label
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.zeros(0, int)
@@ -383,4 +405,4 @@ def label_peaks(image: np.ndarray, labels: np.ndarray, min_distance: int) -> np.
                 if keep[i]:
                     near = np.maximum(np.abs(rows[i + 1 : stop] - rows[i]), np.abs(cols[i + 1 : stop] - cols[i])) < min_distance
                     keep[i + 1 : stop] &= ~near
-    return np.stack([rows[keep], cols[keep]], axis=1).astype(np.intp)
+    return keep
