@@ -214,7 +214,7 @@ def main() -> None:
     from nucseg.export import HALO, export_bioimageio
     from nucseg.imageio import has_dark_nuclei
     from nucseg.infer import PredictSettings, predict_image
-    from nucseg.model import load_model
+    from nucseg.modelfolder import load_model
 
     images = sample_images() if "sample" in args.sets else {}
     if "kromp_train" in args.sets:

@@ -31,10 +31,11 @@ import torch
 from nucseg.datasets import read_sample, unpack_zip
 from nucseg.infer import PredictSettings, predict_image
 from nucseg.metrics import evaluate_image
-from nucseg.model import choose_device, load_model
+from nucseg.model import choose_device
+from nucseg.modelfolder import load_model
 from nucseg.postprocess import SegmentSettings, segment_probability
 from nucseg.preprocess import PreprocessSettings, preprocess_training
-from nucseg.train import TrainSettings, train_model
+from nucseg.training import TrainSettings, train_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018" / "stage1_train_fixed.zip"
 VARIANTS = {"paper (body)": ("body",), "body + border": ("body", "border")}

@@ -187,7 +187,7 @@ def throughput(args, tmp: Path, model_dir: Path, tiles: list[np.ndarray]) -> Non
     from nucseg.bigimage import open_image
     from nucseg.imageio import normalize_image
     from nucseg.infer import EagerEngine, OnnxEngine, PredictSettings, open_predictor, predict_to_zarr
-    from nucseg.model import load_model
+    from nucseg.modelfolder import load_model
     from nucseg.tiling import pad_to_multiple
 
     side = args.whole

@@ -11,7 +11,7 @@ per image, the clusters named by brightness (brightest background, darkest nucle
 resized to Dataset1's cell size (x0.4), which separates the scale from the colour shift.
 
 Networks go through the pipeline's own stages: :func:`nucseg.preprocess.preprocess_training`
-and ``preprocess_fullsize``, :func:`nucseg.train.train_model` with the semantic task,
+and ``preprocess_fullsize``, :func:`nucseg.training.train_model` with the semantic task,
 :func:`nucseg.infer.predict_dataset`, then the semantic task's segment and evaluate. Scores
 are means over images of the per-image rows (pixel accuracy; Dice per class and their macro
 mean), as the aggregate stage computes them.
@@ -46,7 +46,7 @@ from nucseg.infer import PredictSettings, predict_dataset
 from nucseg.preprocess import PreprocessSettings, preprocess_fullsize, preprocess_training, read_id_list
 from nucseg.sizes import regions
 from nucseg.tasks.semantic import SemanticTask, confusion_matrix, scores
-from nucseg.train import TrainSettings, train_model
+from nucseg.training import TrainSettings, train_model
 from nucseg.vscores import boundary_scores, rand_info, region_counts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,7 +240,7 @@ def main() -> int:
     parser.add_argument("--tta", action="store_true", help="predict with 8-fold test-time augmentation (flips and rotations)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(message)s")
-    logging.getLogger("nucseg.train").setLevel(logging.INFO)
+    logging.getLogger("nucseg.training").setLevel(logging.INFO)
     if not SHARED.is_dir():
         print(f"{SHARED} not found: the benchmark needs ../shared/data")
         return 1

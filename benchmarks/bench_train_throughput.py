@@ -21,7 +21,7 @@ import torch
 
 from nucseg.losses import Loss
 from nucseg.model import PRESETS, ResUNet, choose_device
-from nucseg.train import optimizer_step
+from nucseg.training import optimizer_step
 
 
 def steps_per_second(name: str, device: torch.device, size: int, batch: int, steps: int, warmup: int) -> list[float]:

@@ -8,7 +8,7 @@ stage             module                      function
 download          :mod:`nucseg.datasets`      :func:`~nucseg.datasets.download_dataset`
 preprocess        :mod:`nucseg.preprocess`    :func:`~nucseg.preprocess.preprocess_training`,
                                               :func:`~nucseg.preprocess.preprocess_fullsize`
-train             :mod:`nucseg.train`         :func:`~nucseg.train.train_model`
+train             :mod:`nucseg.training`      :func:`~nucseg.training.train_model`
 predict           :mod:`nucseg.infer`         :func:`~nucseg.infer.predict_dataset`
 segment           :mod:`nucseg.postprocess`   :func:`~nucseg.postprocess.segment_dataset`
 evaluate          :mod:`nucseg.evaluate`      :func:`~nucseg.evaluate.evaluate_dataset`
@@ -31,19 +31,9 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-#: The pretrained model folder shipped inside the package (weights.pt, config.json and
-#: MODEL_CARD.md: what it was trained on, how, and how well it scores per modality).
-#: ``nucseg segment`` uses it when no ``--model`` is given; a workflow model entry
-#: ``{folder: pretrained}`` uses it instead of training one.
-PRETRAINED_MODEL = str(resources.files(__name__) / "pretrained")
-
-
-def model_folder(name: str | os.PathLike | None) -> Path:
-    """The model folder a setting names, resolved in one place for the workflow (``folder:``,
-    ``train.init``), the command line (``--model``) and the napari widget: ``pretrained`` (or
-    nothing given) is :data:`PRETRAINED_MODEL`, anything else the path it is."""
-    return Path(PRETRAINED_MODEL if name is None or str(name) == "pretrained" else name)
-
+# The model folder is resolved in one place (nucseg.modelfolder); its names are the package's too
+from nucseg.modelfolder import PRETRAINED_MODEL as PRETRAINED_MODEL  # noqa: E402
+from nucseg.modelfolder import model_folder as model_folder  # noqa: E402
 
 #: The workflow's stages in data-flow order: a stage's results are made from the code and the
 #: results of the stages before it, never from those after it.

@@ -347,7 +347,7 @@ def config_problems(config: dict, schema: dict) -> list[str]:
     return [line for _, line in sorted(problems, key=lambda item: [str(part) for part in item[0]])]
 
 
-# A model folder's config.json (nucseg.model.load_model, the workflow's folder: and train.init).
+# A model folder's config.json (nucseg.modelfolder.load_model, the workflow's folder: and train.init).
 
 
 def model_folder_schema(heads: Sequence[str] | None = None, architectures: Sequence[str] | None = None) -> dict:
@@ -361,32 +361,6 @@ def model_folder_schema(heads: Sequence[str] | None = None, architectures: Seque
     :data:`nucseg.nets.SEMANTIC_PRESETS`) restrict the head and semantic network names; without
     them (the workflow's config check, which does not import PyTorch) any text is taken.
     """
-    positive = {"type": "integer", "minimum": 1}
-    head = {"enum": list(heads)} if heads is not None else {"type": "string"}
-    instance = {
-        "type": "object",
-        "description": "the ResUNet's settings",
-        "required": ["width", "blocks", "heads", "in_channels"],
-        "additionalProperties": False,
-        "properties": {
-            "width": positive,
-            "blocks": positive,
-            "heads": {"type": "array", "items": head, "minItems": 1, "uniqueItems": True},
-            "in_channels": positive,
-        },
-    }
-    semantic = {
-        "type": "object",
-        "description": "the semantic network's settings",
-        "required": ["architecture", "width", "classes", "in_channels"],
-        "additionalProperties": False,
-        "properties": {
-            "architecture": {"enum": list(architectures)} if architectures is not None else {"type": "string"},
-            "width": positive,
-            "classes": {"type": "array", "items": {"type": "string"}, "minItems": 2, "uniqueItems": True},
-            "in_channels": positive,
-        },
-    }
     percentile = {"type": "number", "minimum": 0, "maximum": 100}
     return {
         "type": "object",
@@ -417,8 +391,43 @@ def model_folder_schema(heads: Sequence[str] | None = None, architectures: Seque
             },
         },
         "if": {"properties": {"task": {"const": "semantic"}}, "required": ["task"]},
-        "then": {"properties": {"model": semantic}},
-        "else": {"properties": {"model": instance}},
+        "then": {"properties": {"model": _semantic_model_schema(architectures)}},
+        "else": {"properties": {"model": _instance_model_schema(heads)}},
+    }
+
+
+def _instance_model_schema(heads: Sequence[str] | None) -> dict:
+    """:func:`model_folder_schema`'s ``model`` of the instance task: the ResUNet's settings."""
+    positive = {"type": "integer", "minimum": 1}
+    head = {"enum": list(heads)} if heads is not None else {"type": "string"}
+    return {
+        "type": "object",
+        "description": "the ResUNet's settings",
+        "required": ["width", "blocks", "heads", "in_channels"],
+        "additionalProperties": False,
+        "properties": {
+            "width": positive,
+            "blocks": positive,
+            "heads": {"type": "array", "items": head, "minItems": 1, "uniqueItems": True},
+            "in_channels": positive,
+        },
+    }
+
+
+def _semantic_model_schema(architectures: Sequence[str] | None) -> dict:
+    """:func:`model_folder_schema`'s ``model`` of the semantic task: the semantic network's settings."""
+    positive = {"type": "integer", "minimum": 1}
+    return {
+        "type": "object",
+        "description": "the semantic network's settings",
+        "required": ["architecture", "width", "classes", "in_channels"],
+        "additionalProperties": False,
+        "properties": {
+            "architecture": {"enum": list(architectures)} if architectures is not None else {"type": "string"},
+            "width": positive,
+            "classes": {"type": "array", "items": {"type": "string"}, "minItems": 2, "uniqueItems": True},
+            "in_channels": positive,
+        },
     }
 
 

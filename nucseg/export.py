@@ -58,7 +58,8 @@ from torch import nn
 
 from nucseg.files import atomic_file
 from nucseg.imageio import intensity_range, rescale_intensity
-from nucseg.model import MULTIPLE, load_model
+from nucseg.model import MULTIPLE
+from nucseg.modelfolder import load_model
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,6 @@ def export_bioimageio(
         which then agrees with nucseg's own prediction of such images in every block.
     """
     from bioimageio.spec import save_bioimageio_package
-    from bioimageio.spec.model import v0_5 as bio
 
     model_dir, out_zip = Path(model_dir), Path(out_zip)
     if halo < 0:
@@ -198,6 +198,26 @@ def export_bioimageio(
         raise ValueError(f"{model_dir}: invert 'always' for a model not trained with normalize.invert_dark (it saw no inverted images)")
     invert = "never" if invert == "auto" and not norm["invert_dark"] else invert
     heads = list(config["model"]["heads"])
+    image, min_side = _test_image(image, halo)
+    scripted = _scripted(net, invert)
+    with torch.no_grad():
+        expected = scripted(torch.from_numpy(normalize_sample(image, norm["low"], norm["high"]))).numpy()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _write_package_files(tmp, scripted, image, expected)
+        _write_documentation(tmp / "README.md", model_dir, config, norm, halo, invert)
+        descr = _model_descr(tmp, config, norm, halo, invert, min_side)
+        out_zip.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(out_zip) as part:
+            save_bioimageio_package(descr, output_path=Path(part))
+    log.info("%s: bioimage.io package of %s (heads %s, halo %d px, dark-nuclei inversion %s)", out_zip, model_dir, heads, halo, invert)
+    return out_zip
+
+
+def _test_image(image: np.ndarray | None, halo: int) -> tuple[np.ndarray, int]:
+    """The package's test input, checked (default :func:`sample_image`), and its smallest input
+    side (pixels) for ``halo``."""
     # the smallest input a block may be: a multiple of the step with at least 32 px inside the halo
     min_side = max(2 * MULTIPLE, -(-(2 * halo + MULTIPLE) // MULTIPLE) * MULTIPLE)
     image = sample_image(max(256, min_side), max(256, min_side)) if image is None else np.asarray(image, dtype=np.float32)
@@ -205,91 +225,114 @@ def export_bioimageio(
         raise ValueError(f"test image must be (1, 3, H, W) with H, W multiples of {MULTIPLE}, got {image.shape}")
     if min(image.shape[2:]) < min_side:
         raise ValueError(f"test image of {image.shape[2]}x{image.shape[3]} px is smaller than the package's smallest input, {min_side} px (halo {halo})")
+    return image, min_side
+
+
+def _scripted(net: nn.Module, invert: str) -> torch.jit.ScriptModule:
+    """The packaged module (:class:`Packaged`) as TorchScript."""
     # the network is traced (a convolutional net: any size the trace's multiple allows), the
     # inversion around it scripted (it branches on the data)
     with torch.no_grad():
         traced = torch.jit.trace(net, torch.zeros(1, 3, 2 * MULTIPLE, 2 * MULTIPLE), check_trace=False)
-    scripted = torch.jit.script(Packaged(traced, invert).eval())
-    with torch.no_grad():
-        expected = scripted(torch.from_numpy(normalize_sample(image, norm["low"], norm["high"]))).numpy()
+    return torch.jit.script(Packaged(traced, invert).eval())
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        weights = tmp / "weights.torchscript.pt"
-        scripted.save(str(weights))
-        np.save(tmp / "test_input.npy", image)
-        np.save(tmp / "test_output.npy", expected)
-        tifffile.imwrite(tmp / "sample_input.tif", np.clip(image[0], 0, 255).round().astype(np.uint8))
-        tifffile.imwrite(tmp / "sample_output.tif", expected[0].astype(np.float32))
-        render_cover(np.clip(image[0], 0, 255).round().astype(np.uint8).transpose(1, 2, 0), expected[0, 0], tmp / "cover.png")
-        card = model_dir / "MODEL_CARD.md"
-        doc = tmp / "README.md"
-        doc.write_text(
-            (card.read_text() if card.is_file() else f"# nucseg model\n\n```json\n{json.dumps(config, indent=2)}\n```\n") + _package_notes(norm, halo, invert)
-        )
-        y, x = bio.AxisId("y"), bio.AxisId("x")
-        raw = bio.TensorId("raw")
-        every = [bio.AxisId("channel"), y, x]
-        out_axes = [
-            bio.SpaceOutputAxisWithHalo(id=a, size=bio.SizeReference(tensor_id=raw, axis_id=a), halo=halo)
-            if halo
-            else bio.SpaceOutputAxis(id=a, size=bio.SizeReference(tensor_id=raw, axis_id=a))
-            for a in (y, x)
-        ]
-        descr = bio.ModelDescr(
-            name="nucseg residual U-Net nuclei",
-            description=(
-                "Nucleus (body) and touching-border probabilities for 2-D microscopy images of any modality (fluorescence, "
-                "bright-field, stained histology); residual U-Net trained by the nucseg pipeline on the 2018 Data Science Bowl data."
+
+def _write_package_files(tmp: Path, scripted: torch.jit.ScriptModule, image: np.ndarray, expected: np.ndarray) -> None:
+    """Write the package's weights, test and sample tensors and cover into ``tmp``."""
+    scripted.save(str(tmp / "weights.torchscript.pt"))
+    np.save(tmp / "test_input.npy", image)
+    np.save(tmp / "test_output.npy", expected)
+    tifffile.imwrite(tmp / "sample_input.tif", np.clip(image[0], 0, 255).round().astype(np.uint8))
+    tifffile.imwrite(tmp / "sample_output.tif", expected[0].astype(np.float32))
+    render_cover(np.clip(image[0], 0, 255).round().astype(np.uint8).transpose(1, 2, 0), expected[0, 0], tmp / "cover.png")
+
+
+def _write_documentation(doc: Path, model_dir: Path, config: dict, norm: dict, halo: int, invert: str) -> None:
+    """Write the package's documentation: the model card (else the folder's config) and :func:`_package_notes`."""
+    card = model_dir / "MODEL_CARD.md"
+    doc.write_text(
+        (card.read_text() if card.is_file() else f"# nucseg model\n\n```json\n{json.dumps(config, indent=2)}\n```\n") + _package_notes(norm, halo, invert)
+    )
+
+
+def _model_descr(tmp: Path, config: dict, norm: dict, halo: int, invert: str, min_side: int):
+    """The package's description (its ``rdf.yaml``), of the files :func:`_write_package_files` and
+    :func:`_write_documentation` wrote into ``tmp``."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    heads = list(config["model"]["heads"])
+    return bio.ModelDescr(
+        name="nucseg residual U-Net nuclei",
+        description=(
+            "Nucleus (body) and touching-border probabilities for 2-D microscopy images of any modality (fluorescence, "
+            "bright-field, stained histology); residual U-Net trained by the nucseg pipeline on the 2018 Data Science Bowl data."
+        ),
+        authors=[bio.Author(name="nucseg developers")],
+        cite=[
+            bio.CiteEntry(
+                text="Caicedo et al. 2019, Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. Nature Methods 16",
+                doi=bio.Doi("10.1038/s41592-019-0612-7"),
             ),
-            authors=[bio.Author(name="nucseg developers")],
-            cite=[
-                bio.CiteEntry(
-                    text="Caicedo et al. 2019, Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. Nature Methods 16",
-                    doi=bio.Doi("10.1038/s41592-019-0612-7"),
-                ),
-            ],
-            license=bio.LicenseId("MIT"),
-            documentation=bio.FileDescr(source=doc),
-            covers=[bio.FileDescr(source=tmp / "cover.png")],
-            tags=["nuclei", "instance-segmentation", "unet", "2d", "fluorescence-light-microscopy", "bright-field", "histology", "pytorch"],
-            inputs=[
-                bio.InputTensorDescr(
-                    id=raw,
-                    description=f"RGB, any intensity scale (grey: 3 equal channels); percentiles {norm['low']:g}, {norm['high']:g} of the image onto 0, 1",
-                    axes=[
-                        bio.BatchAxis(),
-                        bio.ChannelAxis(channel_names=[bio.Identifier(c) for c in ("r", "g", "b")]),
-                        bio.SpaceInputAxis(id=y, size=bio.ParameterizedSize(min=min_side, step=MULTIPLE)),
-                        bio.SpaceInputAxis(id=x, size=bio.ParameterizedSize(min=min_side, step=MULTIPLE)),
-                    ],
-                    test_tensor=bio.FileDescr(source=tmp / "test_input.npy"),
-                    sample_tensor=bio.FileDescr(source=tmp / "sample_input.tif"),
-                    preprocessing=[
-                        bio.EnsureDtypeDescr(kwargs=bio.EnsureDtypeKwargs(dtype="float32")),
-                        bio.ScaleRangeDescr(kwargs=bio.ScaleRangeKwargs(axes=every, min_percentile=norm["low"], max_percentile=norm["high"])),
-                        bio.ClipDescr(kwargs=bio.ClipKwargs(min=-0.5, max=1.5)),
-                    ],
-                )
-            ],
-            outputs=[
-                bio.OutputTensorDescr(
-                    id=bio.TensorId("probabilities"),
-                    description=f"probability maps, one channel per head: {', '.join(heads)}",
-                    axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(h) for h in heads]), *out_axes],
-                    test_tensor=bio.FileDescr(source=tmp / "test_output.npy"),
-                    sample_tensor=bio.FileDescr(source=tmp / "sample_output.tif"),
-                    data=bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
-                )
-            ],
-            weights=bio.WeightsDescr(torchscript=bio.TorchscriptWeightsDescr(source=weights, pytorch_version=torch.__version__.split("+")[0])),
-            config={"nucseg": {"normalize": norm, "heads": heads, "model": config["model"], "halo": halo, "invert": invert}},
-        )
-        out_zip.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(out_zip) as part:
-            save_bioimageio_package(descr, output_path=Path(part))
-    log.info("%s: bioimage.io package of %s (heads %s, halo %d px, dark-nuclei inversion %s)", out_zip, model_dir, heads, halo, invert)
-    return out_zip
+        ],
+        license=bio.LicenseId("MIT"),
+        documentation=bio.FileDescr(source=tmp / "README.md"),
+        covers=[bio.FileDescr(source=tmp / "cover.png")],
+        tags=["nuclei", "instance-segmentation", "unet", "2d", "fluorescence-light-microscopy", "bright-field", "histology", "pytorch"],
+        inputs=[_input_descr(tmp, norm, min_side)],
+        outputs=[_output_descr(tmp, heads, halo)],
+        weights=bio.WeightsDescr(
+            torchscript=bio.TorchscriptWeightsDescr(source=tmp / "weights.torchscript.pt", pytorch_version=torch.__version__.split("+")[0])
+        ),
+        config={"nucseg": {"normalize": norm, "heads": heads, "model": config["model"], "halo": halo, "invert": invert}},
+    )
+
+
+def _input_descr(tmp: Path, norm: dict, min_side: int):
+    """The package's input tensor ``raw``: RGB, sizes from ``min_side`` in steps of :data:`MULTIPLE`,
+    with the declared normalisation."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    y, x = bio.AxisId("y"), bio.AxisId("x")
+    every = [bio.AxisId("channel"), y, x]
+    return bio.InputTensorDescr(
+        id=bio.TensorId("raw"),
+        description=f"RGB, any intensity scale (grey: 3 equal channels); percentiles {norm['low']:g}, {norm['high']:g} of the image onto 0, 1",
+        axes=[
+            bio.BatchAxis(),
+            bio.ChannelAxis(channel_names=[bio.Identifier(c) for c in ("r", "g", "b")]),
+            bio.SpaceInputAxis(id=y, size=bio.ParameterizedSize(min=min_side, step=MULTIPLE)),
+            bio.SpaceInputAxis(id=x, size=bio.ParameterizedSize(min=min_side, step=MULTIPLE)),
+        ],
+        test_tensor=bio.FileDescr(source=tmp / "test_input.npy"),
+        sample_tensor=bio.FileDescr(source=tmp / "sample_input.tif"),
+        preprocessing=[
+            bio.EnsureDtypeDescr(kwargs=bio.EnsureDtypeKwargs(dtype="float32")),
+            bio.ScaleRangeDescr(kwargs=bio.ScaleRangeKwargs(axes=every, min_percentile=norm["low"], max_percentile=norm["high"])),
+            bio.ClipDescr(kwargs=bio.ClipKwargs(min=-0.5, max=1.5)),
+        ],
+    )
+
+
+def _output_descr(tmp: Path, heads: list[str], halo: int):
+    """The package's output tensor ``probabilities``: one channel per head, the input's size, with
+    ``halo`` pixels on each side of y and x (none for 0)."""
+    from bioimageio.spec.model import v0_5 as bio
+
+    raw = bio.TensorId("raw")
+    out_axes = [
+        bio.SpaceOutputAxisWithHalo(id=a, size=bio.SizeReference(tensor_id=raw, axis_id=a), halo=halo)
+        if halo
+        else bio.SpaceOutputAxis(id=a, size=bio.SizeReference(tensor_id=raw, axis_id=a))
+        for a in (bio.AxisId("y"), bio.AxisId("x"))
+    ]
+    return bio.OutputTensorDescr(
+        id=bio.TensorId("probabilities"),
+        description=f"probability maps, one channel per head: {', '.join(heads)}",
+        axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier(h) for h in heads]), *out_axes],
+        test_tensor=bio.FileDescr(source=tmp / "test_output.npy"),
+        sample_tensor=bio.FileDescr(source=tmp / "sample_output.tif"),
+        data=bio.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
+    )
 
 
 def _package_notes(norm: dict, halo: int, invert: str) -> str:

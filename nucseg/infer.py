@@ -39,10 +39,11 @@ import zarr
 from scipy.special import expit
 
 from nucseg.bigimage import ImageStatistics, LazyImage, image_statistics
-from nucseg.files import atomic_dir, atomic_file
+from nucseg.files import atomic_dir
 from nucseg.imageio import NORMALIZE_HIGH, NORMALIZE_LOW, invert, rescale_intensity
 from nucseg.int8 import MODALITIES, int8_model, quantization_available
-from nucseg.model import DEVICES, choose_device, load_model
+from nucseg.model import DEVICES, choose_device
+from nucseg.modelfolder import cache_graph, cached_graph, load_model
 from nucseg.scale import DEFAULT_NUCLEI, estimate_scale
 from nucseg.tiling import MULTIPLE, stream_tiled
 
@@ -219,9 +220,9 @@ def _onnx_model(model: torch.nn.Module, cache_dir: str | os.PathLike | None = No
     ``refresh``: export again and overwrite the cache."""
     model = model.cpu().eval()
     key = onnx_key(model)
-    path = Path(cache_dir) / f"weights-{key}.onnx" if cache_dir else None
-    if path is not None and path.is_file() and not refresh:
-        return path.read_bytes(), path
+    cached, path = cached_graph(cache_dir, key)
+    if cached is not None and not refresh:
+        return cached, path
     if refresh:
         _EXPORTED.pop(key, None)
     data = _EXPORTED.get(key)  # the same weights exported earlier in this process (predict_image in a loop)
@@ -244,12 +245,7 @@ def _onnx_model(model: torch.nn.Module, cache_dir: str | os.PathLike | None = No
         log.info("exported the model to ONNX in %.1f s", time.perf_counter() - start)
         _EXPORTED.clear()  # keep one graph: a training loop would otherwise pile them up
         _EXPORTED[key] = data
-    if path is not None:
-        try:
-            with atomic_file(path, unique=True) as tmp:  # two processes may export it at once
-                tmp.write_bytes(data)
-        except OSError as exc:
-            log.info("cannot cache the ONNX graph in %s (%s); exporting again next time", cache_dir, exc)
+    cache_graph(path, data, "ONNX graph", "exporting")
     return data, None
 
 

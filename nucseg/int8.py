@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucseg.files import atomic_file
+from nucseg.modelfolder import cache_graph, cached_graph
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +233,9 @@ def int8_model(
     built again). Returns the bytes and the cache file they came from (None: built now).
     An unwritable folder costs only a rebuild next time."""
     key = int8_key(fp32_key, normalize, modalities)
-    path = Path(cache_dir) / f"weights-{key}-int8.onnx" if cache_dir else None
-    if path is not None and path.is_file() and not refresh:
-        return path.read_bytes(), path
+    cached, path = cached_graph(cache_dir, key, "-int8")
+    if cached is not None and not refresh:
+        return cached, path
     data = None if refresh else _QUANTISED.get(key)
     if data is None:
         start = time.perf_counter()
@@ -252,10 +252,5 @@ def int8_model(
         )
         _QUANTISED.clear()
         _QUANTISED[key] = data
-    if path is not None:
-        try:
-            with atomic_file(path, unique=True) as tmp:
-                tmp.write_bytes(data)
-        except OSError as exc:
-            log.info("cannot cache the int8 graph in %s (%s); quantising again next time", cache_dir, exc)
+    cache_graph(path, data, "int8 graph", "quantising")
     return data, None

@@ -196,7 +196,7 @@ def plot_results(metric_csvs: list[str | os.PathLike], score_png: str | os.PathL
 
 
 def copy_training_curves(model_dir: str | os.PathLike, out_png: str | os.PathLike) -> Path:
-    """Training-curves stage: copy ``curves.png`` of a model folder (:mod:`nucseg.train`) to ``out_png``.
+    """Training-curves stage: copy ``curves.png`` of a model folder (:mod:`nucseg.training`) to ``out_png``.
 
     Raises
     ------

@@ -2,7 +2,7 @@
 
 Pure numpy over the examples' modalities, nucleus flags and stores, shared by the tasks
 (:meth:`nucseg.tasks.instance.InstanceTask.sample_weights`) and the training loop
-(:func:`nucseg.train.train_model`: ``train.shares``).
+(:func:`nucseg.training.train_model`: ``train.shares``).
 """
 
 from __future__ import annotations

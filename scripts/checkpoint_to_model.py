@@ -16,7 +16,6 @@ Python objects besides them (which could run code when loaded; checkpoints of nu
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import pickle
 import sys
@@ -26,9 +25,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from nucseg.files import atomic_file
 from nucseg.tasks import make_task
-from nucseg.train import TrainSettings, write_model_folder
+from nucseg.training import TrainSettings
+from nucseg.training.loop import write_trained_model
 
 log = logging.getLogger("checkpoint_to_model")
 
@@ -55,7 +54,7 @@ def read_checkpoint(checkpoint: Path) -> dict:
 
 
 def checkpoint_to_model(checkpoint: Path, out_dir: Path) -> dict:
-    """The model folder of ``checkpoint`` (as :func:`nucseg.train.train_model` writes it, with
+    """The model folder of ``checkpoint`` (as :func:`nucseg.training.train_model` writes it, with
     ``train.epochs`` the epochs run and a ``stopped`` note); returns its config.json contents."""
     ckpt = read_checkpoint(checkpoint)
     identity, history = ckpt["identity"], pd.DataFrame(ckpt["history"])
@@ -63,7 +62,8 @@ def checkpoint_to_model(checkpoint: Path, out_dir: Path) -> dict:
     settings = TrainSettings(**identity["settings"])
     model, model_config, architecture = task.build_model(settings)
     model.load_state_dict(ckpt["best_state"])  # the checkpoint's weights fit the network its settings build
-    config = write_model_folder(
+    stopped = f"after epoch {ckpt['epoch']} of the run's {settings.epochs} (checkpoint {checkpoint.name}, scripts/checkpoint_to_model.py)"
+    return write_trained_model(
         out_dir,
         ckpt["best_state"],
         history,
@@ -73,11 +73,8 @@ def checkpoint_to_model(checkpoint: Path, out_dir: Path) -> dict:
         model_config,
         settings.invert_dark and task.invert_dark,
         torch.device("cpu"),
+        notes={"stopped": stopped},
     )
-    config["stopped"] = f"after epoch {ckpt['epoch']} of the run's {settings.epochs} (checkpoint {checkpoint.name}, scripts/checkpoint_to_model.py)"
-    with atomic_file(out_dir / "config.json") as tmp:
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
-    return config
 
 
 def main() -> None:

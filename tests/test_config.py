@@ -17,7 +17,7 @@ from nucseg.infer import PredictSettings
 from nucseg.postprocess import SegmentSettings
 from nucseg.preprocess import PreprocessSettings
 from nucseg.split import SplitSettings
-from nucseg.train import TrainSettings
+from nucseg.training import TrainSettings
 
 from .conftest import REPO, snakemake
 

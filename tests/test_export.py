@@ -16,7 +16,8 @@ from nucseg import PRETRAINED_MODEL
 from nucseg.cli import main
 from nucseg.export import HALO, Packaged, export_bioimageio, normalize_sample, run_model_test, sample_image
 from nucseg.infer import PredictSettings, predict_image
-from nucseg.model import ModelConfig, ResUNet, load_model
+from nucseg.model import ModelConfig, ResUNet
+from nucseg.modelfolder import load_model
 
 pytest.importorskip("bioimageio.core", reason="bioimageio.core not installed (pip install 'nucseg[bioimageio]')")
 

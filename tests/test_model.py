@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nucseg import PRETRAINED_MODEL
-from nucseg.model import PRESETS, ModelConfig, ResUNet, load_model, read_model_config
+from nucseg.model import PRESETS, ModelConfig, ResUNet
+from nucseg.modelfolder import load_model, read_model_config
 
 
 @pytest.mark.parametrize("heads", [("body",), ("body", "border")])

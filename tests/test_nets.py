@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nucseg.model import load_model
+from nucseg.modelfolder import load_model
 from nucseg.nets.semantic import SEMANTIC_PRESETS, NetConfig, SegNet, SoftmaxAsLogits, build_net, max_unpool
 
 

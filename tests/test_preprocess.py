@@ -23,7 +23,7 @@ from nucseg.preprocess import (
     split_by_modality,
 )
 from nucseg.sizes import BINS, nucleus_diameters
-from nucseg.train import CropDataset, split_items
+from nucseg.training import CropDataset, split_items
 
 INDEX_COLUMNS = ["image_id", "height", "width", "bit_depth", "channels", "modality", "dark_nuclei", "n_nuclei", "n_overlap_px"]
 TRAINING_COLUMNS = INDEX_COLUMNS + ["split", "first_crop", "n_crops"]

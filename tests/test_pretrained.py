@@ -12,7 +12,7 @@ import tifffile
 
 import nucseg
 from nucseg.cli import main
-from nucseg.model import load_model
+from nucseg.modelfolder import load_model
 
 from .conftest import REPO, snakemake
 

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 import nucseg
-from nucseg.train import training_code
+from nucseg.training import training_code
 
 from .conftest import REPO
 from .test_reruns import job_reasons
@@ -128,8 +128,8 @@ def test_the_exclusion_table_has_no_stale_entry():
     [
         # a loss, a task, the networks of the semantic task retrain; a plot or a QC colour does not
         ("train", {"losses", "tasks", "tasks.instance", "tasks.semantic", "nets", "preprocess", "augment"}, {"plots", "qc", "postprocess", "metrics", "logs"}),
-        ("segment", {"postprocess", "measure", "outputs"}, {"metrics", "train"}),
-        ("predict", {"infer", "model", "nets", "tiling", "bigimage"}, {"train", "losses"}),
+        ("segment", {"postprocess", "measure", "outputs"}, {"metrics", "training"}),
+        ("predict", {"infer", "model", "modelfolder", "nets", "tiling", "bigimage"}, {"training", "losses"}),
         # the class maps (a leaf since the semantic task's module moved out of preprocess's reach)
         ("preprocess_test", {"preprocess", "datasets", "rle", "classmaps"}, {"model", "nets", "evaluate", "plots", "tasks.semantic"}),
         ("download", {"datasets", "download", "rle"}, {"preprocess", "model"}),

@@ -32,8 +32,9 @@ import torch
 from nucseg.datasets import unpack_zip
 from nucseg.download import DownloadSettings, fetch
 from nucseg.files import NoSpaceError, atomic_file
-from nucseg.model import ModelConfig, ResUNet, load_model
-from nucseg.train import TrainSettings, train_model
+from nucseg.model import ModelConfig, ResUNet
+from nucseg.modelfolder import load_model
+from nucseg.training import TrainSettings, train_model
 
 from .test_download import Server
 from .test_train import SETTINGS, synthetic_store
@@ -199,7 +200,7 @@ def test_a_pickled_payload_in_a_checkpoint_is_not_run(tmp_path, caplog):
     store, index = synthetic_store(tmp_path)
     ckpt = tmp_path / "ckpt.pt"
     ckpt.write_bytes(pickle.dumps({"epoch": 1, "rng": Payload(tmp_path / "ran")}, protocol=2))
-    with caplog.at_level(logging.WARNING, logger="nucseg.train"):
+    with caplog.at_level(logging.WARNING, logger="nucseg.training"):
         train_model([store], [index], tmp_path / "model", TrainSettings(**dict(SETTINGS, epochs=1)), checkpoint=ckpt, threads=1)
     assert not (tmp_path / "ran").exists()
     assert "not a readable checkpoint" in caplog.text

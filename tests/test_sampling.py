@@ -7,7 +7,8 @@ import torch
 
 from nucseg.imageio import has_dark_nuclei, invert, normalize_image
 from nucseg.preprocess import PreprocessSettings, preprocess_training, read_id_list
-from nucseg.train import MODALITY_POWER, CropDataset, TrainSettings, sample_weights, split_examples
+from nucseg.sampling import MODALITY_POWER, sample_weights
+from nucseg.training import CropDataset, TrainSettings, split_examples
 
 
 def test_invert_maps_the_normalised_range_onto_itself():
@@ -88,7 +89,7 @@ def test_training_crops_of_dark_nuclei_images_are_inverted(tmp_path, mixed_datas
 def test_balanced_training_runs_and_is_seeded(tmp_path, mixed_dataset):
     out, index_csv = tmp_path / "train.zarr", tmp_path / "index.csv"
     preprocess_training(mixed_dataset, out, index_csv, PreprocessSettings(size=32, val_fraction=0))
-    from nucseg.train import train_model
+    from nucseg.training import train_model
 
     settings = TrainSettings(width=4, epochs=1, batch_size=2, samples_per_epoch=4, device="cpu", sampling="balanced")
     a = train_model([str(out)], [str(index_csv)], tmp_path / "a", settings, threads=1)
@@ -101,7 +102,7 @@ def test_balanced_training_runs_and_is_seeded(tmp_path, mixed_dataset):
 def test_equal_sampling_draws_each_modality_a_third_of_the_time(tmp_path, mixed_dataset, caplog):
     out, index_csv = tmp_path / "train.zarr", tmp_path / "index.csv"
     preprocess_training(mixed_dataset, out, index_csv, PreprocessSettings(size=32, val_fraction=0))
-    from nucseg.train import train_model
+    from nucseg.training import train_model
 
     settings = TrainSettings(width=4, epochs=1, batch_size=2, samples_per_epoch=4, device="cpu", sampling="equal")
     with caplog.at_level("INFO", logger="nucseg.tasks.instance"):
@@ -123,7 +124,7 @@ def test_exclude_list_leaves_images_out_of_training(tmp_path, mixed_dataset):
 def test_dataset_shares_give_each_named_dataset_its_fraction():
     """train.shares: the named datasets get their fractions, spread as the sampling's own
     weights spread them; the others share the rest by their numbers of examples."""
-    from nucseg.train import dataset_shares
+    from nucseg.sampling import dataset_shares
 
     weights = np.array([1.0, 1.0, 3.0, 1.0, 1.0, 1.0, 2.0])
     stores = np.array([0, 0, 0, 1, 1, 2, 2])
@@ -145,7 +146,7 @@ def test_dataset_shares_give_each_named_dataset_its_fraction():
 def test_training_with_shares_draws_each_store_its_share(tmp_path):
     """A real training run of two stores with shares logs them and trains; a share out of range
     is refused by the settings."""
-    from nucseg.train import train_model
+    from nucseg.training import train_model
 
     from .test_train import SETTINGS, synthetic_store
 

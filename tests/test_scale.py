@@ -166,7 +166,7 @@ def test_auto_scale_of_a_semantic_model_follows_the_magnification(shared_data, t
     from nucseg.scale import weighted_median
     from nucseg.sizes import regions
     from nucseg.tasks import make_task
-    from nucseg.train import TrainSettings, train_model
+    from nucseg.training import TrainSettings, train_model
 
     classes = {"background": 0, "cytoplasm": 1, "nucleus": 2}
     root = download_dataset(str(shared_data / "wbc3class" / "wbc3class.zip"), tmp_path / "wbc", layout="semantic", subdir="Dataset1")

@@ -34,7 +34,7 @@ from nucseg.tasks.semantic import (
     scores,
     to_class_index,
 )
-from nucseg.train import TrainSettings, train_model
+from nucseg.training import TrainSettings, train_model
 from nucseg.vscores import boundary_scores
 
 ISBI = {"membrane": 0, "cell": 255}

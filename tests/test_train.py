@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader
 
 from nucseg.augment import Augmenter, AugmentSettings
 from nucseg.imageio import intensity_range, rescale_intensity
-from nucseg.model import ResUNet, load_model
+from nucseg.model import ResUNet
+from nucseg.modelfolder import load_model
 from nucseg.preprocess import make_targets, touching_borders
-from nucseg.train import CropDataset, TrainSettings, make_scheduler, split_items, train_model
+from nucseg.training import CropDataset, TrainSettings, make_scheduler, split_items, train_model
 
 SIZE = 64
 
@@ -104,7 +105,7 @@ def test_finished_checkpoint_resumes_without_retraining(trained, tmp_path, caplo
     ckpt = tmp_path / "ckpt.pt"
     shutil.copy2(root / "ckpt.pt", ckpt)  # its own copy: the module's checkpoint stays as it is
     before = ckpt.read_bytes()
-    with caplog.at_level(logging.INFO, logger="nucseg.train"):
+    with caplog.at_level(logging.INFO, logger="nucseg.training"):
         train_model([store], [index], tmp_path / "model", TrainSettings(**SETTINGS), checkpoint=ckpt, threads=1)
     assert "resuming from" in caplog.text and "after epoch 3" in caplog.text
     assert not [r for r in caplog.records if r.getMessage().startswith("epoch ")]  # no epoch ran ...
@@ -119,7 +120,7 @@ def test_early_stop_after_stop_patience_epochs_without_improvement(tmp_path, cap
     after stop_patience epochs without a better one, long before its epoch budget."""
     store, index = synthetic_store(tmp_path)
     settings = TrainSettings(**dict(SETTINGS, epochs=30, learning_rate=1e-12, lr_patience=1, stop_patience=2, augment=False))
-    with caplog.at_level(logging.INFO, logger="nucseg.train"):
+    with caplog.at_level(logging.INFO, logger="nucseg.training"):
         config = train_model([store], [index], tmp_path / "model", settings, threads=1)
     history = pd.read_csv(tmp_path / "model" / "history.csv")
     assert len(history) < 30 and config["epochs_run"] == len(history)
@@ -133,7 +134,7 @@ def test_init_starts_from_a_model_folder_and_refuses_another_network(trained, tm
     move them, the result is those weights); a folder of another network is refused by name."""
     root, store, index, _ = trained
     settings = TrainSettings(**dict(SETTINGS, epochs=1, learning_rate=1e-12, augment=False, init=str(root / "model")))
-    with caplog.at_level(logging.INFO, logger="nucseg.train"):
+    with caplog.at_level(logging.INFO, logger="nucseg.training"):
         config = train_model([store], [index], tmp_path / "tuned", settings, checkpoint=tmp_path / "ckpt.pt", threads=1)
     assert f"weights initialised from {root / 'model'}" in caplog.text
     assert config["train"]["init"] == str(root / "model")
@@ -148,7 +149,7 @@ def test_init_starts_from_a_model_folder_and_refuses_another_network(trained, tm
     shutil.copytree(root / "model", tmp_path / "other")
     state = torch.load(tmp_path / "other" / "weights.pt")
     torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "other" / "weights.pt")
-    from nucseg.train import checkpoint_identity
+    from nucseg.training import checkpoint_identity
 
     a = checkpoint_identity(dataclasses.replace(settings, init=str(root / "model")), [store], [index])
     b = checkpoint_identity(dataclasses.replace(settings, init=str(tmp_path / "other")), [store], [index])
@@ -244,7 +245,7 @@ def assert_same_weights(a, b):
 CHILD = """
 import json, logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-from nucseg.train import TrainSettings, train_model
+from nucseg.training import TrainSettings, train_model
 store, index, out, ckpt, settings = json.loads(sys.argv[1])
 train_model([store], [index], out, TrainSettings(**settings), checkpoint=ckpt, threads=1)
 """
@@ -287,7 +288,7 @@ def test_unreadable_or_foreign_checkpoint_starts_afresh(trained, tmp_path, caplo
     root, store, index, _ = trained
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    with caplog.at_level(logging.WARNING, logger="nucseg.train"):
+    with caplog.at_level(logging.WARNING, logger="nucseg.training"):
         train_model([store], [index], tmp_path / "a", TrainSettings(**dict(SETTINGS, epochs=1)), checkpoint=broken, threads=1)
         # (a copy of) the module's checkpoint holds 3 epochs of other settings: not resumed
         shutil.copy2(root / "ckpt.pt", tmp_path / "ckpt.pt")
@@ -304,7 +305,7 @@ def test_checkpoint_of_a_rebuilt_store_is_not_resumed(tmp_path, caplog):
     ckpt = tmp_path / "ckpt.pt"
     train_model([store], [index], tmp_path / "old", settings, checkpoint=ckpt, threads=1)
     store, index = synthetic_store(tmp_path, seed=1)  # same paths, other images
-    with caplog.at_level(logging.INFO, logger="nucseg.train"):
+    with caplog.at_level(logging.INFO, logger="nucseg.training"):
         train_model([store], [index], tmp_path / "new", settings, checkpoint=ckpt, threads=1)
     assert "other settings, data or code; starting afresh" in caplog.text and "resuming" not in caplog.text
     train_model([store], [index], tmp_path / "fresh", settings, threads=1)
@@ -368,7 +369,7 @@ def test_progress_bar_on_a_terminal_log_line_per_epoch_always(trained, tmp_path,
     _, store, index, _ = trained
     stderr = FakeTerminal() if terminal else io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
-    with caplog.at_level(logging.INFO, logger="nucseg.train"):
+    with caplog.at_level(logging.INFO, logger="nucseg.training"):
         train_model([store], [index], tmp_path / "model", TrainSettings(**dict(SETTINGS, epochs=2)), threads=1)
     assert [r.getMessage().split()[:2] for r in caplog.records if r.getMessage().startswith("epoch ")] == [["epoch", "1/2"], ["epoch", "2/2"]]
     assert ("epoch 2/2 train" in stderr.getvalue()) is terminal
@@ -421,7 +422,7 @@ def test_training_nuclei_from_the_whole_images(tmp_path):
     """With the store's diameter_counts (the preprocess stage's, whole images), the recorded sizes
     are those of the train split's images, nuclei larger than a crop included."""
     from nucseg.sizes import BINS, summary_of_histogram
-    from nucseg.train import split_examples, training_nuclei
+    from nucseg.training import split_examples, training_nuclei
 
     store, index = synthetic_store(tmp_path)
     counts = np.zeros((6, len(BINS) - 1), np.int32)

@@ -1,10 +1,10 @@
-"""Adapter of rule train -> nucseg.train.train_model."""
+"""Adapter of rule train -> nucseg.training.train_model."""
 
 import os
 
 from nucseg.logs import setup_logging
 from nucseg.tasks import make_task
-from nucseg.train import TrainSettings, train_model
+from nucseg.training import TrainSettings, train_model
 
 setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 settings = dict(snakemake.params.settings)  # noqa: F821

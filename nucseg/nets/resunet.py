@@ -95,7 +95,7 @@ class ModelConfig:
 #:     trains on a CPU in minutes for the sample run.
 #:
 #: The width and the heads (``body``, or ``body`` + ``border``) can be changed
-#: on top of either (:class:`nucseg.train.TrainSettings`).
+#: on top of either (:class:`nucseg.training.TrainSettings`).
 PRESETS = {
     "resunet-paper": ModelConfig(width=64, blocks=2),
     "resunet-small": ModelConfig(width=16, blocks=2),
