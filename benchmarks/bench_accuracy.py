@@ -33,7 +33,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -51,12 +50,11 @@ from nucseg.datasets import read_sample
 from nucseg.imageio import invert, rescale_intensity
 from nucseg.infer import PredictSettings, open_predictor, predict_lazy
 from nucseg.metrics import evaluate_image, pixel_scores
-from nucseg.model import choose_device
 from nucseg.postprocess import SegmentSettings, segment_probability
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchlib import DATASET, ROOT, machine, predict_maps
+
 CONFIG = ROOT / "config" / "pretrained.yaml"
-DATASET = "stage1_train_fixed"
 
 
 def run_pipeline(workdir: Path, config: Path, targets: list[str], threads: int, jobs: int = 1) -> None:
@@ -96,18 +94,6 @@ def segment(prob: np.ndarray, heads: list[str], method: str, settings: SegmentSe
 GRID = [("paper", t, s, 1.0) for t in ("otsu", 0.5) for s in (0.3, 0.5, 0.8)] + [
     ("border", t, s, w) for t in ("otsu", 0.5) for s in (0.3, 0.5, 0.8) for w in (0.5, 1.0, 2.0)
 ]
-
-
-def predict_maps(predictor, image: np.ndarray, image_id: str, settings: PredictSettings) -> np.ndarray:
-    """``(heads, H, W) float32`` maps of a whole in-memory image, by the predict stage's path
-    (:func:`nucseg.infer.predict_lazy`)."""
-    prob = np.empty((len(predictor.heads),) + image.shape[:2], np.float32)
-
-    def sink(r: int, block: np.ndarray) -> None:
-        prob[:, r : r + block.shape[1]] = block
-
-    predict_lazy(predictor, LazyImage(image, "YXC", image_id), settings, sink)
-    return prob
 
 
 def predictions(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options: list[bool], cache: Path | None):
@@ -357,14 +343,6 @@ def main() -> None:
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"pipeline {train_s:.0f} s, scoring {time.perf_counter() - t0:.0f} s")
     print(machine())
-
-
-def machine() -> str:
-    device = choose_device("auto")
-    return (
-        f"machine: {platform.machine()}, cpu_count={os.cpu_count()}, torch threads={torch.get_num_threads()}, device={device.type}, "
-        f"torch={torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), python={platform.python_version()}"
-    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,11 +54,7 @@ from nucseg.infer import PredictSettings, open_predictor, predict_lazy, predict_
 from nucseg.metrics import evaluate_image
 from nucseg.postprocess import SegmentSettings, segment_probability
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy import machine  # noqa: E402
-from bench_segment import FIXTURES  # noqa: E402
-from bench_sources import DATA, images_of, summarise  # noqa: E402
+from benchlib import DATA, FIXTURES, ROOT, images_of, machine, summarise
 
 SETS = ("sample_test", "dsb_val", "kromp_train", "monuseg_train")
 ENGINES = ("onnx", "onnx-int8")

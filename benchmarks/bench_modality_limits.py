@@ -16,7 +16,6 @@ fluorescence one:
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -28,8 +27,7 @@ from nucseg.infer import PredictSettings, open_predictor
 from nucseg.metrics import evaluate_image
 from nucseg.postprocess import SegmentSettings, segment_probability
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy import DATASET, machine, predict_maps  # noqa: E402
+from benchlib import DATASET, machine, predict_maps
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 SPACINGS = (0.3, 0.5, 0.8)

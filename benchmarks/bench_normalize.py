@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -39,9 +38,7 @@ from nucseg.infer import PredictSettings, open_predictor
 from nucseg.metrics import evaluate_image
 from nucseg.postprocess import SegmentSettings, segment_probability
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy import machine  # noqa: E402
-from bench_sources import DATA, ROOT, images_of, maps_at  # noqa: E402
+from benchlib import DATA, ROOT, images_of, machine, maps_at
 
 
 def dimmed(image: np.ndarray, labels: np.ndarray, factor: float, keep: int = 3) -> np.ndarray:

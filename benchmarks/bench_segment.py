@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared/data/fixtures"
+from benchlib import FIXTURES
 
 
 def build_inputs(folder: Path, size: int):

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -41,78 +40,14 @@ import pandas as pd
 import torch
 
 import nucseg
-from nucseg.bigimage import LazyImage
-from nucseg.datasets import download_dataset, list_images, read_sample
-from nucseg.infer import PredictSettings, open_predictor, predict_lazy
+from nucseg.infer import PredictSettings, open_predictor
 from nucseg.metrics import evaluate_image
 from nucseg.postprocess import SegmentSettings, segment_probability
 from nucseg.sizes import nucleus_diameters
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy import machine  # noqa: E402
+from benchlib import DATA, ROOT, STARDIST_SOURCES, images_of, machine, maps_at, summarise
 
-#: The stardist-layout sources of ../shared/data: name -> (zip, folder inside it).
-STARDIST_SOURCES = {"kromp_train": "kromp_train", "monuseg_train": "monuseg_train"}
 SOURCES = (*STARDIST_SOURCES, "dsb_val")
-#: Fluorescence images of the challenge whose nuclei are at least this wide (median, px) form ``fluo_large``.
-LARGE = 20.0
-
-
-def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int, trained_in: Path | None = None):
-    """Yield ``(group, image_id, sample)`` for every image of a source (with ``trained_in``, a
-    training run's working directory: only the validation split of a source that run trained
-    on, as group ``<source>_val``)."""
-    if source in STARDIST_SOURCES:
-        dest = workdir / "datasets" / source
-        if not dest.is_dir():
-            download_dataset(str(DATA / source / f"{source}.zip"), dest, layout="stardist", subdir=STARDIST_SOURCES[source])
-        ids = list_images(dest, "stardist")
-        index_csv = trained_in / "results" / "preprocessed" / source / "train_index.csv" if trained_in else None
-        if index_csv is not None and index_csv.is_file():
-            index = pd.read_csv(index_csv, dtype={"image_id": str})
-            val = set(index.loc[index["split"] == "val", "image_id"])
-            ids = [i for i in ids if i in val]
-            source = f"{source}_val"
-        ids = ids[: limit or None]
-        for image_id in ids:
-            yield source, image_id, read_sample(dest, image_id, "stardist")
-        return
-    index_csv = accuracy_workdir / "results" / "preprocessed" / "stage1_train_fixed" / "train_index.csv"
-    if not index_csv.is_file():
-        raise SystemExit(f"{index_csv} not found: run `python benchmarks/bench_accuracy.py` first (or leave dsb_val out of --sources)")
-    index = pd.read_csv(index_csv, dtype={"image_id": str})
-    val = index[index["split"] == "val"].head(limit or None)
-    dataset = accuracy_workdir / "results" / "datasets" / "stage1_train_fixed"
-    for row in val.itertuples():
-        sample = read_sample(dataset, row.image_id)
-        group = row.modality
-        if group == "fluorescence":
-            d = nucleus_diameters(sample.labels, drop_edge=False)
-            group = "fluo_large" if d.size and np.median(d) >= LARGE else "fluo_small"
-        yield group, row.image_id, sample
-
-
-def maps_at(predictor, image: np.ndarray, image_id: str, scale) -> tuple[np.ndarray, float, float]:
-    """``(body map, scale used, seconds)`` of a whole image at a predict scale (a number or
-    ``auto``); ``floor``: no network, the image itself normalised as prediction normalises it
-    (whole-image percentiles, dark nuclei inverted), grey, in [0, 1]: the no-network floor of
-    Otsu + distance-transform watershed."""
-    if scale == "floor":
-        t0 = time.perf_counter()
-        h, w = image.shape[:2]
-        grey = predictor.normalizer(LazyImage(image, "YXC", image_id))(np.arange(h), np.arange(w)).mean(axis=2)
-        return np.clip(grey, 0, 1), float("nan"), time.perf_counter() - t0
-    settings = PredictSettings(scale=scale)
-    prob = np.empty((len(predictor.heads),) + image.shape[:2], np.float32)
-
-    def sink(r: int, block: np.ndarray) -> None:
-        prob[:, r : r + block.shape[1]] = block
-
-    t0 = time.perf_counter()
-    used, _ = predict_lazy(predictor, LazyImage(image, "YXC", image_id), settings, sink)
-    return prob[predictor.heads.index("body")], used, time.perf_counter() - t0
 
 
 def score_source(predictor, source: str, scales: list, args) -> pd.DataFrame:
@@ -146,28 +81,6 @@ def with_oracle(scores: pd.DataFrame) -> pd.DataFrame:
         return scores
     best = fixed.loc[fixed.groupby(["source", "image_id"])["challenge_score"].idxmax()].assign(scale="oracle")
     return pd.concat([scores, best], ignore_index=True)
-
-
-def summarise(scores: pd.DataFrame) -> pd.DataFrame:
-    """Means per (source, group, scale), and per source over its groups' images."""
-    agg = dict(
-        images=("image_id", "size"),
-        challenge=("challenge_score", "mean"),
-        ap50=("ap_0.50", "mean"),
-        ap75=("ap_0.75", "mean"),
-        aji=("aji", "mean"),
-        scale_used=("scale_used", "median"),
-        s_per_mp=("seconds", "sum"),
-    )
-    by_group = scores.groupby(["source", "group", "scale"]).agg(**agg)
-    by_source = scores.assign(group="all").groupby(["source", "group", "scale"]).agg(**agg)
-    table = pd.concat([by_group, by_source]).sort_index()
-    megapixels = pd.concat(
-        [scores.groupby(["source", "group", "scale"])["megapixels"].sum(), scores.assign(group="all").groupby(["source", "group", "scale"])["megapixels"].sum()]
-    )
-    table["s_per_mp"] = table["s_per_mp"] / megapixels.reindex(table.index)
-    table.loc[table.index.get_level_values("scale") == "oracle", "s_per_mp"] = np.nan
-    return table
 
 
 def main() -> None:

@@ -1,0 +1,146 @@
+"""What the benchmark scripts share: where the data is, the machine line every benchmark prints,
+whole-image maps by the predict stage's path, and the images and summary of the held-out sources.
+
+The scripts import it as ``benchlib`` (Python puts a script's own folder first on its path:
+``python benchmarks/bench_x.py``)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+# torch, pandas and nucseg are imported where they are used: bench_segment.py's child processes,
+# whose peak memory it reports, import this module for FIXTURES alone
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from nucseg.infer import PredictSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+#: ../shared/data beside the checkout (real data; absent from a user's fresh clone).
+DATA = ROOT.parent / "shared" / "data"
+FIXTURES = DATA / "fixtures"
+#: The challenge's training set, the accuracy benchmark's (bench_accuracy.py) working dataset.
+DATASET = "stage1_train_fixed"
+#: The stardist-layout sources of ../shared/data: name -> (zip, folder inside it).
+STARDIST_SOURCES = {"kromp_train": "kromp_train", "monuseg_train": "monuseg_train"}
+#: Fluorescence images of the challenge whose nuclei are at least this wide (median, px) form ``fluo_large``.
+LARGE = 20.0
+
+
+def machine() -> str:
+    """The line every benchmark prints last: CPU, threads, device, torch build, Python."""
+    import torch
+
+    from nucseg.model import choose_device
+
+    device = choose_device("auto")
+    return (
+        f"machine: {platform.machine()}, cpu_count={os.cpu_count()}, torch threads={torch.get_num_threads()}, device={device.type}, "
+        f"torch={torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), python={platform.python_version()}"
+    )
+
+
+def predict_maps(predictor, image: np.ndarray, image_id: str, settings: PredictSettings) -> np.ndarray:
+    """``(heads, H, W) float32`` maps of a whole in-memory image, by the predict stage's path
+    (:func:`nucseg.infer.predict_lazy`)."""
+    return whole_image_maps(predictor, image, image_id, settings)[0]
+
+
+def whole_image_maps(predictor, image: np.ndarray, image_id: str, settings: PredictSettings) -> tuple[np.ndarray, float]:
+    """:func:`predict_maps`, and the predict scale used (``settings.scale``, or the one ``auto`` chose)."""
+    from nucseg.bigimage import LazyImage
+    from nucseg.infer import predict_lazy
+
+    prob = np.empty((len(predictor.heads),) + image.shape[:2], np.float32)
+
+    def sink(r: int, block: np.ndarray) -> None:
+        prob[:, r : r + block.shape[1]] = block
+
+    used, _ = predict_lazy(predictor, LazyImage(image, "YXC", image_id), settings, sink)
+    return prob, used
+
+
+def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int, trained_in: Path | None = None):
+    """Yield ``(group, image_id, sample)`` for every image of a source (with ``trained_in``, a
+    training run's working directory: only the validation split of a source that run trained
+    on, as group ``<source>_val``)."""
+    import pandas as pd
+
+    from nucseg.datasets import download_dataset, list_images, read_sample
+    from nucseg.sizes import nucleus_diameters
+
+    if source in STARDIST_SOURCES:
+        dest = workdir / "datasets" / source
+        if not dest.is_dir():
+            download_dataset(str(DATA / source / f"{source}.zip"), dest, layout="stardist", subdir=STARDIST_SOURCES[source])
+        ids = list_images(dest, "stardist")
+        index_csv = trained_in / "results" / "preprocessed" / source / "train_index.csv" if trained_in else None
+        if index_csv is not None and index_csv.is_file():
+            index = pd.read_csv(index_csv, dtype={"image_id": str})
+            val = set(index.loc[index["split"] == "val", "image_id"])
+            ids = [i for i in ids if i in val]
+            source = f"{source}_val"
+        ids = ids[: limit or None]
+        for image_id in ids:
+            yield source, image_id, read_sample(dest, image_id, "stardist")
+        return
+    index_csv = accuracy_workdir / "results" / "preprocessed" / "stage1_train_fixed" / "train_index.csv"
+    if not index_csv.is_file():
+        raise SystemExit(f"{index_csv} not found: run `python benchmarks/bench_accuracy.py` first (or leave dsb_val out of --sources)")
+    index = pd.read_csv(index_csv, dtype={"image_id": str})
+    val = index[index["split"] == "val"].head(limit or None)
+    dataset = accuracy_workdir / "results" / "datasets" / "stage1_train_fixed"
+    for row in val.itertuples():
+        sample = read_sample(dataset, row.image_id)
+        group = row.modality
+        if group == "fluorescence":
+            d = nucleus_diameters(sample.labels, drop_edge=False)
+            group = "fluo_large" if d.size and np.median(d) >= LARGE else "fluo_small"
+        yield group, row.image_id, sample
+
+
+def maps_at(predictor, image: np.ndarray, image_id: str, scale) -> tuple[np.ndarray, float, float]:
+    """``(body map, scale used, seconds)`` of a whole image at a predict scale (a number or
+    ``auto``); ``floor``: no network, the image itself normalised as prediction normalises it
+    (whole-image percentiles, dark nuclei inverted), grey, in [0, 1]: the no-network floor of
+    Otsu + distance-transform watershed."""
+    from nucseg.bigimage import LazyImage
+    from nucseg.infer import PredictSettings
+
+    t0 = time.perf_counter()
+    if scale == "floor":
+        h, w = image.shape[:2]
+        grey = predictor.normalizer(LazyImage(image, "YXC", image_id))(np.arange(h), np.arange(w)).mean(axis=2)
+        return np.clip(grey, 0, 1), float("nan"), time.perf_counter() - t0
+    prob, used = whole_image_maps(predictor, image, image_id, PredictSettings(scale=scale))
+    return prob[predictor.heads.index("body")], used, time.perf_counter() - t0
+
+
+def summarise(scores: pd.DataFrame) -> pd.DataFrame:
+    """Means per (source, group, scale), and per source over its groups' images."""
+    import pandas as pd
+
+    agg = dict(
+        images=("image_id", "size"),
+        challenge=("challenge_score", "mean"),
+        ap50=("ap_0.50", "mean"),
+        ap75=("ap_0.75", "mean"),
+        aji=("aji", "mean"),
+        scale_used=("scale_used", "median"),
+        s_per_mp=("seconds", "sum"),
+    )
+    by_group = scores.groupby(["source", "group", "scale"]).agg(**agg)
+    by_source = scores.assign(group="all").groupby(["source", "group", "scale"]).agg(**agg)
+    table = pd.concat([by_group, by_source]).sort_index()
+    megapixels = pd.concat(
+        [scores.groupby(["source", "group", "scale"])["megapixels"].sum(), scores.assign(group="all").groupby(["source", "group", "scale"])["megapixels"].sum()]
+    )
+    table["s_per_mp"] = table["s_per_mp"] / megapixels.reindex(table.index)
+    table.loc[table.index.get_level_values("scale") == "oracle", "s_per_mp"] = np.nan
+    return table
