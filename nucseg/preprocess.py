@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,6 +232,75 @@ def _classes(classes: Mapping[str, int] | list | None) -> tuple[tuple[str, ...] 
     return parsed.names, parsed.values
 
 
+def _training_samples(dataset_dir: str | os.PathLike, ids: list[str], layout: str, solution: dict | None, values: tuple[int, ...] | None) -> Iterator[Sample]:
+    """The images of ``ids`` with their ground truth, read one at a time; an image without
+    ground truth stops the stage."""
+    for image_id in ids:
+        sample = read_sample(dataset_dir, image_id, layout, solution, values)
+        if sample.labels is None:
+            raise ValueError(f"{Path(dataset_dir) / image_id}: no ground truth (no masks folder, labels file or solution CSV entry); a training image needs it")
+        yield sample
+
+
+def _diameter_counts(labels: np.ndarray, settings: PreprocessSettings, semantic: bool) -> np.ndarray:
+    """One image's row of ``diameter_counts`` ``(bins,) int32``: its objects counted by
+    equivalent diameter (:data:`nucseg.sizes.BINS`), ``semantic``: by their pixels."""
+    # the objects' sizes as the network sees them (resize mode: resized): the nuclei, or
+    # a class map's regions of every class but the first (cells between membranes)
+    h, w = labels.shape
+    s = settings.size
+    factor = float(np.sqrt(s * s / (h * w))) if settings.mode == "resize" else 1.0
+    if semantic:  # a class map's regions, counted by their pixels (nucseg.scale's semantic sizes)
+        d = nucleus_diameters(regions(labels > 0))
+        counts = np.histogram(d * factor, BINS, weights=np.round(np.pi * d**2 / 4 * factor**2))[0]
+    else:
+        counts = np.histogram(nucleus_diameters(labels) * factor, BINS)[0]
+    return counts.astype(np.int32)
+
+
+def _write_examples(root: zarr.Group, samples: Iterable[Sample], settings: PreprocessSettings, names: tuple[str, ...] | None) -> list[dict]:
+    """The training store's arrays: every sample's examples appended to ``images`` and ``labels``,
+    then ``intensity_range`` and ``diameter_counts``; returns the index rows, without ``split``."""
+    s = settings.size
+    images = root.create_array("images", shape=(0, s, s, 3), dtype="uint8", chunks=(1, s, s, 3))
+    labels = root.create_array("labels", shape=(0, s, s), dtype="uint32", chunks=(1, s, s))
+    rows, ranges, sizes = [], [], []
+    n = 0
+    for sample in samples:
+        imgs, labs = make_crops(sample.image, sample.labels, settings)
+        for array in (images, labels):
+            array.resize((n + len(imgs),) + array.shape[1:])
+        images[n:] = imgs
+        labels[n:] = labs
+        ranges += [intensity_range(sample.image)] * len(imgs)
+        sizes.append(_diameter_counts(sample.labels, settings, semantic=bool(names)))
+        rows.append(dict(_index_row(sample, guess_modality(sample.image), names), first_crop=n, n_crops=len(imgs)))
+        n += len(imgs)
+    root.create_array("intensity_range", data=np.asarray(ranges, dtype=np.float32).reshape(n, 2), chunks=(max(n, 1), 2))
+    counts = np.asarray(sizes, np.int32).reshape(len(sizes), len(BINS) - 1)
+    root.create_array("diameter_counts", data=counts, chunks=(max(len(sizes), 1), len(BINS) - 1))
+    return rows
+
+
+def _training_index(rows: list[dict], settings: PreprocessSettings) -> pd.DataFrame:
+    """The training store's index table: ``rows`` with each image's ``split`` inserted before ``first_crop``."""
+    index = pd.DataFrame(rows)
+    index.insert(index.columns.get_loc("first_crop"), "split", split_by_modality(index["modality"], settings.val_fraction, settings.seed))
+    return index
+
+
+def _training_attrs(settings: PreprocessSettings, n_images: int, names: tuple[str, ...] | None, values: tuple[int, ...] | None) -> dict:
+    """The attributes of the training store's root group."""
+    return dict(
+        kind="training",
+        size=settings.size,
+        mode=settings.mode,
+        n_images=n_images,
+        border_radius=BORDER_RADIUS,
+        **({"classes": dict(zip(names, values))} if names else {}),
+    )
+
+
 def preprocess_training(
     dataset_dir: str | os.PathLike,
     out_zarr: str | os.PathLike,
@@ -281,55 +350,14 @@ def preprocess_training(
     ids = _select_ids(dataset_dir, layout, exclude)
     names, values = _classes(classes)
     solution = load_solution(dataset_dir, ids)
-    s = settings.size
-    rows = []
     with atomic_dir(out_zarr, overwrite=True) as tmp:
         root = zarr.open_group(tmp, mode="w")
-        images = root.create_array("images", shape=(0, s, s, 3), dtype="uint8", chunks=(1, s, s, 3))
-        labels = root.create_array("labels", shape=(0, s, s), dtype="uint32", chunks=(1, s, s))
-        ranges, sizes = [], []
-        n = 0
-        for image_id in ids:
-            sample = read_sample(dataset_dir, image_id, layout, solution, values)
-            if sample.labels is None:
-                raise ValueError(
-                    f"{Path(dataset_dir) / image_id}: no ground truth (no masks folder, labels file or solution CSV entry); a training image needs it"
-                )
-            imgs, labs = make_crops(sample.image, sample.labels, settings)
-            for array in (images, labels):
-                array.resize((n + len(imgs),) + array.shape[1:])
-            images[n:] = imgs
-            labels[n:] = labs
-            ranges += [intensity_range(sample.image)] * len(imgs)
-            # the objects' sizes as the network sees them (resize mode: resized): the nuclei, or
-            # a class map's regions of every class but the first (cells between membranes)
-            h, w = sample.labels.shape
-            factor = float(np.sqrt(s * s / (h * w))) if settings.mode == "resize" else 1.0
-            if names:  # a class map's regions, counted by their pixels (nucseg.scale's semantic sizes)
-                d = nucleus_diameters(regions(sample.labels > 0))
-                counts = np.histogram(d * factor, BINS, weights=np.round(np.pi * d**2 / 4 * factor**2))[0]
-            else:
-                counts = np.histogram(nucleus_diameters(sample.labels) * factor, BINS)[0]
-            sizes.append(counts.astype(np.int32))
-            rows.append(dict(_index_row(sample, guess_modality(sample.image), names), first_crop=n, n_crops=len(imgs)))
-            n += len(imgs)
-        root.create_array("intensity_range", data=np.asarray(ranges, dtype=np.float32).reshape(n, 2), chunks=(max(n, 1), 2))
-        counts = np.asarray(sizes, np.int32).reshape(len(sizes), len(BINS) - 1)
-        root.create_array("diameter_counts", data=counts, chunks=(max(len(sizes), 1), len(BINS) - 1))
-        index = pd.DataFrame(rows)
-        index.insert(index.columns.get_loc("first_crop"), "split", split_by_modality(index["modality"], settings.val_fraction, settings.seed))
-        root.attrs.update(
-            dict(
-                kind="training",
-                size=s,
-                mode=settings.mode,
-                n_images=len(ids),
-                border_radius=BORDER_RADIUS,
-                **({"classes": dict(zip(names, values))} if names else {}),
-            )
-        )
+        samples = _training_samples(dataset_dir, ids, layout, solution, values)
+        index = _training_index(_write_examples(root, samples, settings, names), settings)
+        root.attrs.update(_training_attrs(settings, len(ids), names, values))
     write_csv(index, index_csv)
-    log.info("%s: %d images -> %d examples of %dx%d (%s)", dataset_dir, len(ids), n, s, s, settings.mode)
+    s, n_examples = settings.size, index["n_crops"].sum()
+    log.info("%s: %d images -> %d examples of %dx%d (%s)", dataset_dir, len(ids), n_examples, s, s, settings.mode)
     return index
 
 
