@@ -117,26 +117,48 @@ def segment_image(
     dict
         The image's row of the per-image table (:data:`nucseg.measure.IMAGE_COLUMNS`).
     """
+    pixel_size = UNKNOWN if pixel_size is None else pixel_size
+    summary = _image_summary(maps, image_id, source, model, modality, raw, pixel_size)
+    chunks = segment_map(maps, heads, settings, threads) if results is None else results
+    return _stream_chunks(chunks, maps.shape[1:], image_id, image, raw, pixel_size, summary, scratch, on_objects, writers)
+
+
+def _image_summary(maps, image_id: str, source: str, model: str, modality: str | None, raw, pixel_size) -> ImageSummary:
+    """The image's row of the per-image table, to add its nuclei to: its size, the maps' predict
+    scale, ``source`` and ``model``, the ``modality`` (None: the one its maps were predicted with,
+    their ``modality`` attribute, else ""), ``raw``'s bit depth and channels and the pixel size."""
     height, width = maps.shape[1:]
     attrs = getattr(maps, "attrs", {})
     modality = attrs.get("modality", "") if modality is None else modality
-    pixel_size = UNKNOWN if pixel_size is None else pixel_size
     pixels = {} if raw is None else pixel_description(raw.dtype, raw.shape[2])
     # the maps' predict scale
-    summary = ImageSummary(image_id, height, width, attrs.get("scale", np.nan), source, model, modality, pixels, pixel_size)
+    return ImageSummary(image_id, height, width, attrs.get("scale", np.nan), source, model, modality, pixels, pixel_size)
+
+
+def _stream_chunks(
+    chunks: Iterable[ChunkResult],
+    shape: tuple[int, int],
+    image_id: str,
+    image,
+    raw,
+    pixel_size,
+    summary: ImageSummary,
+    scratch: str | os.PathLike,
+    on_objects: Callable[[pd.DataFrame], None],
+    writers,
+) -> dict:
+    """Paste each chunk into the image's label canvas (:func:`label_canvas`) and measure its
+    nuclei (:func:`_measure_chunk`), numbered image-wide (the chunks' ``offset``, row-major
+    order), into the ``summary``, ``on_objects`` and the ``writers``; then write the finished
+    label image and log the count. Returns the image's row of the per-image table."""
+    height, width = shape
     nuclei = []  # label, area (and in µm²) of each nucleus: the OME-Zarr's label properties
     with label_canvas((height, width), scratch) as canvas, writers.objects(image_id) as features:
-        for result in segment_map(maps, heads, settings, threads) if results is None else results:
+        for result in chunks:
             result.paste(canvas)
             if not result.count:
                 continue
-            window = result.window
-            grey = None if image is None else np.asarray(image[window])
-            table = measure_objects(result.labels, grey, (window[0].start, window[1].start), None if raw is None else np.asarray(raw[window]))
-            # centroids in the coordinates of the other outputs (GeoJSON, ROIs, bounding boxes),
-            # where pixel (r, c) covers [c, c + 1] x [r, r + 1]: regionprops' (pixel indices) + 0.5
-            table[["centroid_y", "centroid_x"]] += PIXEL_CENTRE
-            add_physical(table, pixel_size)
+            table = _measure_chunk(result, image, raw, pixel_size)
             features(result, table)
             table["label"] += result.offset
             table.insert(0, "image_id", image_id)
@@ -148,6 +170,20 @@ def segment_image(
         writers.labels(image_id, canvas, row["count"], image if raw is None else raw, pixel_size, objects)
     log.info("%s: %d nuclei (%d x %d px)", image_id, row["count"], height, width)
     return row
+
+
+def _measure_chunk(result: ChunkResult, image, raw, pixel_size) -> pd.DataFrame:
+    """The object table of one chunk's nuclei (:data:`nucseg.measure.COLUMNS`, labels the chunk's
+    own), measured in its window of ``image`` (None: no intensities) and of ``raw`` (the
+    ``raw_*`` columns), with the µm columns of ``pixel_size``."""
+    window = result.window
+    grey = None if image is None else np.asarray(image[window])
+    table = measure_objects(result.labels, grey, (window[0].start, window[1].start), None if raw is None else np.asarray(raw[window]))
+    # centroids in the coordinates of the other outputs (GeoJSON, ROIs, bounding boxes),
+    # where pixel (r, c) covers [c, c + 1] x [r, r + 1]: regionprops' (pixel indices) + 0.5
+    table[["centroid_y", "centroid_x"]] += PIXEL_CENTRE
+    add_physical(table, pixel_size)
+    return table
 
 
 def _own_pixels(store: zarr.Group, image_id: str):
@@ -313,6 +349,21 @@ def segment_dataset(
         The per-image table.
     """
     merged = merged or {}
+    preds, model, heads = _prediction_store(pred_zarr, settings)
+    store = zarr.open_group(images_zarr, mode="r")
+    with DatasetOutputs(index_csv, out_dir, objects_csv, settings, images_csv, ome_zarr_dir, geojson_dir, rois_dir, threads) as outputs:
+        for image_id in outputs.ids:
+            if image_id in merged:
+                outputs.adopt(image_id, merged[image_id])
+                continue
+            maps = _image_maps(preds, store, image_id, pred_zarr, index_csv)
+            outputs.segment(image_id, maps, heads, store, model)
+    return outputs.image_table()
+
+
+def _prediction_store(pred_zarr: str | os.PathLike, settings: SegmentSettings) -> tuple[zarr.Group, str, list[str]]:
+    """The prediction store, its ``model`` and its ``heads``, which must name a ``body`` channel;
+    logs that method ``border`` runs the paper's method where the model has no border head."""
     preds = zarr.open_group(pred_zarr, mode="r")
     model = str(preds.attrs.get("model", ""))
     heads = list(preds.attrs.get("heads", []))
@@ -320,16 +371,15 @@ def segment_dataset(
         raise ValueError(f"{pred_zarr}: the prediction store names no 'body' channel in its 'heads' attribute ({heads})")
     if settings.method == "border" and "border" not in heads:
         log.info("method 'border': the model has no border head (heads %s), so the paper's method runs", heads)
-    store = zarr.open_group(images_zarr, mode="r")
-    with DatasetOutputs(index_csv, out_dir, objects_csv, settings, images_csv, ome_zarr_dir, geojson_dir, rois_dir, threads) as outputs:
-        for image_id in outputs.ids:
-            if image_id in merged:
-                outputs.adopt(image_id, merged[image_id])
-                continue
-            if image_id not in preds:
-                raise ValueError(f"{pred_zarr}: no probability map for image {image_id!r} of {index_csv}")
-            maps = preds[image_id]
-            if maps.shape[1:] != store["images"][image_id].shape[:2]:
-                raise ValueError(f"{pred_zarr}: map of {image_id!r} has shape {maps.shape}, the image {store['images'][image_id].shape}")
-            outputs.segment(image_id, maps, heads, store, model)
-    return outputs.image_table()
+    return preds, model, heads
+
+
+def _image_maps(preds: zarr.Group, store: zarr.Group, image_id: str, pred_zarr: str | os.PathLike, index_csv: str | os.PathLike):
+    """The probability maps of one image of the index, which must be in the prediction store and
+    have the full-size ``store``'s image size."""
+    if image_id not in preds:
+        raise ValueError(f"{pred_zarr}: no probability map for image {image_id!r} of {index_csv}")
+    maps = preds[image_id]
+    if maps.shape[1:] != store["images"][image_id].shape[:2]:
+        raise ValueError(f"{pred_zarr}: map of {image_id!r} has shape {maps.shape}, the image {store['images'][image_id].shape}")
+    return maps
