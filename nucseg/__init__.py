@@ -39,9 +39,9 @@ from nucseg.modelfolder import model_folder as model_folder  # noqa: E402
 #: results of the stages before it, never from those after it.
 STAGES = ("download", "preprocess", "train", "predict", "segment", "evaluate", "aggregate", "figures")
 
-#: The stage of each rule of the workflow, by name; its adapter is ``workflow_scripts/<rule>.py``
-#: (or ``<rule>_task.py``, run for the tasks other than instance). An adapter not named here is
-#: taken as of the last stage: every module it reaches is one of its rerun triggers.
+#: The stage of each rule of the workflow, by name; its adapter is ``workflow_scripts/<rule>.py``.
+#: An adapter not named here is taken as of the last stage: every module it reaches is one of its
+#: rerun triggers.
 RULE_STAGES = {
     "download": "download",
     "preprocess_train": "preprocess",
@@ -89,8 +89,7 @@ EXCLUDED_BEFORE: dict[str, str | None] = {
 def rule_stage(script: str | os.PathLike) -> str:
     """The stage of the rule whose adapter is ``script`` (:data:`RULE_STAGES`; the last stage
     for a script that is no rule's adapter)."""
-    name = Path(script).stem.removesuffix("_task")
-    return RULE_STAGES.get(name, STAGES[-1])
+    return RULE_STAGES.get(Path(script).stem, STAGES[-1])
 
 
 def excluded_modules(stage: str) -> set[str]:

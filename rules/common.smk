@@ -78,8 +78,8 @@ EVAL_SETS = [name for name in TEST_SETS if DATASETS[name].get("evaluate", datase
 
 # The task (nucseg.tasks): instance or semantic. It decides the training targets, network and
 # loss, the segment step, the metrics, QC pictures and plots; the stages stay the same rules.
-# Rules of the stages that differ run the task's adapter (workflow_scripts/<stage>_task.py)
-# for any task but the instance one, whose adapters call the stage modules directly.
+# The rules of the stages that differ (segment, evaluate, qc, plots) call the task's method
+# from their one adapter.
 TASK = config.get("task", "instance")
 CLASSES = [[name, value] for name, value in (config.get("classes") or {}).items()]
 try:  # the semantic task: two or more classes, distinct names, values 0..255
@@ -105,11 +105,6 @@ def script_code(script):
     (nucseg.imported_modules): no hand-written list to go stale. Each module is read and hashed
     once per run, however many rules reach it."""
     return nucseg.script_code_hash(os.path.normpath(os.path.join(workflow.basedir, "rules", script)))
-
-
-def task_script(stage):
-    """The adapter of a stage that differs between tasks (segment, evaluate, qc, plots)."""
-    return f"../workflow_scripts/{stage}.py" if TASK == "instance" else f"../workflow_scripts/{stage}_task.py"
 
 
 # Models by name; each may override keys of the train, predict and segment sections.

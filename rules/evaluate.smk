@@ -11,10 +11,10 @@ rule evaluate:
     params:
         task=TASK,
         classes=CLASSES,
-        code=script_code(task_script("evaluate")),
+        code=script_code("../workflow_scripts/evaluate.py"),
     log:
         f"{LOGS}/evaluate/{{model}}/{{dataset}}.log",
     conda:
         "../envs/nucseg.yaml"
     script:
-        task_script("evaluate")
+        "../workflow_scripts/evaluate.py"

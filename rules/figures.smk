@@ -11,13 +11,13 @@ rule plots:
     params:
         task=TASK,
         classes=CLASSES,
-        code=script_code(task_script("plots")),
+        code=script_code("../workflow_scripts/plots.py"),
     log:
         f"{LOGS}/plots/{{model}}.log",
     conda:
         "../envs/nucseg.yaml"
     script:
-        task_script("plots")
+        "../workflow_scripts/plots.py"
 
 
 rule training_curves:
@@ -48,10 +48,10 @@ rule qc:
     params:
         task=TASK,
         classes=CLASSES,
-        code=script_code(task_script("qc")),
+        code=script_code("../workflow_scripts/qc.py"),
     log:
         f"{LOGS}/qc/{{model}}/{{dataset}}.log",
     conda:
         "../envs/nucseg.yaml"
     script:
-        task_script("qc")
+        "../workflow_scripts/qc.py"

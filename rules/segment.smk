@@ -19,7 +19,7 @@ rule segment:
         settings=settings("segment"),
         task=TASK,
         classes=CLASSES,
-        code=script_code(task_script("segment")),
+        code=script_code("../workflow_scripts/segment.py"),
     threads: 2
     log:
         f"{LOGS}/segment/{{model}}/{{dataset}}.log",
@@ -29,4 +29,4 @@ rule segment:
         "../envs/nucseg.yaml"
     script:
         # the semantic task: argmax class maps and class areas (nucseg.tasks.semantic)
-        task_script("segment")
+        "../workflow_scripts/segment.py"

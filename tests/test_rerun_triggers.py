@@ -120,7 +120,7 @@ def test_the_exclusion_table_has_no_stale_entry():
         assert any(module in reach(s) and module not in nucseg.imported_modules(s) for s in ADAPTERS), f"{module}: excluded from no rule"
     rules = {name for path in (REPO / "rules").glob("*.smk") for name in re.findall(r"(?m)^(?:rule|checkpoint) (\w+):", path.read_text())} - {"all"}
     assert rules == set(nucseg.RULE_STAGES)
-    assert {path.stem.removesuffix("_task") for path in ADAPTERS} == rules
+    assert {path.stem for path in ADAPTERS} == rules
 
 
 @pytest.mark.parametrize(
@@ -128,16 +128,15 @@ def test_the_exclusion_table_has_no_stale_entry():
     [
         # a loss, a task, the networks of the semantic task retrain; a plot or a QC colour does not
         ("train", {"losses", "tasks", "tasks.instance", "tasks.semantic", "nets", "preprocess", "augment"}, {"plots", "qc", "postprocess", "metrics", "logs"}),
-        ("segment", {"postprocess", "measure", "outputs"}, {"metrics", "training"}),
+        # the task adapters run the task's method (and what the task imports for their stage)
+        ("segment", {"tasks", "tasks.instance", "tasks.semantic", "postprocess", "measure", "outputs", "merge"}, {"metrics", "evaluate", "plots", "training"}),
         ("predict", {"infer", "model", "modelfolder", "nets", "tiling", "bigimage"}, {"training", "losses"}),
         # the class maps (a leaf since the semantic task's module moved out of preprocess's reach)
         ("preprocess_test", {"preprocess", "datasets", "rle", "classmaps"}, {"model", "nets", "evaluate", "plots", "tasks.semantic"}),
         ("download", {"datasets", "download", "rle"}, {"preprocess", "model"}),
-        # the task adapters run the task's module (and what it imports for their stage)
-        ("segment_task", {"tasks", "tasks.semantic", "tasks.instance"}, {"evaluate", "metrics", "plots"}),
-        ("evaluate_task", {"tasks.semantic", "evaluate", "metrics"}, {"report", "plots", "qc"}),
-        ("qc_task", {"tasks.semantic", "qc", "plots"}, set()),
-        ("plots_task", {"tasks.semantic", "plots", "report"}, set()),
+        ("evaluate", {"tasks.instance", "tasks.semantic", "evaluate", "metrics"}, {"report", "plots", "qc"}),
+        ("qc", {"tasks.instance", "tasks.semantic", "qc", "plots"}, set()),
+        ("plots", {"tasks.instance", "tasks.semantic", "plots", "report"}, set()),
         # the report's rules read a column list, not the metrics
         ("training_curves", {"plots", "report", "columns"}, {"metrics", "evaluate"}),
         ("image_tables", {"report", "columns"}, {"metrics", "evaluate"}),
@@ -236,10 +235,9 @@ def semantic_config(root: Path) -> list[str]:
     return ["--configfile", str(path), "--replace-workflow-config"]
 
 
-def adapter(rule: str, task: str) -> Path:
-    """The adapter a rule runs (rules/common.smk: task_script)."""
-    script = REPO / "workflow_scripts" / f"{rule}_task.py"
-    return script if task != "instance" and script.exists() else REPO / "workflow_scripts" / f"{rule}.py"
+def adapter(rule: str) -> Path:
+    """The adapter a rule runs (one per rule, whatever the task)."""
+    return REPO / "workflow_scripts" / f"{rule}.py"
 
 
 def params_changed(summary: str) -> set[str]:
@@ -273,7 +271,7 @@ def test_editing_a_module_reruns_exactly_the_rules_that_run_it(tmp_path, task):
             rerun = params_changed(run_copy(copy, workdir, "--summary", *config))
         finally:
             edited.write_text(original)
-        expected = {rule for rule in nucseg.RULE_STAGES if rule in in_dag and module in nucseg.imported_modules(adapter(rule, task))}
+        expected = {rule for rule in nucseg.RULE_STAGES if rule in in_dag and module in nucseg.imported_modules(adapter(rule))}
         if rerun != expected:
             failures.append(f"{module or 'nucseg'}: reran {sorted(rerun)}, expected {sorted(expected)}")
     assert not failures, "\n".join(failures)
@@ -297,10 +295,10 @@ def test_the_region_predicts_rerun_on_no_segment_edit():
     stage's code, not the watershed's files and tables; the region segments and the merge hash both."""
     segment_side = {"postprocess", "measure", "outputs", "merge"}
     for rule in ("plan_regions", "predict_region"):
-        hashed = set(nucseg.imported_modules(adapter(rule, "instance")))
+        hashed = set(nucseg.imported_modules(adapter(rule)))
         assert {"split", "infer", "tiling"} <= hashed and not hashed & segment_side, (rule, sorted(hashed))
     for rule in ("region_statistics", "segment_region", "merge_regions"):
-        hashed = set(nucseg.imported_modules(adapter(rule, "instance")))
+        hashed = set(nucseg.imported_modules(adapter(rule)))
         assert {"merge", "split", "chunks", "watershed", "postprocess"} <= hashed and "evaluate" not in hashed, (rule, sorted(hashed))
 
 

@@ -1,10 +1,10 @@
-"""Adapter of rule evaluate -> nucseg.evaluate.evaluate_dataset."""
+"""Adapter of rule evaluate -> the task's evaluate (nucseg.tasks; instance: nucseg.evaluate.evaluate_dataset)."""
 
-from nucseg.evaluate import evaluate_dataset
 from nucseg.logs import setup_logging
+from nucseg.tasks import make_task
 
 setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
-evaluate_dataset(
+make_task(snakemake.params.task, snakemake.params.classes).evaluate(  # noqa: F821
     labels_dir=snakemake.input.labels,  # noqa: F821
     truth_zarr=snakemake.input.zarr,  # noqa: F821
     index_csv=snakemake.input.index,  # noqa: F821

@@ -17,7 +17,8 @@ qc, plots   outlines; score histograms                        classes overlaid; 
 ==========  ===============================================  ==========================================
 
 A third task is one new module here with a class that has the methods of :class:`Task`, and
-one entry in :data:`TASKS`; the workflow's ``task:`` key picks it.
+one entry in :func:`make_task`; the workflow's ``task:`` key picks it. Every rule of the stages
+that differ runs one adapter (``workflow_scripts/<rule>.py``) that calls the task's method.
 """
 
 from __future__ import annotations
@@ -57,10 +58,13 @@ class Task(Protocol):
 
     def sample_weights(self, dataset: Any, examples: list, settings: Any) -> np.ndarray: ...
 
-    def segment(self, pred_zarr: str, images_zarr: str, index_csv: str, outputs: Mapping[str, str], settings: Mapping, threads: int = 1) -> Any: ...
+    def segment(
+        self, pred_zarr: str, images_zarr: str, index_csv: str, outputs: Mapping[str, str], settings: Mapping, threads: int = 1, merged: Any = None
+    ) -> Any: ...
 
     # outputs: the segment rule's, by name: labels (folder), objects (CSV), and any of images
-    # (CSV), ome_zarr and geojson (folders)
+    # (CSV), ome_zarr and geojson (folders); merged: the files of the images split into regions,
+    # as the merge wrote them (nucseg.merge.merged_images; split is an instance task setting)
 
     def evaluate(self, labels_dir: str, truth_zarr: str, index_csv: str, out_csv: str, dataset: str, model: str) -> Any: ...
 

@@ -71,7 +71,9 @@ class InstanceTask:
         log.info("%s sampling, share of draws per modality: %s", settings.sampling, ", ".join(f"{m} {v:.2f}" for m, v in shares.items()))
         return weights
 
-    def segment(self, pred_zarr: str, images_zarr: str, index_csv: str, outputs: Mapping[str, str], settings: Mapping, threads: int = 1) -> Any:
+    def segment(
+        self, pred_zarr: str, images_zarr: str, index_csv: str, outputs: Mapping[str, str], settings: Mapping, threads: int = 1, merged: Any = None
+    ) -> Any:
         from nucseg.postprocess import SegmentSettings, segment_dataset
 
         folders = (("images_csv", "images"), ("ome_zarr_dir", "ome_zarr"), ("geojson_dir", "geojson"), ("rois_dir", "rois"))
@@ -85,6 +87,7 @@ class InstanceTask:
             settings=SegmentSettings(**settings),
             **optional,
             **({"threads": threads} if optional else {}),
+            **({"merged": merged} if merged is not None else {}),
         )
 
     def evaluate(self, labels_dir: str, truth_zarr: str, index_csv: str, out_csv: str, dataset: str, model: str) -> Any:

@@ -197,12 +197,22 @@ class SemanticTask:
 
     # segment, evaluate, qc, plots
     def segment(
-        self, pred_zarr: str, images_zarr: str, index_csv: str, outputs: Mapping[str, str], settings: Mapping | None = None, threads: int = 1
+        self,
+        pred_zarr: str,
+        images_zarr: str,
+        index_csv: str,
+        outputs: Mapping[str, str],
+        settings: Mapping | None = None,
+        threads: int = 1,
+        merged: Mapping | None = None,
     ) -> pd.DataFrame:
         """Class maps (``outputs["labels"]``) and class areas (``outputs["objects"]``); the
         segment settings (watershed) do not apply. The per-image table (``images``) has each
         class's share; the ``ome_zarr``, ``geojson`` and ``rois`` folders are made empty (not
-        written for class maps yet)."""
+        written for class maps yet). ``merged``: split images are the instance task's (the config
+        refuses split with this task)."""
+        if merged:
+            raise ValueError("split: images split into regions are segmented by the instance task only")
         areas = segment_dataset(pred_zarr, index_csv, outputs["labels"], outputs["objects"], self.classes)
         if "images" in outputs:
             shares = areas.pivot(index="image_id", columns="class", values="fraction")[list(self.classes.names)].add_prefix("share_")
