@@ -79,10 +79,28 @@ def output_names(images: list[str], out: Path, suffixes: tuple[str, ...] = (".ti
     return names
 
 
+#: The command-line options that are settings of the workflow's sections, by section.
+SECTION_OPTIONS = {"predict": ("tta", "tile", "margin", "batch", "engine", "device", "scale"), "segment": ("threshold",)}
+
+
+def _settings(args: argparse.Namespace, section: str, cls: type):
+    """The ``section`` settings (``cls``) of this run: ``--config``'s file, as the workflow reads
+    it (with ``--config-model``'s overrides), under the options given on the command line; the
+    workflow's defaults for what neither sets."""
+    from nucseg.config import settings_from_file
+
+    given = {key: getattr(args, key) for key in SECTION_OPTIONS[section] if getattr(args, key, None) is not None}
+    if args.config is None:
+        if args.config_model is not None:
+            raise ValueError("--config-model names a model of a config file: give the file with --config")
+        return cls(**given)
+    return settings_from_file(args.config, section, cls, args.config_model, given)
+
+
 def _predict_settings(args: argparse.Namespace):
     from nucseg.infer import PredictSettings
 
-    return PredictSettings(tta=args.tta, tile=args.tile, margin=args.margin, batch=args.batch, engine=args.engine, device=args.device, scale=args.scale)
+    return _settings(args, "predict", PredictSettings)
 
 
 def _open_predictor(args: argparse.Namespace):
@@ -195,7 +213,7 @@ def _segment(args: argparse.Namespace) -> None:
     from nucseg.postprocess import SegmentSettings
     from nucseg.segment_one import predict_maps, segment_maps
 
-    settings = SegmentSettings(threshold=args.threshold)
+    settings = _settings(args, "segment", SegmentSettings)
     out = Path(args.out)
     model, predictor = _open_predictor(args)  # a broken model folder is named before anything is written
     predict_settings = _predict_settings(args)
@@ -214,7 +232,7 @@ def _segment(args: argparse.Namespace) -> None:
             staging.mkdir()
             # an image's files are written into the scratch folder and moved into --out together
             # once all are complete: an image has all of them or none, and the tables list it then
-            writers = ImageWriters(staging, staging, staging, staging)
+            writers = ImageWriters(*(staging if on else None for on in (settings.tiff, settings.ome_zarr, settings.geojson, settings.rois)))
 
             def step(path, name, image):
                 with reporting_no_space(maps_zarr):  # zarr's writer threads raise the bare OSError
@@ -339,31 +357,37 @@ def _add_predict_arguments(parser: argparse.ArgumentParser, out_help: str) -> No
         "--model", default=None, help="model folder (results/model/<name> of a workflow run; default: the pretrained model shipped with nucseg)"
     )
     parser.add_argument("--out", required=True, help=out_help)
-    parser.add_argument("--tta", action="store_true", help="8-fold test-time augmentation (8x slower)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a workflow config file (YAML): its predict: and segment: settings, as a workflow run with it uses them "
+        "(the options below override them; what neither sets takes the workflow's defaults)",
+    )
+    parser.add_argument("--config-model", default=None, metavar="NAME", help="with --config: the overrides of that file's models.NAME too")
+    parser.add_argument("--tta", action="store_true", default=None, help="8-fold test-time augmentation (8x slower)")
     parser.add_argument(
         "--tile",
         type=_positive,
-        default=defaults.tile,
+        default=None,
         help=f"window stride in pixels, a multiple of 32 (default {defaults.tile}); lower it to fit a small GPU",
     )
-    parser.add_argument(
-        "--margin", type=int, default=defaults.margin, help=f"half the blended overlap of windows, a multiple of 16 (default {defaults.margin})"
-    )
-    parser.add_argument("--batch", type=_positive, default=defaults.batch, help=f"windows per forward pass (default {defaults.batch}); raise it on a GPU")
+    parser.add_argument("--margin", type=int, default=None, help=f"half the blended overlap of windows, a multiple of 16 (default {defaults.margin})")
+    parser.add_argument("--batch", type=_positive, default=None, help=f"windows per forward pass (default {defaults.batch}); raise it on a GPU")
     parser.add_argument(
         "--engine",
-        default=defaults.engine,
+        default=None,
         choices=ENGINES,
         help="eager: plain PyTorch; onnx: ONNX Runtime (CPU, faster); onnx-int8: ONNX Runtime, the graph quantised to 8 bits (CPU); "
-        "auto: onnx on CPU, eager on CUDA",
+        f"auto: onnx on CPU, eager on CUDA (default {defaults.engine})",
     )
-    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--device", default=None, choices=DEVICES, help=f"default {defaults.device}")
     parser.add_argument(
         "--scale",
         type=_scale,
-        default=defaults.scale,
+        default=None,
         help="resize windows by this factor before the network, maps back after: objects to the training size (0.5 for nuclei twice as large); "
-        "auto: each image's own factor, estimated from a probe of it (recorded in images.csv)",
+        f"auto: each image's own factor, estimated from a probe of it (recorded in images.csv; default {defaults.scale})",
     )
     parser.add_argument("--threads", type=_positive, default=None, help="CPU threads (default: PyTorch's, all cores)")
 
@@ -378,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         "folder for <name>.tif label images, <name>.ome.zarr, <name>.geojson, <name>_rois.zip, objects.csv and images.csv "
         "(a folder of an earlier run: its tables keep the rows of the images not segmented again)",
     )
-    seg.add_argument("--threshold", default="otsu", type=_threshold, help="'otsu' or a probability in (0, 1)")
+    seg.add_argument("--threshold", default=None, type=_threshold, help="'otsu' or a probability in (0, 1) (default otsu)")
     seg.add_argument(
         "--pixel-size",
         type=_positive_number,

@@ -454,3 +454,58 @@ def read_model_folder_config(model_dir: str | os.PathLike, heads: Sequence[str] 
     if problems:
         raise ValueError(f"{path}: " + "; ".join(problems).replace("the config's top level", "the top level"))
     return config
+
+
+def settings_from_file(path: str | os.PathLike, section: str, cls: type, model: str | None = None, given: dict | None = None):
+    """The settings dataclass ``cls`` (:class:`nucseg.infer.PredictSettings`,
+    :class:`nucseg.postprocess.SegmentSettings` ...) that a workflow run with the config file
+    ``path`` uses for ``section``: the file's top-level section, then ``models.<model>.<section>``'s
+    overrides, then ``given`` (the command line's explicit options) over both. Keys the file
+    leaves out take the dataclass's defaults, which are the workflow's.
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the key: an unreadable file or one that is no mapping, a model the
+        file does not name, a key that is no setting of the section (with the settings there
+        are), or a value the settings refuse.
+    """
+    import dataclasses
+
+    config = _read_yaml_mapping(path)
+    values = _section(config, [section], path)
+    if model is not None:
+        models = config.get("models") or {}
+        if not isinstance(models, dict) or model not in models:
+            raise ValueError(f"{path}: models: no model {model!r} (the file has {sorted(models) if isinstance(models, dict) else 'none'})")
+        values = {**values, **_section(config, ["models", model, section], path)}
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in known:
+            raise ValueError(f"{path}: {section}.{key}: not a {section} setting (the settings are {', '.join(known)})")
+    try:
+        return cls(**{**values, **(given or {})})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: {section}: {exc}") from exc
+
+
+def _read_yaml_mapping(path: str | os.PathLike) -> dict:
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: not a readable YAML config file ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a config file holds a mapping of sections (predict:, segment: ...), not {type(config).__name__}")
+    return config
+
+
+def _section(config: dict, keys: list[str], path: str | os.PathLike) -> dict:
+    """The mapping at ``keys`` of ``config`` (empty when absent)."""
+    node = config
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        raise ValueError(f"{path}: {_location(keys)}: a mapping of settings, not {type(node).__name__}")
+    return node

@@ -265,3 +265,75 @@ def test_a_broken_model_folder_is_one_line_and_writes_nothing(images, tmp_path, 
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == [f"{folder / 'config.json'}: the top level: 'normalize' is a required property; model.width: 'sixteen' is not of type 'integer'"]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def sample_png(tmp_path) -> Path:
+    """One embedded sample image as a PNG (no ../shared needed)."""
+    import zipfile
+
+    from .conftest import REPO, SAMPLE_IMAGE
+
+    png = tmp_path / "in" / "sample.png"
+    png.parent.mkdir()
+    with zipfile.ZipFile(REPO / "resources" / "sample" / "sample_test.zip") as archive:
+        png.write_bytes(archive.read(f"{SAMPLE_IMAGE}/images/{SAMPLE_IMAGE}.png"))
+    return png
+
+
+def write_yaml(path: Path, config: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_config_file_sets_the_predict_and_segment_settings_under_the_options(model_dir, sample_png, tmp_path):
+    """--config FILE: its predict: and segment: sections, as a workflow run reads them; an option
+    given on the command line wins over the file; the file's output switches are honoured."""
+    config = write_yaml(
+        tmp_path / "run.yaml", {"predict": {"scale": 0.5, "engine": "eager"}, "segment": {"geojson": False, "rois": False}, "train": {"epochs": 3}}
+    )
+    assert cli("segment", "--model", model_dir, "--config", config, "--out", tmp_path / "a", sample_png) == 0
+    assert pd.read_csv(tmp_path / "a" / "images.csv")["predict_scale"].tolist() == [0.5]
+    assert (tmp_path / "a" / "sample.tif").is_file() and (tmp_path / "a" / "sample.ome.zarr").is_dir()
+    assert not (tmp_path / "a" / "sample.geojson").exists() and not (tmp_path / "a" / "sample_rois.zip").exists()
+    assert cli("segment", "--model", model_dir, "--config", config, "--scale", "1", "--out", tmp_path / "b", sample_png) == 0
+    assert pd.read_csv(tmp_path / "b" / "images.csv")["predict_scale"].tolist() == [1.0]
+
+
+def test_config_model_takes_that_models_overrides(sample_png, tmp_path):
+    """--config-model NAME: models.NAME's sections over the file's top level, as the workflow
+    gives that model (here a min_size no nucleus reaches: no nuclei). The shipped model."""
+    config = write_yaml(
+        tmp_path / "run.yaml",
+        {"predict": {"scale": 1.0}, "segment": {"min_size": 20}, "models": {"small": {}, "huge": {"segment": {"min_size": 10**9}}}},
+    )
+    for model in ("small", "huge"):
+        assert cli("segment", "--config", config, "--config-model", model, "--out", tmp_path / model, sample_png) == 0
+    counts = {name: pd.read_csv(tmp_path / name / "images.csv")["count"].item() for name in ("small", "huge")}
+    assert counts["small"] > 0 and counts["huge"] == 0, counts
+    plain = write_yaml(tmp_path / "plain.yaml", {"segment": {"min_size": 20}})
+    assert cli("segment", "--config", plain, "--scale", "1", "--out", tmp_path / "plain", sample_png) == 0
+    assert np.array_equal(read_labels(tmp_path / "plain" / "sample.tif"), read_labels(tmp_path / "small" / "sample.tif"))
+
+
+@pytest.mark.parametrize(
+    "config, options, message",
+    [
+        ({"segment": {"min_sise": 5}}, [], "run.yaml: segment.min_sise: not a segment setting (the settings are method, threshold"),
+        ({"predict": {"tile": 33}}, [], "run.yaml: predict: predict tile must be a positive multiple of 32, got 33"),
+        ({"segment": {"min_size": "ten"}}, [], "run.yaml: segment: "),
+        ({"segment": [1, 2]}, [], "run.yaml: segment: a mapping of settings, not list"),
+        ({"models": {"a": {}}}, ["--config-model", "b"], "run.yaml: models: no model 'b' (the file has ['a'])"),
+        ("just text", [], "run.yaml: a config file holds a mapping of sections"),
+        (None, ["--config-model", "a"], "--config-model names a model of a config file: give the file with --config"),
+    ],
+    ids=["typo", "refused-value", "wrong-type", "not-a-mapping", "unknown-model", "not-a-config", "model-without-file"],
+)
+def test_a_bad_config_file_is_named_and_nothing_is_written(model_dir, sample_png, tmp_path, caplog, config, options, message):
+    args = ["--config", write_yaml(tmp_path / "run.yaml", config)] if config is not None else []
+    out = tmp_path / "out"
+    assert cli("segment", "--model", model_dir, *args, *options, "--out", out, sample_png) == 1
+    assert message in caplog.text
+    assert not out.exists()

@@ -112,3 +112,40 @@ def test_a_dsb_test_set_without_ground_truth(sample_run, tmp_path):
     contradiction = f"datasets={{mine: {{source: '{archive}', layout: images, role: test, evaluate: true}}}}"
     refused = snakemake(workdir, "--cores", "2", "-n", "--config", contradiction)
     assert refused.returncode != 0 and "datasets.mine.evaluate: true, but layout: images has no ground truth" in refused.stdout + refused.stderr
+
+
+@pytest.mark.slow
+def test_the_command_line_with_the_runs_config_gives_the_workflows_labels(sample_run, tmp_path):
+    """``nucseg segment --config <the run's config file>`` with the run's model gives, image for
+    image, the label images the workflow's segment rule wrote with that file's settings: the
+    same settings dataclasses, filled the same way (a predict and three segment settings
+    changed from the defaults, so that the file is what makes them agree)."""
+    from nucseg.cli import main
+    from nucseg.imageio import read_labels
+
+    workdir = tmp_path / "run"
+    shutil.copytree(sample_run[0], workdir, symlinks=True)
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    config["predict"] = {**(config.get("predict") or {}), "scale": 1.25}
+    config["segment"] = {**config["segment"], "threshold": 0.6, "min_size": 40, "marker_spacing": 0.8}
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "--cores", "2", "--configfile", str(path), "--replace-workflow-config", "results/segmentation/resunet/sample_test/objects.csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    workflow = workdir / "results/segmentation/resunet/sample_test/labels"
+
+    images = tmp_path / "images"
+    images.mkdir()
+    with zipfile.ZipFile(REPO / "resources/sample/sample_test.zip") as archive:
+        for name in archive.namelist():
+            if "/images/" in name and name.endswith(".png"):
+                (images / name.rsplit("/", 1)[1]).write_bytes(archive.read(name))
+    pngs = sorted(images.glob("*.png"))
+    out = tmp_path / "out"
+    assert main(["segment", "--model", str(workdir / "results/models/resunet"), "--config", str(path), "--out", str(out), *map(str, pngs)]) == 0
+    assert {p.stem for p in pngs} == {p.stem for p in workflow.glob("*.tif")}
+    for png in pngs:
+        assert np.array_equal(read_labels(out / f"{png.stem}.tif"), read_labels(workflow / f"{png.stem}.tif")), png.stem
+    ours = pd.read_csv(out / "images.csv", dtype={"image_id": str}).set_index("image_id").sort_index()
+    theirs = pd.read_csv(workdir / "results/segmentation/resunet/sample_test/images.csv", dtype={"image_id": str}).set_index("image_id").sort_index()
+    assert ours["count"].tolist() == theirs["count"].tolist() and (ours["predict_scale"] == 1.25).all()
