@@ -43,9 +43,10 @@ from skimage.filters import threshold_otsu
 
 from nucseg.datasets import download_dataset
 from nucseg.infer import PredictSettings, predict_dataset
+from nucseg.metrics import class_scores, confusion_matrix
 from nucseg.preprocess import PreprocessSettings, preprocess_fullsize, preprocess_training, read_id_list
 from nucseg.sizes import regions
-from nucseg.tasks.semantic import SemanticTask, confusion_matrix, scores
+from nucseg.tasks.semantic import SemanticTask
 from nucseg.training import TrainSettings, train_model
 from nucseg.vscores import boundary_scores, rand_info, region_counts
 
@@ -93,7 +94,7 @@ def image_rows(store: str, index_csv: str, classes: dict, predict) -> list[dict]
     for image_id in pd.read_csv(index_csv, dtype={"image_id": str})["image_id"]:
         image, truth = root["images"][image_id][:], root["labels"][image_id][:]
         pred = predict(image)
-        row = scores(confusion_matrix(truth, pred, len(names)), names)
+        row = class_scores(confusion_matrix(truth, pred, len(names)), names)
         rows.append({**row, **(boundary_scores(truth == 1, pred == 1) if len(names) == 2 else {})})
     return rows
 

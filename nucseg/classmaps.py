@@ -1,15 +1,21 @@
-"""Class maps of the semantic task: the declared classes and label values turned into class indices.
+"""Class maps of the semantic task: the declared classes and label values turned into class
+indices, the one-hot training targets, and the class-map TIFFs the segment stage writes and the
+evaluate and qc stages read.
 
-A leaf (numpy only), so that the dataset and preprocess stages read semantic label images
-without importing the task (:mod:`nucseg.tasks.semantic`, which builds networks and draws plots).
+A leaf (numpy, tifffile and :mod:`nucseg.files`), so that every stage reads and writes class maps
+without importing the task (:mod:`nucseg.tasks.semantic`, which only wires the stages' pieces).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import tifffile
+
+from nucseg.files import atomic_file
 
 
 @dataclass(frozen=True)
@@ -93,3 +99,34 @@ def to_class_index(labels: np.ndarray, values: tuple[int, ...] | list[int], sour
         if v < len(lut):
             lut[v] = k
     return lut[labels.astype(np.int64)]
+
+
+# --- the semantic task's targets and class maps (segment, evaluate, qc read them) ----------
+
+
+def one_hot(index: np.ndarray, k: int) -> np.ndarray:
+    """``(k, H, W) float32`` one map per class from an ``(H, W)`` index image."""
+    return (np.asarray(index)[None] == np.arange(k)[:, None, None]).astype(np.float32)
+
+
+def class_map(prob: np.ndarray, classes: SemanticClasses) -> np.ndarray:
+    """``(H, W) uint8`` class map (declared values) from ``(K, H, W)`` class probabilities
+    (argmax; ties go to the lower class)."""
+    if prob.ndim != 3 or prob.shape[0] != len(classes):
+        raise ValueError(f"expected ({len(classes)}, H, W) class probabilities for {list(classes.names)}, got {prob.shape}")
+    return np.asarray(classes.values, np.uint8)[np.argmax(prob, axis=0)]
+
+
+def write_class_map(path: str | os.PathLike, values: np.ndarray) -> None:
+    """Write an ``(H, W) uint8`` class map as a zlib-compressed TIFF, atomically."""
+    with atomic_file(path) as tmp:
+        tifffile.imwrite(tmp, np.asarray(values, np.uint8), compression="zlib")
+
+
+def read_class_map(path: str | os.PathLike, classes: SemanticClasses) -> np.ndarray:
+    """Class indices ``(H, W) uint8`` of a class map written by :func:`write_class_map`."""
+    try:
+        values = tifffile.imread(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable class map ({exc})") from exc
+    return to_class_index(values, classes.values, str(path))

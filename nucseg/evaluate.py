@@ -11,13 +11,16 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import zarr
 
+from nucseg.classmaps import SemanticClasses, read_class_map
 from nucseg.columns import ID_COLUMNS as ID_COLUMNS  # the leading columns of the table written here
 from nucseg.files import write_csv
 from nucseg.imageio import read_labels
-from nucseg.metrics import evaluate_image
+from nucseg.metrics import class_scores, confusion_matrix, evaluate_image
+from nucseg.vscores import boundary_scores
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +92,40 @@ def score_images(
     table = pd.DataFrame(rows)
     write_csv(table, out_csv)
     return table
+
+
+def evaluate_class_maps(
+    labels_dir: str | os.PathLike,
+    truth_zarr: str | os.PathLike,
+    index_csv: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    classes: SemanticClasses,
+    dataset: str,
+    model: str = "model",
+) -> pd.DataFrame:
+    """Evaluate stage, semantic task: one CSV row of :func:`~nucseg.metrics.class_scores` per image.
+
+    Parameters
+    ----------
+    labels_dir : path-like
+        Class maps ``<id>.tif`` (:func:`nucseg.postprocess.segment_class_maps`).
+    truth_zarr : path-like
+        Full-size store with ``labels/<id>`` class indices (preprocess stage).
+    index_csv : path-like
+        The store's index table.
+    out_csv : path-like
+        :data:`nucseg.evaluate.ID_COLUMNS`, then the keys of :func:`~nucseg.metrics.class_scores`; with two classes
+        then ``v_rand, v_rand_split, v_rand_merge, v_info, v_info_split, v_info_merge``
+        (:func:`nucseg.vscores.rand_info`, NaN on an image without any second-class pixel).
+    """
+
+    def score(truth: np.ndarray, pred_path: Path) -> dict:
+        pred = read_class_map(pred_path, classes)
+        s = class_scores(confusion_matrix(truth, pred, len(classes)), classes.names)
+        if len(classes) == 2:  # the second class's regions, the first what separates them (nucseg.tasks.semantic)
+            s.update(boundary_scores(truth == 1, pred == 1))
+            log.info("%s: V_rand %.4f, V_info %.4f", pred_path.stem, s["v_rand"], s["v_info"])
+        log.info("%s: pixel accuracy %.4f, mean Dice %.4f", pred_path.stem, s["pixel_accuracy"], s["mean_dice"])
+        return s
+
+    return score_images(labels_dir, truth_zarr, index_csv, out_csv, dataset, model, score, "its labels/ folder holds none of its images")

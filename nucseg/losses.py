@@ -64,3 +64,47 @@ class Loss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.fn(logits, target)
+
+
+# --- the semantic task: softmax over classes ------------------------------------------------
+
+
+def ce_dice_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None, smooth: float = SMOOTH) -> torch.Tensor:
+    """Cross-entropy plus multi-class soft Dice loss of softmax outputs.
+
+    Parameters
+    ----------
+    logits : (B, K, H, W) tensor
+    target : (B, K, H, W) tensor, one-hot in {0, 1}
+    weights : (K,) tensor, optional
+        Class weights of both terms (cross-entropy: weighted mean over pixels; Dice: weighted
+        mean over classes); equal when ``None``.
+
+    Returns
+    -------
+    scalar tensor
+        ``CE + 1 - mean_c (2 |P_c T_c| + s) / (|P_c| + |T_c| + s)``, the Dice term computed per
+        class over the whole batch; 0 for a perfect, confident prediction.
+    """
+    if logits.shape != target.shape or logits.ndim != 4:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must both be (B, K, H, W)")
+    logits, target = logits.float(), target.float()
+    if weights is not None:
+        weights = weights.to(logits.device, torch.float32)
+    ce = F.cross_entropy(logits, target.argmax(1), weight=weights)
+    p = torch.softmax(logits, dim=1)
+    dims = (0, 2, 3)
+    dice = (2 * (p * target).sum(dims) + smooth) / (p.sum(dims) + target.sum(dims) + smooth)
+    w = torch.ones_like(dice) if weights is None else weights
+    return ce + 1 - (dice * w).sum() / w.sum()
+
+
+class CEDiceLoss(nn.Module):
+    """``nn.Module`` wrapper of :func:`ce_dice_loss` with fixed class weights."""
+
+    def __init__(self, weights: list[float] | tuple[float, ...] | None = None) -> None:
+        super().__init__()
+        self.register_buffer("weights", torch.as_tensor(weights, dtype=torch.float32) if weights is not None else None)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return ce_dice_loss(logits, target, self.weights)

@@ -681,3 +681,78 @@ def evaluate_image(truth: ArrayLike, pred: ArrayLike) -> dict[str, float]:
     """
     t, p = _as_pair(truth, pred)
     return _row_from_overlap(_overlap(t, p))
+
+
+# --- the semantic task: pixel scores of a class confusion matrix ---------------------------
+
+#: The per-class scores of :func:`class_scores`.
+CLASS_STATS = ("dice", "iou", "precision", "recall")
+
+
+def confusion_matrix(truth: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """``(k, k) int64`` pixel counts, rows the true class, columns the predicted one.
+
+    Parameters
+    ----------
+    truth, pred : (H, W) ndarray of integers in 0..k-1
+    """
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    if truth.shape != pred.shape:
+        raise ValueError(f"truth {truth.shape} and prediction {pred.shape} differ in size")
+    return np.bincount(truth.ravel().astype(np.int64) * k + pred.ravel().astype(np.int64), minlength=k * k)[: k * k].reshape(k, k)
+
+
+def _class_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def class_scores(cm: np.ndarray, names: tuple[str, ...] | list[str]) -> dict[str, float]:
+    """Pixel accuracy, per-class Dice, IoU, precision and recall, and their means.
+
+    A score is undefined (NaN) where its denominator is empty: Dice and IoU of a class that is
+    neither true nor predicted anywhere, precision of a class never predicted, recall of a
+    class never true. ``mean_*`` is the macro mean over the classes where it is defined;
+    ``fw_*`` the mean weighted by each class's share of the true pixels (frequency-weighted).
+
+    Parameters
+    ----------
+    cm : (K, K) ndarray of int
+        :func:`confusion_matrix`.
+    names : K class names
+
+    Returns
+    -------
+    dict
+        ``pixel_accuracy, mean_dice, mean_iou, mean_precision, mean_recall, fw_dice, fw_iou,
+        fw_precision, fw_recall``, then per class ``dice_<name>, iou_<name>,
+        precision_<name>, recall_<name>``, then ``true_<name>`` and ``pred_<name>`` (share of
+        the image's pixels). On an empty image every score is NaN.
+
+    Examples
+    --------
+    >>> s = class_scores(np.array([[3, 1], [0, 4]]), ["a", "b"])
+    >>> s["pixel_accuracy"], round(s["dice_a"], 3), round(s["dice_b"], 3)
+    (0.875, 0.857, 0.889)
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    total = cm.sum()
+    tp = np.diag(cm)
+    true, pred = cm.sum(axis=1), cm.sum(axis=0)
+    per = dict(dice=_class_ratio(2 * tp, true + pred), iou=_class_ratio(tp, true + pred - tp), precision=_class_ratio(tp, pred), recall=_class_ratio(tp, true))
+    freq = true / total if total else np.zeros_like(true)
+    out: dict[str, float] = dict(pixel_accuracy=float(tp.sum() / total) if total else float("nan"))
+    for stat in CLASS_STATS:
+        values = per[stat]
+        out[f"mean_{stat}"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    for stat in CLASS_STATS:
+        values = per[stat]
+        ok = np.isfinite(values) & (freq > 0)
+        out[f"fw_{stat}"] = float((values[ok] * freq[ok]).sum() / freq[ok].sum()) if ok.any() else float("nan")
+    for c, name in enumerate(names):
+        for stat in CLASS_STATS:
+            out[f"{stat}_{name}"] = float(per[stat][c])
+    for c, name in enumerate(names):
+        out[f"true_{name}"] = float(true[c] / total) if total else float("nan")
+        out[f"pred_{name}"] = float(pred[c] / total) if total else float("nan")
+    return out

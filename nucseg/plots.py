@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nucseg.classmaps import SemanticClasses
 from nucseg.files import atomic_file
 from nucseg.report import read_per_image
 
@@ -245,3 +246,31 @@ def save_curves(history: pd.DataFrame, path: Path, loss: str = "bce_dice", iou_l
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# --- the semantic task ---------------------------------------------------------------------
+
+
+def plot_class_scores(per_image: pd.DataFrame, classes: SemanticClasses, path: str | os.PathLike) -> Path:
+    """Per-class Dice and IoU over images (box plots), one group per dataset."""
+    if per_image.empty:
+        raise ValueError("no per-image rows to plot")
+    plt = _pyplot()
+    datasets = sorted(per_image["dataset"].astype(str).unique())
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(classes) * len(datasets)), 4))
+    for ax, stat in zip(axes, ("dice", "iou")):
+        data, labels = [], []
+        for d in datasets:
+            rows = per_image[per_image["dataset"].astype(str) == d]
+            for n in classes.names:
+                data.append(rows[f"{stat}_{n}"].dropna().to_numpy())
+                labels.append(f"{n}\n{d}" if len(datasets) > 1 else n)
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(labels) + 1), labels, fontsize="small")
+        ax.set_ylabel(f"{stat} per image")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    models = ", ".join(sorted(per_image["model"].astype(str).unique()))
+    fig.suptitle(f"{models}: per-class scores ({len(per_image)} images)", fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import zarr
 
 from nucseg.calibration import UNKNOWN, from_columns
 from nucseg.chunks import ChunkResult, segment_map, segment_probability  # noqa: F401 (also nucseg.postprocess's names)
+from nucseg.classmaps import SemanticClasses, class_map, write_class_map
 from nucseg.files import atomic_dir, atomic_file, remove_stale, scratch_dir, write_csv
 from nucseg.imageio import pixel_description
 from nucseg.measure import COLUMNS, IMAGE_COLUMNS, PIXEL_CENTRE, ImageSummary, add_physical, measure_objects
@@ -383,3 +384,52 @@ def _image_maps(preds: zarr.Group, store: zarr.Group, image_id: str, pred_zarr: 
     if maps.shape[1:] != store["images"][image_id].shape[:2]:
         raise ValueError(f"{pred_zarr}: map of {image_id!r} has shape {maps.shape}, the image {store['images'][image_id].shape}")
     return maps
+
+
+# --- the semantic task: class maps ---------------------------------------------------------
+
+
+def segment_class_maps(pred_zarr: str | os.PathLike, index_csv: str | os.PathLike, outputs: Mapping[str, str], classes: SemanticClasses) -> pd.DataFrame:
+    """Segment stage, semantic task: a class map per image (argmax) and a table of class areas;
+    the segment settings (watershed) do not apply.
+
+    Parameters
+    ----------
+    pred_zarr : path-like
+        Class probabilities ``<id> (K, H, W) float32`` (predict stage); its ``heads`` attribute
+        must name ``classes`` (a model trained on other classes is refused).
+    index_csv : path-like
+        The full-size store's index table (image ids).
+    outputs : mapping
+        The segment rule's outputs by name: ``labels``, the folder of class maps ``<id>.tif``
+        ``(H, W) uint8`` holding the declared values; ``objects``, one row per image and class:
+        ``image_id, class, value, pixels, fraction``; and any of ``images`` (each class's share
+        per image), ``ome_zarr``, ``geojson`` and ``rois`` (made empty: not written for class
+        maps yet).
+    """
+    pred = zarr.open_group(pred_zarr, mode="r")
+    heads = list(pred.attrs.get("heads", []))
+    if heads != list(classes.names):
+        raise ValueError(f"{pred_zarr}: the model predicts the classes {heads}, the config declares {list(classes.names)}")
+    ids = pd.read_csv(index_csv, dtype={"image_id": str})["image_id"].tolist()
+    rows = []
+    with atomic_dir(outputs["labels"], overwrite=True) as tmp:
+        for image_id in ids:
+            values = class_map(pred[image_id][:], classes)
+            write_class_map(tmp / f"{image_id}.tif", values)
+            counts = [int(np.count_nonzero(values == v)) for v in classes.values]
+            rows += [
+                dict(image_id=image_id, **{"class": n}, value=v, pixels=int(c), fraction=c / values.size)
+                for n, v, c in zip(classes.names, classes.values, counts)
+            ]
+            log.info("%s: %s", image_id, ", ".join(f"{n} {c / values.size:.3f}" for n, c in zip(classes.names, counts)))
+    table = pd.DataFrame(rows, columns=["image_id", "class", "value", "pixels", "fraction"])
+    write_csv(table, outputs["objects"])
+    if "images" in outputs:
+        shares = table.pivot(index="image_id", columns="class", values="fraction")[list(classes.names)].add_prefix("share_")
+        write_csv(shares.reset_index(), outputs["images"])
+    for name in ("ome_zarr", "geojson", "rois"):
+        if name in outputs:
+            with atomic_dir(outputs[name], overwrite=True):
+                pass
+    return table

@@ -31,6 +31,7 @@ import zarr
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries
 
+from nucseg.classmaps import SemanticClasses, read_class_map
 from nucseg.imageio import read_labels
 from nucseg.plots import _pyplot, _save
 
@@ -305,4 +306,65 @@ def qc_pictures(
         )
         qc_picture(store["images"][image_id], truth, pred, title, path)
         log.info("%s: %s image %s (challenge score %.3f) -> %s", per_image_csv, name, image_id, row["challenge_score"], path)
+    return picks
+
+
+# --- the semantic task: classes overlaid -------------------------------------------------
+
+#: Colours of the classes in QC pictures (RGB), in class order.
+PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (70, 240, 240), (245, 130, 48), (240, 50, 230))
+
+
+def class_overlay(image: np.ndarray, index: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """``(H, W, 3) uint8`` image with each class painted in its :data:`PALETTE` colour."""
+    colours = np.asarray([PALETTE[c % len(PALETTE)] for c in range(int(index.max(initial=0)) + 1)], np.float32)
+    out = (1 - alpha) * image.astype(np.float32) + alpha * colours[index]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def class_qc_picture(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, classes: SemanticClasses, title: str, path: str | os.PathLike) -> Path:
+    """Image, truth and prediction side by side, classes overlaid in colour, with a legend."""
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    panels = [("image", image)] + ([("truth", class_overlay(image, truth))] if truth is not None else []) + [("prediction", class_overlay(image, pred))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.6))
+    for ax, (name, picture) in zip(np.atleast_1d(axes), panels):
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(name)
+        ax.axis("off")
+    handles = [Patch(color=np.asarray(PALETTE[c % len(PALETTE)]) / 255, label=n) for c, n in enumerate(classes.names)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize="small")
+    fig.suptitle(title, fontsize="small")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, path)
+
+
+def class_qc_pictures(
+    per_image_csv: str | os.PathLike,
+    labels_dir: str | os.PathLike,
+    truth_zarr: str | os.PathLike,
+    out_pngs: Mapping[str, str | os.PathLike],
+    classes: SemanticClasses,
+) -> dict[str, str]:
+    """QC stage, semantic task: the best, median and worst image by mean Dice (:func:`nucseg.qc.pick_images`)."""
+    unknown = sorted(set(out_pngs) - set(PICKS))
+    if unknown:
+        raise ValueError(f"unknown quality-control picture(s) {unknown}; choose from {PICKS}")
+    per_image = pd.read_csv(per_image_csv, dtype={"image_id": str})
+    picks = pick_images(per_image, "mean_dice")
+    store = zarr.open_group(truth_zarr, mode="r")
+    rows = per_image.set_index("image_id")
+    for name, path in out_pngs.items():
+        image_id = picks[name]
+        row = rows.loc[image_id]
+        truth = store["labels"][image_id][:] if image_id in store["labels"] else None
+        pred = read_class_map(Path(labels_dir) / f"{image_id}.tif", classes)
+        per_class = ", ".join(f"{n} {row[f'dice_{n}']:.3f}" for n in classes.names)
+        title = (
+            f"{row['model']} / {row['dataset']}: the {name} image by mean Dice\n{image_id}, {int(row['height'])} x {int(row['width'])} px; "
+            f"pixel accuracy {row['pixel_accuracy']:.3f}, mean Dice {row['mean_dice']:.3f}\nDice: {per_class}"
+        )
+        class_qc_picture(store["images"][image_id][:], truth, pred, classes, title, path)
+        log.info("%s: %s image %s (mean Dice %.3f) -> %s", per_image_csv, name, image_id, row["mean_dice"], path)
     return picks

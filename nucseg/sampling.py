@@ -86,3 +86,41 @@ def dataset_shares(weights: np.ndarray, stores: np.ndarray, names: list[str], sh
         share = shares[name] if name in shares else (1 - given) * mine.sum() / max(n_rest, 1)
         out[mine] = share * weights[mine] / weights[mine].sum()
     return out / out.sum()
+
+
+# --- the semantic task: class-balanced draws ----------------------------------------------
+
+
+def class_fractions(labels: np.ndarray, k: int) -> np.ndarray:
+    """``(N, k)`` share of each class's pixels in each of ``N`` index images ``(N, H, W)``."""
+    flat = np.asarray(labels).reshape(len(labels), -1).astype(np.int64)
+    counts = np.stack([np.bincount(row, minlength=k)[:k] for row in flat]) if len(flat) else np.zeros((0, k))
+    return counts / max(flat.shape[1], 1)
+
+
+def class_balanced_weights(fractions: np.ndarray) -> np.ndarray:
+    """Draw weights giving every class an equal share of the draws (the MIDL paper's
+    class-balanced patch sampling), summing to 1.
+
+    Each class's share is spread over the examples in proportion to how much of the class they
+    hold, so an example is drawn often when it holds much of a rare class. Classes that no
+    example holds are left out; without any class pixel the draws are uniform.
+
+    Parameters
+    ----------
+    fractions : (N, K) ndarray of float
+        Share of each class's pixels per example (:func:`class_fractions`).
+
+    Examples
+    --------
+    >>> w = class_balanced_weights(np.array([[1.0, 0.0], [0.9, 0.1], [1.0, 0.0]]))
+    >>> np.round(w, 3)       # the only example holding class 1 gets half the draws, and more
+    array([0.172, 0.655, 0.172])
+    """
+    fractions = np.asarray(fractions, dtype=np.float64)
+    totals = fractions.sum(axis=0)
+    held = totals > 0
+    if len(fractions) == 0 or not held.any():
+        return np.full(len(fractions), 1.0 / max(len(fractions), 1))
+    weights = (fractions[:, held] / totals[held]).mean(axis=1)
+    return weights / weights.sum()

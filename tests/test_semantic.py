@@ -16,24 +16,17 @@ import torch
 import zarr
 from PIL import Image
 
+from nucseg.classmaps import SemanticClasses, class_map, one_hot, to_class_index
 from nucseg.datasets import download_dataset, list_images, read_sample
 from nucseg.infer import PredictSettings, predict_dataset
+from nucseg.losses import ce_dice_loss
+from nucseg.metrics import class_scores, confusion_matrix
 from nucseg.preprocess import PreprocessSettings, preprocess_fullsize, preprocess_training
+from nucseg.sampling import class_balanced_weights, class_fractions
 from nucseg.sizes import BINS, nucleus_diameters, regions
 from nucseg.tasks import make_task
 from nucseg.tasks.instance import InstanceTask
-from nucseg.tasks.semantic import (
-    SemanticClasses,
-    SemanticTask,
-    ce_dice_loss,
-    class_balanced_weights,
-    class_fractions,
-    class_map,
-    confusion_matrix,
-    one_hot,
-    scores,
-    to_class_index,
-)
+from nucseg.tasks.semantic import SemanticTask
 from nucseg.training import TrainSettings, train_model
 from nucseg.vscores import boundary_scores
 
@@ -82,7 +75,7 @@ def test_scores_of_a_hand_made_confusion_matrix():
     # truth: 4 pixels of a, 4 of b; a predicted as b once
     cm = confusion_matrix(np.array([0, 0, 0, 0, 1, 1, 1, 1]).reshape(2, 4), np.array([0, 0, 0, 1, 1, 1, 1, 1]).reshape(2, 4), 2)
     assert cm.tolist() == [[3, 1], [0, 4]]
-    s = scores(cm, ["a", "b"])
+    s = class_scores(cm, ["a", "b"])
     assert s["pixel_accuracy"] == 7 / 8
     assert s["dice_a"] == pytest.approx(6 / 7) and s["dice_b"] == pytest.approx(8 / 9)
     assert s["iou_a"] == pytest.approx(3 / 4) and s["iou_b"] == pytest.approx(4 / 5)
@@ -95,10 +88,10 @@ def test_scores_of_a_hand_made_confusion_matrix():
 def test_scores_leave_undefined_classes_out_of_the_means():
     """A class neither true nor predicted has no Dice (NaN), and the macro mean skips it
     instead of counting it as 0 or 1."""
-    s = scores(confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 2), int), 3), ["a", "b", "c"])
+    s = class_scores(confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 2), int), 3), ["a", "b", "c"])
     assert s["dice_a"] == 1.0 and np.isnan(s["dice_b"]) and np.isnan(s["dice_c"])
     assert s["mean_dice"] == 1.0 and s["fw_dice"] == 1.0
-    never_predicted = scores(np.array([[2, 2], [0, 0]]), ["a", "b"])
+    never_predicted = class_scores(np.array([[2, 2], [0, 0]]), ["a", "b"])
     assert np.isnan(never_predicted["recall_b"]) and never_predicted["precision_b"] == 0.0 and never_predicted["dice_b"] == 0.0
 
 
@@ -281,7 +274,7 @@ def test_semantic_stores_train_predict_segment_evaluate(isbi_zip, tmp_path):
 
     table = task.evaluate(str(tmp_path / "seg"), str(tmp_path / "full.zarr"), str(tmp_path / "full.csv"), str(tmp_path / "per_image.csv"), "isbi", "unet")
     row = table.iloc[0]
-    expected = scores(
+    expected = class_scores(
         confusion_matrix(zarr.open_group(tmp_path / "full.zarr")["labels"]["s27"][:], to_class_index(class_map_values, (0, 255)), 2), ["membrane", "cell"]
     )
     assert row["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"]) and row["image_id"] == "s27"
