@@ -103,15 +103,15 @@ def _predict_settings(args: argparse.Namespace):
     return _settings(args, "predict", PredictSettings)
 
 
-def _open_predictor(args: argparse.Namespace):
-    """The model (``--model``, else the shipped pretrained one) ready to predict."""
+def _open_predictor(args: argparse.Namespace, settings):
+    """The model (``--model``, else the shipped pretrained one) ready to predict with ``settings``."""
     from nucseg import model_folder
     from nucseg.infer import open_predictor
 
     model = str(model_folder(args.model))
     if args.model is None and not (Path(model) / "config.json").is_file():
         raise ValueError(f"no --model given and no pretrained model at {model}: pass --model <folder of a trained model>")
-    return model, open_predictor(model, _predict_settings(args), args.threads)
+    return model, open_predictor(model, settings, args.threads)
 
 
 def _each_image(args: argparse.Namespace, out: Path, step) -> None:
@@ -215,8 +215,8 @@ def _segment(args: argparse.Namespace) -> None:
 
     settings = _settings(args, "segment", SegmentSettings)
     out = Path(args.out)
-    model, predictor = _open_predictor(args)  # a broken model folder is named before anything is written
     predict_settings = _predict_settings(args)
+    model, predictor = _open_predictor(args, predict_settings)  # a broken model folder is named before anything is written
     tables, rows = [], []
 
     def write_tables() -> None:
@@ -271,8 +271,8 @@ def _predict(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.resolve() in {Path(p).resolve() for p in args.images}:
         raise ValueError(f"{out}: --out is one of the input images; choose another name")
-    model, predictor = _open_predictor(args)
     settings = _predict_settings(args)
+    model, predictor = _open_predictor(args, settings)
     with atomic_dir(out, overwrite=True) as tmp:
         group = open_output_group(tmp, predictor, model, settings)
         _each_image(args, out.parent, lambda path, name, image: predict_maps(predictor, image, group, name, settings))

@@ -24,6 +24,7 @@ it parses the Snakefile.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -152,8 +153,6 @@ def load_weights(model_dir: str | os.PathLike, device: torch.device | str = "cpu
 
 def weights_digest(model_dir: str | os.PathLike) -> str:
     """Short hash of ``weights.pt``: other weights at the same path are another model."""
-    import hashlib
-
     return hashlib.sha256((Path(model_dir) / WEIGHTS).read_bytes()).hexdigest()[:16]
 
 

@@ -87,7 +87,7 @@ class InstanceTask:
             settings=SegmentSettings(**settings),
             **optional,
             **({"threads": threads} if optional else {}),
-            **({"merged": merged} if merged is not None else {}),
+            merged=merged,
         )
 
     def evaluate(self, labels_dir: str, truth_zarr: str, index_csv: str, out_csv: str, dataset: str, model: str) -> Any:
