@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nucseg.tiling import blocks
-from nucseg.watershed import SegmentSettings, _grow, _read, _statistics, segment_window, use_border
+from nucseg.watershed import SegmentSettings, _grow, _read, _statistics, method_head, segment_window
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,12 @@ def chunk_cores(shape: tuple[int, int], settings: SegmentSettings) -> list[tuple
 
 
 def _segment_chunk(
-    maps, body: int, border: int | None, core: tuple[slice, slice], stats: tuple[float, int], settings: SegmentSettings, cached: tuple | None = None
+    maps, body: int, aux: int | None, core: tuple[slice, slice], stats: tuple[float, int], settings: SegmentSettings, cached: tuple | None = None
 ) -> ChunkResult:
     shape = tuple(maps.shape[1:])
     window = _grow(core, settings.overlap, shape)
     foreground = cached[1:] if cached is not None and cached[0] == window else None
-    labels = segment_window(_read(maps, body, window), None if border is None else _read(maps, border, window), *stats, settings, foreground)
+    labels = segment_window(_read(maps, body, window), None if aux is None else _read(maps, aux, window), *stats, settings, foreground)
     n = int(labels.max(initial=0))
     if n == 0:
         return ChunkResult(window, np.zeros(labels.shape, np.uint32), 0, 0)
@@ -101,16 +101,16 @@ def _segment_chunk(
 
 
 def _channels(maps, heads: list[str] | tuple[str, ...], settings: SegmentSettings) -> tuple[int, int | None]:
-    """The map's ``body`` channel, and its ``border`` channel when the method uses it (else None),
-    after checking the map's shape against ``heads``."""
+    """The map's ``body`` channel, and the channel of the method's head (``border``, ``seed``)
+    where the method uses one (else None), after checking the map's shape against ``heads``."""
     heads = list(heads)
     if len(maps.shape) != 3 or maps.shape[0] != len(heads):
         raise ValueError(f"expected a (K, H, W) map with K = {len(heads)} channels {heads}, got shape {tuple(maps.shape)}")
     if "body" not in heads:
         raise ValueError(f"the map has no 'body' channel (channels: {heads})")
     body = heads.index("body")
-    border = heads.index("border") if use_border(settings, heads) else None
-    return body, border
+    head = method_head(settings, heads)
+    return body, None if head is None else heads.index(head)
 
 
 def _whole_map_statistics(maps, body: int, settings: SegmentSettings, statistics: tuple[float, int] | None) -> tuple[tuple[float, int], tuple | None]:
@@ -137,7 +137,8 @@ def segment_map(
     maps : (K, H, W) array-like of float in [0, 1]
         numpy, or a zarr array (any float dtype, any chunking), read window by window.
     heads : sequence of str
-        Channel names; ``"body"`` is required, ``"border"`` is used by method ``border``.
+        Channel names; ``"body"`` is required, ``"border"`` is used by method ``border`` and
+        ``"seed"`` by method ``seed``.
     settings : SegmentSettings
     threads : int
         Chunks segmented at once; results are yielded in row-major chunk order.
@@ -153,7 +154,7 @@ def segment_map(
         With ``offset`` set: the first chunk's objects are 1..n, the next chunk's follow.
         Memory stays bounded by ``2 * threads`` windows.
     """
-    body, border = _channels(maps, heads, settings)
+    body, aux = _channels(maps, heads, settings)
     stats, cached = _whole_map_statistics(maps, body, settings, statistics)
     cores = chunk_cores(tuple(maps.shape[1:]), settings) if cores is None else cores
     offset = cut = 0
@@ -161,14 +162,14 @@ def segment_map(
         pending: deque = deque()
         queue = iter(cores)
         for core in queue:
-            pending.append(pool.submit(_segment_chunk, maps, body, border, core, stats, settings, cached))
+            pending.append(pool.submit(_segment_chunk, maps, body, aux, core, stats, settings, cached))
             if len(pending) >= 2 * max(1, threads):
                 break
         while pending:
             result = pending.popleft().result()
             nxt = next(queue, None)
             if nxt is not None:
-                pending.append(pool.submit(_segment_chunk, maps, body, border, nxt, stats, settings, cached))
+                pending.append(pool.submit(_segment_chunk, maps, body, aux, nxt, stats, settings, cached))
             result.offset = offset
             offset += result.count
             cut += result.cut
@@ -188,7 +189,7 @@ def warn_cut(cut: int, settings: SegmentSettings) -> None:
 #: The temporary label store of a large image (:func:`label_canvas`): its prefix, and its names.
 
 
-def segment_probability(prob: np.ndarray, settings: SegmentSettings, border: np.ndarray | None = None) -> np.ndarray:
+def segment_probability(prob: np.ndarray, settings: SegmentSettings, border: np.ndarray | None = None, seed: np.ndarray | None = None) -> np.ndarray:
     """Instances from a nucleus probability map held in memory (the whole image at once).
 
     Parameters
@@ -198,6 +199,8 @@ def segment_probability(prob: np.ndarray, settings: SegmentSettings, border: np.
     settings : SegmentSettings
     border : (H, W) ndarray of float, optional
         Touching-border probability; used with method ``border``.
+    seed : (H, W) ndarray of float, optional
+        Shrunk-nucleus (seed) probability; used with method ``seed``.
 
     Returns
     -------
@@ -207,13 +210,14 @@ def segment_probability(prob: np.ndarray, settings: SegmentSettings, border: np.
     prob = np.asarray(prob, dtype=np.float32)
     if prob.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {prob.shape}")
-    heads = ["body"]
-    maps = prob[None]
-    if border is not None:
-        if border.shape != prob.shape:
-            raise ValueError(f"border map {border.shape} and probability map {prob.shape} differ in shape")
-        heads.append("border")
-        maps = np.stack([prob, np.asarray(border, dtype=np.float32)])
+    heads, maps = ["body"], [prob]
+    for name, extra in (("border", border), ("seed", seed)):
+        if extra is not None:
+            if extra.shape != prob.shape:
+                raise ValueError(f"{name} map {extra.shape} and probability map {prob.shape} differ in shape")
+            heads.append(name)
+            maps.append(np.asarray(extra, dtype=np.float32))
+    maps = np.stack(maps)
     one = dataclasses.replace(settings, chunk=max(64, *prob.shape))  # the whole image in one window
     labels = np.zeros(prob.shape, np.uint32)
     for result in segment_map(maps, heads, one):

@@ -218,7 +218,8 @@ def _cross_field_problems(config: dict) -> list[tuple[list, str]]:
             problems.append(
                 (
                     key,
-                    f"{_location(key)}: {heads} must start with body ([body] or [body, border]): the body head is the nucleus foreground every model predicts",
+                    f"{_location(key)}: {heads} must start with body ([body], [body, border] or [body, border, seed]): "
+                    "the body head is the nucleus foreground every model predicts",
                 )
             )
     return problems + _init_problems(config)

@@ -33,6 +33,7 @@ from nucseg.watershed import (  # noqa: F401 (also nucseg.postprocess's names)
     foreground_threshold,
     label_peaks,
     map_statistics,
+    method_head,
     segment_window,
     use_border,
 )
@@ -364,14 +365,15 @@ def segment_dataset(
 
 def _prediction_store(pred_zarr: str | os.PathLike, settings: SegmentSettings) -> tuple[zarr.Group, str, list[str]]:
     """The prediction store, its ``model`` and its ``heads``, which must name a ``body`` channel;
-    logs that method ``border`` runs the paper's method where the model has no border head."""
+    logs that method ``border`` (``seed``) runs the paper's method where the model has no border
+    (seed) head."""
     preds = zarr.open_group(pred_zarr, mode="r")
     model = str(preds.attrs.get("model", ""))
     heads = list(preds.attrs.get("heads", []))
     if "body" not in heads:
         raise ValueError(f"{pred_zarr}: the prediction store names no 'body' channel in its 'heads' attribute ({heads})")
-    if settings.method == "border" and "border" not in heads:
-        log.info("method 'border': the model has no border head (heads %s), so the paper's method runs", heads)
+    if settings.method != "paper" and method_head(settings, heads) is None:
+        log.info("method %r: the model has no %s head (heads %s), so the paper's method runs", settings.method, settings.method, heads)
     return preds, model, heads
 
 

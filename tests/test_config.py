@@ -129,7 +129,8 @@ def test_rules_between_keys_are_checked_with_the_config():
     assert config_problems(config, SCHEMA) == [
         "models.wide.segment.otsu_bounds: [0.6, 0.4] is inverted: write the lower bound first ([0.4, 0.6])",
         "segment.otsu_bounds: [0.8, 0.2] is inverted: write the lower bound first ([0.2, 0.8])",
-        "train.heads: ['border', 'body'] must start with body ([body] or [body, border]): the body head is the nucleus foreground every model predicts",
+        "train.heads: ['border', 'body'] must start with body ([body], [body, border] or [body, border, seed]): "
+        "the body head is the nucleus foreground every model predicts",
     ]
     config["segment"]["otsu_bounds"] = [0.5, 0.5]  # equal bounds fix the threshold: allowed
     config["train"]["heads"] = ["body", "border"]

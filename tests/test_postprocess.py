@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -20,13 +21,14 @@ from nucseg.postprocess import (
     SegmentSettings,
     foreground_threshold,
     map_statistics,
+    method_head,
     segment_dataset,
     segment_image,
     segment_map,
     segment_probability,
     use_border,
 )
-from nucseg.preprocess import preprocess_fullsize
+from nucseg.preprocess import preprocess_fullsize, shrunk_nuclei
 
 SHAPE = (64, 64)
 
@@ -145,7 +147,7 @@ def test_labels_are_consecutive_with_many_objects():
         (dict(otsu_bounds=(0.5, 1.1)), "otsu_bounds"),
         (dict(min_size=-1), "min_size must be >= 0 .* got -1"),
         (dict(marker_spacing=0), "marker_spacing > 0, got .*, 0"),
-        (dict(method="winner"), re.escape("segment method must be one of ('paper', 'border'), got 'winner'")),
+        (dict(method="winner"), re.escape("segment method must be one of ('paper', 'border', 'seed'), got 'winner'")),
         (dict(chunk=32), "chunk must be >= 64 .* got chunk=32"),
         (dict(overlap=-1), "overlap=-1"),
     ],
@@ -199,6 +201,34 @@ def test_method_border_without_a_border_head_runs_paper():
     assert use_border(SegmentSettings(method="paper"), ["body", "border"]) is False
 
 
+def test_seed_head_gives_one_label_per_seed_grown_over_the_mask():
+    """Method seed: two seeds in one blob give two nuclei that cover the whole mask, whatever
+    the blob's shape says (a third seed gives a third); without a seed head, the paper's method."""
+    prob = probability(LEFT | RIGHT)
+    seed = (disc((32, 22), 5) | disc((32, 42), 5)).astype(np.float32)
+    labels = segment_probability(prob, SegmentSettings(method="seed"), seed=seed)
+    assert_consecutive_uint32(labels, 2)
+    assert_one_label_per_disc(labels, [LEFT, RIGHT])
+    assert np.count_nonzero(labels) == np.count_nonzero(LEFT | RIGHT)
+    three = np.maximum(seed, disc((32, 32), 2).astype(np.float32))  # at the contact line, apart from the two
+    assert segment_probability(prob, SegmentSettings(method="seed"), seed=three).max() == 3
+    # a blob with no seed keeps its own label; a seed outside the mask is no marker
+    lone = probability(LEFT | disc((10, 54), 6))
+    outside = np.zeros(SHAPE, np.float32)
+    outside[60:63, 2:5] = 1.0
+    labels = segment_probability(lone, SegmentSettings(method="seed"), seed=np.maximum(disc((32, 22), 5).astype(np.float32), outside))
+    assert_consecutive_uint32(labels, 2) and not labels[60:63, 2:5].any()
+    # method paper ignores a seed map; method seed without one runs paper
+    paper = segment_probability(prob, SegmentSettings())
+    np.testing.assert_array_equal(segment_probability(prob, SegmentSettings(), seed=seed), paper)
+    np.testing.assert_array_equal(segment_probability(prob, SegmentSettings(method="seed")), paper)
+    assert method_head(SegmentSettings(method="seed"), ["body", "border", "seed"]) == "seed"
+    assert method_head(SegmentSettings(method="seed"), ["body", "border"]) is None
+    assert method_head(SegmentSettings(method="border"), ["body", "border", "seed"]) == "border"
+    with pytest.raises(ValueError, match="seed map"):
+        segment_probability(prob, SegmentSettings(method="seed"), seed=seed[:10])
+
+
 # ---------------------------------------------------------------- chunk by chunk
 
 
@@ -223,16 +253,21 @@ def assert_same_objects(a: np.ndarray, b: np.ndarray) -> None:
     assert ((pairs[0] == 0) == (pairs[1] == 0)).all()
 
 
-@pytest.mark.parametrize("heads", [("body",), pytest.param(("body", "border"), marks=pytest.mark.slow)])
-def test_chunked_equals_whole_image_on_a_real_mosaic(shared_data, heads):
+@pytest.mark.parametrize(
+    "method",
+    ["paper", pytest.param("border", marks=pytest.mark.slow), pytest.param("seed", marks=pytest.mark.slow)],
+)
+def test_chunked_equals_whole_image_on_a_real_mosaic(shared_data, method):
     """2048 x 2048 cut into 384-pixel chunks (chunk borders through many nuclei): the same
     nuclei as one whole-image pass, numbered 1..N without gaps, each whole. (About 70 s per
-    method on the busy 2-core machine: the border method runs with the slow tests.)"""
-    _, body, border = real_mosaic(shared_data)
-    maps = np.stack([body, border][: len(heads)]).astype(np.float16)  # the predict stage's dtype
-    whole = segment_probability(maps[0], SegmentSettings(), None if len(heads) == 1 else maps[1])
+    method on the busy 2-core machine: the border and seed methods run with the slow tests.)"""
+    truth, body, border = real_mosaic(shared_data)
+    seed = shrunk_nuclei(truth).astype(np.float32)
+    maps = np.stack([body, border, seed]).astype(np.float16)  # the predict stage's dtype
+    settings = SegmentSettings(method=method)
+    whole = segment_probability(maps[0], settings, maps[1], maps[2])
     chunked = np.zeros(body.shape, np.uint32)
-    results = list(segment_map(maps, heads, SegmentSettings(chunk=384, overlap=128)))
+    results = list(segment_map(maps, ["body", "border", "seed"], dataclasses.replace(settings, chunk=384, overlap=128)))
     assert len(results) == 36
     for result in results:
         result.paste(chunked)

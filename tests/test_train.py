@@ -23,7 +23,7 @@ from nucseg.augment import Augmenter, AugmentSettings
 from nucseg.imageio import intensity_range, rescale_intensity
 from nucseg.model import ResUNet
 from nucseg.modelfolder import load_model
-from nucseg.preprocess import make_targets, touching_borders
+from nucseg.preprocess import make_targets, shrunk_nuclei, touching_borders
 from nucseg.training import CropDataset, TrainSettings, make_scheduler, split_items, train_model
 
 SIZE = 64
@@ -156,8 +156,17 @@ def test_init_starts_from_a_model_folder_and_refuses_another_network(trained, tm
     assert a["init"] != b["init"]
     with pytest.raises(ValueError, match=r"train.init: .*width 4 there, 8 here"):
         train_model([store], [index], tmp_path / "wide", TrainSettings(**dict(SETTINGS, width=8, init=str(root / "model"))), threads=1)
-    with pytest.raises(ValueError, match=r"train.init: .*heads \['body'\] there, \['body', 'border'\] here"):
-        train_model([store], [index], tmp_path / "heads", TrainSettings(**dict(SETTINGS, heads=("body", "border"), init=str(root / "model"))), threads=1)
+    # a head added after the init model's own: the shared layers and the body head's row are the
+    # folder's, the new head's row starts from random weights; dropping a head is refused
+    added = TrainSettings(**dict(SETTINGS, epochs=1, learning_rate=1e-12, augment=False, heads=("body", "border"), init=str(root / "model")))
+    with caplog.at_level(logging.INFO, logger="nucseg.training"):
+        train_model([store], [index], tmp_path / "added", added, threads=1)
+    assert "heads ['border'] are new" in caplog.text
+    grown = torch.load(tmp_path / "added" / "weights.pt")
+    assert all(torch.allclose(start[k], grown[k], atol=1e-6) for k in conv if not k.startswith("head."))
+    assert grown["head.weight"].shape[0] == 2 and torch.allclose(grown["head.weight"][:1], start["head.weight"], atol=1e-6)
+    with pytest.raises(ValueError, match=r"train.init: .*heads \['body', 'border'\] there, \['body'\] here"):
+        train_model([store], [index], tmp_path / "heads", TrainSettings(**dict(SETTINGS, init=str(tmp_path / "added"))), threads=1)
     with pytest.raises(ValueError, match="not a readable nucseg model folder"):
         train_model([store], [index], tmp_path / "none", TrainSettings(**dict(SETTINGS, init=str(tmp_path / "missing"))), threads=1)
     assert not (tmp_path / "wide").exists() and not (tmp_path / "heads").exists()
@@ -218,6 +227,40 @@ def test_touching_borders_by_hand():
     expected[:, 2:5] = True
     np.testing.assert_array_equal(touching_borders(labels, radius=2), expected)
     assert not touching_borders(np.pad(np.ones((3, 3), np.uint8), 2)).any()
+
+
+def test_shrunk_nuclei_by_hand():
+    """The seed target: each nucleus's core, the pixels farther from its own edge than half its
+    deepest; two touching nuclei keep two cores apart, a one-pixel nucleus none."""
+    labels = np.zeros((9, 16), np.uint8)
+    labels[1:8, 1:8] = 1
+    labels[1:8, 8:15] = 2  # touching nucleus 1 along a whole column
+    labels[0, 15] = 3
+    seeds = shrunk_nuclei(labels)
+    # a 7 x 7 square: its own edge pixels are 0 away, its centre 3; kept: distance > 1.5, the 3 x 3 centre
+    expected = np.zeros((9, 16), bool)
+    expected[3:6, 3:6] = expected[3:6, 10:13] = True
+    np.testing.assert_array_equal(seeds, expected)
+    np.testing.assert_array_equal(make_targets(labels, ("body", "seed"))[1], expected.astype(np.float32))
+    assert not shrunk_nuclei(np.zeros((4, 4), np.uint16)).any()
+    with pytest.raises(ValueError, match="2-D label image"):
+        shrunk_nuclei(np.zeros((2, 4, 4), np.uint16))
+
+
+def test_shrunk_nuclei_keep_one_core_per_real_nucleus(shared_data):
+    """On a real label image: every core lies in one nucleus, and every nucleus wider than a few
+    pixels keeps exactly one core (a 4-connected piece)."""
+    import tifffile
+    from scipy import ndimage as ndi
+
+    truth = tifffile.imread(shared_data / "fixtures/dsb2018_fluo_512_uint16_labels.tif")
+    cores, n = ndi.label(shrunk_nuclei(truth))
+    owner = ndi.maximum(truth, cores, np.arange(1, n + 1)).astype(int)
+    assert (ndi.minimum(truth, cores, np.arange(1, n + 1)) == owner).all()  # no core spans two nuclei
+    areas = np.bincount(truth.ravel())
+    wide = np.flatnonzero(areas >= 30)[1:]
+    per_nucleus = np.bincount(owner, minlength=areas.size)
+    assert (per_nucleus[wide] >= 1).all() and (per_nucleus[wide] == 1).mean() > 0.95
 
 
 def test_bad_settings_are_named():

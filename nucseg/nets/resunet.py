@@ -27,7 +27,7 @@ from torch import nn
 from nucseg.tiling import MULTIPLE
 
 # MULTIPLE (32, from nucseg.tiling, which pads to it): every input side, after five stride-2 steps
-HEADS = ("body", "border")
+HEADS = ("body", "border", "seed")
 
 
 def check_input(x: torch.Tensor, in_channels: int) -> None:
@@ -52,7 +52,8 @@ class ModelConfig:
         Residual blocks per encoder stage (2 in the paper).
     heads : tuple of str
         Output channels, in order: ``"body"`` (nucleus foreground, the paper)
-        and optionally ``"border"`` (touching borders between nuclei).
+        and optionally ``"border"`` (touching borders between nuclei) and ``"seed"``
+        (each nucleus's shrunk core, apart from its neighbours').
     in_channels : int
         Image channels (3: RGB).
     """

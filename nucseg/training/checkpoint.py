@@ -99,17 +99,39 @@ def initialise(model: torch.nn.Module, architecture: str, model_config: dict, in
     theirs = dict(architecture=config.get("architecture"), **config["model"])
     ours = json.loads(json.dumps(dict(architecture=architecture, **model_config)))
     differ = {k: (theirs.get(k), ours.get(k)) for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)}
-    if differ:
+    added = _added_heads(theirs, ours, differ)
+    if differ and added is None:
         raise ValueError(
             f"train.init: {folder} holds another network than this training builds: "
             + ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in differ.items())
-            + " (set train.model, width and heads to the init model's)"
+            + " (set train.model, width and heads to the init model's, or add heads after its own)"
         )
     try:
-        model.load_state_dict(load_weights(folder))
+        model.load_state_dict(_with_heads(load_weights(folder), model, len(theirs.get("heads", ()))) if added else load_weights(folder))
     except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
         raise ValueError(f"train.init: {folder / 'weights.pt'}: not loadable into the network ({exc})") from exc
     log.info("weights initialised from %s (best epoch %s of its training)", folder, config.get("best_epoch"))
+    if added:
+        log.info("heads %s are new: their output layer starts from random weights", added)
+
+
+def _added_heads(theirs: dict, ours: dict, differ: dict) -> list[str] | None:
+    """The heads this training adds after the init model's own (a residual U-Net that differs in
+    nothing else), or None when the networks differ otherwise."""
+    if set(differ) != {"heads"} or theirs.get("architecture") != "ResUNet":
+        return None
+    old, new = list(theirs["heads"]), list(ours["heads"])
+    return new[len(old) :] if len(new) > len(old) and new[: len(old)] == old else None
+
+
+def _with_heads(state: dict, model: torch.nn.Module, kept: int) -> dict:
+    """``state`` with the output layer of ``model`` (its fresh weights) holding the init model's
+    first ``kept`` heads."""
+    for key in ("head.weight", "head.bias"):
+        fresh = model.state_dict()[key].clone()
+        fresh[:kept] = state[key]
+        state[key] = fresh
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
