@@ -36,9 +36,8 @@ import torch
 import nucseg
 from nucseg.infer import PredictSettings, open_predictor
 from nucseg.metrics import evaluate_image
-from nucseg.postprocess import SegmentSettings, segment_probability
 
-from benchlib import DATA, ROOT, images_of, machine, maps_at
+from benchlib import DATA, ROOT, images_of, machine, maps_at, segment_maps
 
 
 def dimmed(image: np.ndarray, labels: np.ndarray, factor: float, keep: int = 3) -> np.ndarray:
@@ -89,8 +88,8 @@ def main() -> None:
             for name, (low, high, gamma) in zip(args.variants, variants):
                 set_percentiles(predictor, low, high)
                 x = image if gamma == 1 else (255 * (image / 255.0) ** gamma).round().astype(np.uint8)
-                body, used, _ = maps_at(predictor, x, image_id, "auto")
-                m = evaluate_image(sample.labels, segment_probability(body, SegmentSettings()))
+                maps, used, _ = maps_at(predictor, x, image_id, "auto")
+                m = evaluate_image(sample.labels, segment_maps(maps))
                 rows.append(dict(source=source, image_id=image_id, variant=name, scale_used=used, **{k: m[k] for k in ("challenge_score", "ap_0.50", "aji")}))
             logging.getLogger("bench_normalize").info("%s %s done", source, image_id)
     scores = pd.DataFrame(rows)

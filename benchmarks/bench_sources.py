@@ -42,10 +42,10 @@ import torch
 import nucseg
 from nucseg.infer import PredictSettings, open_predictor
 from nucseg.metrics import evaluate_image
-from nucseg.postprocess import SegmentSettings, segment_probability
+from nucseg.postprocess import METHODS
 from nucseg.sizes import nucleus_diameters
 
-from benchlib import DATA, ROOT, STARDIST_SOURCES, images_of, machine, maps_at, summarise
+from benchlib import DATA, ROOT, STARDIST_SOURCES, images_of, machine, maps_at, segment_maps, summarise
 
 SOURCES = (*STARDIST_SOURCES, "dsb_val")
 
@@ -55,21 +55,23 @@ def score_source(predictor, source: str, scales: list, args) -> pd.DataFrame:
     for group, image_id, sample in images_of(source, args.workdir, args.accuracy_workdir, args.limit, args.trained_in):
         truth_d = nucleus_diameters(sample.labels, drop_edge=False)
         for scale in scales:
-            body, used, seconds = maps_at(predictor, sample.image, image_id, scale)
-            metrics = evaluate_image(sample.labels, segment_probability(body, SegmentSettings()))
-            rows.append(
-                dict(
-                    source=source,
-                    group=group,
-                    image_id=image_id,
-                    scale=str(scale),
-                    scale_used=used,
-                    true_diameter=float(np.median(truth_d)) if truth_d.size else np.nan,
-                    megapixels=sample.image.shape[0] * sample.image.shape[1] / 1e6,
-                    seconds=seconds,
-                    **{k: metrics[k] for k in ("n_true", "n_pred", "challenge_score", "ap_0.50", "ap_0.75", "aji")},
+            maps, used, seconds = maps_at(predictor, sample.image, image_id, scale)
+            for method in args.methods if scale != "floor" else ["paper"]:
+                metrics = evaluate_image(sample.labels, segment_maps(maps, method))
+                rows.append(
+                    dict(
+                        source=source,
+                        group=group,
+                        image_id=image_id,
+                        scale=str(scale),
+                        method=method,
+                        scale_used=used,
+                        true_diameter=float(np.median(truth_d)) if truth_d.size else np.nan,
+                        megapixels=sample.image.shape[0] * sample.image.shape[1] / 1e6,
+                        seconds=seconds,
+                        **{k: metrics[k] for k in ("n_true", "n_pred", "challenge_score", "ap_0.50", "ap_0.75", "aji")},
+                    )
                 )
-            )
         logging.getLogger("bench_sources").info("%s %s done", source, image_id)
     return pd.DataFrame(rows)
 
@@ -79,7 +81,7 @@ def with_oracle(scores: pd.DataFrame) -> pd.DataFrame:
     fixed = scores[~scores["scale"].isin(["auto", "floor"])]
     if fixed["scale"].nunique() < 2:
         return scores
-    best = fixed.loc[fixed.groupby(["source", "image_id"])["challenge_score"].idxmax()].assign(scale="oracle")
+    best = fixed.loc[fixed.groupby(["source", "image_id", "method"])["challenge_score"].idxmax()].assign(scale="oracle")
     return pd.concat([scores, best], ignore_index=True)
 
 
@@ -90,6 +92,9 @@ def main() -> None:
     parser.add_argument("--scales", nargs="+", default=["1", "auto", "floor"], help="predict scales: numbers, auto, and floor (no network)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "sources", help="where the sources are unpacked")
     parser.add_argument("--accuracy-workdir", type=Path, default=ROOT / "results" / "accuracy", help="bench_accuracy.py's workdir (dsb_val)")
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=["paper"], help="segment methods (border, seed: paper where the model lacks that head)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, default=0, help="the first N images of each source (0: all)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the per-image scores here")
@@ -112,7 +117,7 @@ def main() -> None:
     if args.csv:
         scores.to_csv(args.csv, index=False)
     print(f"model: {args.model}")
-    print("segment: default settings (paper: Otsu + distance-transform watershed); scale_used: median over the images; s_per_mp: predict, probe included")
+    print(f"segment: default settings, method {' / '.join(args.methods)}; scale_used: median over the images; s_per_mp: predict, probe included")
     print(summarise(scores).to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"scoring {time.perf_counter() - t0:.0f} s")
     print(machine())

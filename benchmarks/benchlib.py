@@ -105,11 +105,11 @@ def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int, tr
         yield group, row.image_id, sample
 
 
-def maps_at(predictor, image: np.ndarray, image_id: str, scale) -> tuple[np.ndarray, float, float]:
-    """``(body map, scale used, seconds)`` of a whole image at a predict scale (a number or
-    ``auto``); ``floor``: no network, the image itself normalised as prediction normalises it
-    (whole-image percentiles, dark nuclei inverted), grey, in [0, 1]: the no-network floor of
-    Otsu + distance-transform watershed."""
+def maps_at(predictor, image: np.ndarray, image_id: str, scale) -> tuple[dict[str, np.ndarray], float, float]:
+    """``({head: map}, scale used, seconds)`` of a whole image at a predict scale (a number or
+    ``auto``); ``floor``: no network, ``body`` is the image itself normalised as prediction
+    normalises it (whole-image percentiles, dark nuclei inverted), grey, in [0, 1]: the
+    no-network floor of Otsu + distance-transform watershed."""
     from nucseg.bigimage import LazyImage
     from nucseg.infer import PredictSettings
 
@@ -117,13 +117,21 @@ def maps_at(predictor, image: np.ndarray, image_id: str, scale) -> tuple[np.ndar
     if scale == "floor":
         h, w = image.shape[:2]
         grey = predictor.normalizer(LazyImage(image, "YXC", image_id))(np.arange(h), np.arange(w)).mean(axis=2)
-        return np.clip(grey, 0, 1), float("nan"), time.perf_counter() - t0
+        return {"body": np.clip(grey, 0, 1)}, float("nan"), time.perf_counter() - t0
     prob, used = whole_image_maps(predictor, image, image_id, PredictSettings(scale=scale))
-    return prob[predictor.heads.index("body")], used, time.perf_counter() - t0
+    return dict(zip(predictor.heads, prob)), used, time.perf_counter() - t0
+
+
+def segment_maps(maps: dict[str, np.ndarray], method: str = "paper") -> np.ndarray:
+    """Labels of :func:`maps_at`'s maps by the segment stage's default settings and ``method``
+    (``border``, ``seed``: the paper's method where the maps lack that head)."""
+    from nucseg.postprocess import SegmentSettings, segment_probability
+
+    return segment_probability(maps["body"], SegmentSettings(method=method), border=maps.get("border"), seed=maps.get("seed"))
 
 
 def summarise(scores: pd.DataFrame) -> pd.DataFrame:
-    """Means per (source, group, scale), and per source over its groups' images."""
+    """Means per (source, group, scale[, method where several]), and per source over its groups' images."""
     import pandas as pd
 
     agg = dict(
@@ -135,12 +143,11 @@ def summarise(scores: pd.DataFrame) -> pd.DataFrame:
         scale_used=("scale_used", "median"),
         s_per_mp=("seconds", "sum"),
     )
-    by_group = scores.groupby(["source", "group", "scale"]).agg(**agg)
-    by_source = scores.assign(group="all").groupby(["source", "group", "scale"]).agg(**agg)
+    keys = ["source", "group", "scale"] + (["method"] if "method" in scores and scores["method"].nunique() > 1 else [])
+    by_group = scores.groupby(keys).agg(**agg)
+    by_source = scores.assign(group="all").groupby(keys).agg(**agg)
     table = pd.concat([by_group, by_source]).sort_index()
-    megapixels = pd.concat(
-        [scores.groupby(["source", "group", "scale"])["megapixels"].sum(), scores.assign(group="all").groupby(["source", "group", "scale"])["megapixels"].sum()]
-    )
+    megapixels = pd.concat([scores.groupby(keys)["megapixels"].sum(), scores.assign(group="all").groupby(keys)["megapixels"].sum()])
     table["s_per_mp"] = table["s_per_mp"] / megapixels.reindex(table.index)
     table.loc[table.index.get_level_values("scale") == "oracle", "s_per_mp"] = np.nan
     return table
