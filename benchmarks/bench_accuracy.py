@@ -52,7 +52,7 @@ from nucseg.infer import PredictSettings, open_predictor, predict_lazy
 from nucseg.metrics import evaluate_image, pixel_scores
 from nucseg.postprocess import SegmentSettings, segment_probability
 
-from benchlib import DATASET, ROOT, machine, predict_maps
+from benchlib import DATASET, ROOT, image_heads, machine, predict_maps
 
 CONFIG = ROOT / "config" / "pretrained.yaml"
 
@@ -85,9 +85,10 @@ def run_pipeline(workdir: Path, config: Path, targets: list[str], threads: int, 
 
 def segment(prob: np.ndarray, heads: list[str], method: str, settings: SegmentSettings) -> np.ndarray:
     """``paper``: Otsu + distance-transform watershed on the body map; ``border``: seeds cut
-    by the touching-border map."""
-    border = prob[heads.index("border")] if method == "border" else None
-    return segment_probability(prob[heads.index("body")], settings, border=border)
+    by the touching-border map; ``seed`` (and ``auto`` where the maps have a seed head): markers
+    from the seed map."""
+    maps = dict(zip(heads, prob))
+    return segment_probability(maps["body"], replace(settings, method=method), border=maps.get("border"), seed=maps.get("seed"))
 
 
 #: The post-processing grid of ``--grid``: (method, threshold, marker_spacing, border_weight).
@@ -109,17 +110,17 @@ def predictions(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options
             path = cache / f"{row.image_id}_tta{int(tta)}.npy" if cache else None
             if path is not None and path.is_file():
                 prob, seconds = np.load(path).astype(np.float32), float("nan")
-                heads = json.loads(path.with_name("heads.json").read_text())
+                heads = json.loads(path.with_suffix(".heads.json").read_text())
             else:
                 predictor = predictor or open_predictor(model_dir, PredictSettings())
-                predictor.tta, heads = tta, predictor.heads
+                predictor.tta, heads = tta, image_heads(predictor, sample.image, row.image_id)
                 t0 = time.perf_counter()
                 prob = predict_maps(predictor, sample.image, row.image_id, PredictSettings(tta=tta))
                 seconds = time.perf_counter() - t0
                 prob = prob.astype(np.float16).astype(np.float32)  # what the predict stage stores
                 if path is not None:
                     np.save(path, prob.astype(np.float16))
-                    path.with_name("heads.json").write_text(json.dumps(heads))
+                    path.with_suffix(".heads.json").write_text(json.dumps(heads))
             yield row, sample, tta, prob, seconds / megapixels, heads
 
 

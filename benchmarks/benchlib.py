@@ -53,17 +53,26 @@ def predict_maps(predictor, image: np.ndarray, image_id: str, settings: PredictS
 
 
 def whole_image_maps(predictor, image: np.ndarray, image_id: str, settings: PredictSettings) -> tuple[np.ndarray, float]:
-    """:func:`predict_maps`, and the predict scale used (``settings.scale``, or the one ``auto`` chose)."""
+    """:func:`predict_maps`, and the predict scale used (``settings.scale``, or the one ``auto`` chose).
+    The maps' channels are the heads of the model that predicted the image
+    (:func:`image_heads`: a folder's model for its modality may have heads of its own)."""
     from nucseg.bigimage import LazyImage
     from nucseg.infer import predict_lazy
 
-    prob = np.empty((len(predictor.heads),) + image.shape[:2], np.float32)
+    prob = np.empty((len(image_heads(predictor, image, image_id)),) + image.shape[:2], np.float32)
 
     def sink(r: int, block: np.ndarray) -> None:
         prob[:, r : r + block.shape[1]] = block
 
     used, _ = predict_lazy(predictor, LazyImage(image, "YXC", image_id), settings, sink)
     return prob, used
+
+
+def image_heads(predictor, image: np.ndarray, image_id: str) -> list[str]:
+    """The heads of the model of ``predictor``'s folder that predicts ``image`` (its modality's)."""
+    from nucseg.bigimage import LazyImage, image_statistics
+
+    return predictor.route(image_statistics(LazyImage(image, "YXC", image_id)).modality)[0].heads
 
 
 def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int, trained_in: Path | None = None):
@@ -119,7 +128,7 @@ def maps_at(predictor, image: np.ndarray, image_id: str, scale) -> tuple[dict[st
         grey = predictor.normalizer(LazyImage(image, "YXC", image_id))(np.arange(h), np.arange(w)).mean(axis=2)
         return {"body": np.clip(grey, 0, 1)}, float("nan"), time.perf_counter() - t0
     prob, used = whole_image_maps(predictor, image, image_id, PredictSettings(scale=scale))
-    return dict(zip(predictor.heads, prob)), used, time.perf_counter() - t0
+    return dict(zip(image_heads(predictor, image, image_id), prob)), used, time.perf_counter() - t0
 
 
 def segment_maps(maps: dict[str, np.ndarray], method: str = "paper") -> np.ndarray:

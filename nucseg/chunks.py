@@ -60,6 +60,13 @@ class ChunkResult:
         out[self.window] = region
 
 
+def map_heads(maps, default: list[str]) -> list[str]:
+    """The channel names of one image's maps: their ``heads`` attribute (:func:`nucseg.infer.predict_to_zarr`
+    writes the heads of the model that predicted the image, which may be a folder's model for one
+    modality with heads of its own), else ``default`` (the store's, for maps written before)."""
+    return list(getattr(maps, "attrs", {}).get("heads", default))
+
+
 def chunk_cores(shape: tuple[int, int], settings: SegmentSettings) -> list[tuple[slice, slice]]:
     """The chunks of a map of ``shape``, row-major: the order their objects are numbered in."""
     return list(blocks(shape, settings.chunk))

@@ -210,7 +210,7 @@ def _segment(args: argparse.Namespace) -> None:
     from nucseg.calibration import resolve
     from nucseg.files import NoSpaceError, locked_folder, remove_stale, reporting_no_space, scratch_dir
     from nucseg.outputs import ImageWriters
-    from nucseg.postprocess import SegmentSettings
+    from nucseg.postprocess import SegmentSettings, map_heads
     from nucseg.segment_one import predict_maps, segment_maps
 
     settings = _settings(args, "segment", SegmentSettings)
@@ -241,7 +241,9 @@ def _segment(args: argparse.Namespace) -> None:
                 pixel_size = resolve(path, args.pixel_size)
                 try:
                     with reporting_no_space(scratch):  # the label store of a large image (the outputs name themselves)
-                        row = segment_maps(maps, predictor.heads, image, name, settings, scratch, objects, writers, str(path), str(model), pixel_size)
+                        row = segment_maps(
+                            maps, map_heads(maps, predictor.heads), image, name, settings, scratch, objects, writers, str(path), str(model), pixel_size
+                        )
                 except NoSpaceError as exc:  # name the output, not its place in the scratch folder
                     written = Path(exc.filename)
                     raise NoSpaceError(out / written.relative_to(staging) if written.is_relative_to(staging) else written, exc.errno) from exc

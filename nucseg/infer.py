@@ -458,11 +458,12 @@ def predict_to_zarr(predictor: Predictor, image: LazyImage, group: zarr.Group, n
     written chunk row by chunk row, in column strips of :data:`STRIP` pixels for wider images
     (memory: a row of windows and a row of chunks of one strip, whatever the image size)."""
     h, w = image.shape
-    k = len(predictor.heads)
     c = settings.chunk
-    array = group.create_array(name, shape=(k, h, w), dtype="float16", chunks=(k, min(h, c), min(w, c)), fill_value=0)
     start = time.perf_counter()
     stats = image_statistics(image)
+    heads = predictor.route(stats.modality)[0].heads
+    k = len(heads)
+    array = group.create_array(name, shape=(k, h, w), dtype="float16", chunks=(k, min(h, c), min(w, c)), fill_value=0)
     width = max(c, STRIP // c * c)
     scale = routed = None
     for x0 in range(0, w, width):
@@ -473,7 +474,7 @@ def predict_to_zarr(predictor: Predictor, image: LazyImage, group: zarr.Group, n
 
         region = None if cols == slice(0, w) else (slice(0, h), cols)
         scale, routed = predict_lazy(predictor, image, settings, sink, flush_rows=min(h, c), stats=stats, scale=scale, region=region)
-    array.attrs.update(scale=scale, modality_model=routed, modality=stats.modality)  # the guess, for images.csv
+    array.attrs.update(heads=heads, scale=scale, modality_model=routed, modality=stats.modality)  # the guess, for images.csv
     seconds = time.perf_counter() - start
     log.info("%s: %dx%d predicted in %.1f s (%.2f megapixels/s)", name, h, w, seconds, h * w / 1e6 / max(seconds, 1e-9))
     return array
@@ -557,7 +558,7 @@ def _folder_predictor(model_dir: str | os.PathLike, settings: PredictSettings, d
         route = _folder_predictor(Path(model_dir) / sub, settings, device, serves=(modality,))
         if route.routes:
             raise ValueError(f"{Path(model_dir) / sub}: the model for {modality} images has modality models of its own; one level only")
-        if route.heads != predictor.heads:
+        if ("body" in route.heads) != ("body" in predictor.heads) or ("body" not in route.heads and route.heads != predictor.heads):
             raise ValueError(f"{Path(model_dir) / sub}: the model for {modality} images has heads {route.heads}, the folder's model {predictor.heads}")
         predictor.routes[modality] = route
     return predictor

@@ -21,7 +21,7 @@ import pandas as pd
 import zarr
 
 from nucseg.calibration import UNKNOWN, from_columns
-from nucseg.chunks import ChunkResult, segment_map, segment_probability  # noqa: F401 (also nucseg.postprocess's names)
+from nucseg.chunks import ChunkResult, map_heads, segment_map, segment_probability  # noqa: F401 (also nucseg.postprocess's names)
 from nucseg.classmaps import SemanticClasses, class_map, write_class_map
 from nucseg.files import atomic_dir, atomic_file, remove_stale, scratch_dir, write_csv
 from nucseg.imageio import pixel_description
@@ -359,7 +359,7 @@ def segment_dataset(
                 outputs.adopt(image_id, merged[image_id])
                 continue
             maps = _image_maps(preds, store, image_id, pred_zarr, index_csv)
-            outputs.segment(image_id, maps, heads, store, model)
+            outputs.segment(image_id, maps, map_heads(maps, heads), store, model)
     return outputs.image_table()
 
 
@@ -372,8 +372,8 @@ def _prediction_store(pred_zarr: str | os.PathLike, settings: SegmentSettings) -
     heads = list(preds.attrs.get("heads", []))
     if "body" not in heads:
         raise ValueError(f"{pred_zarr}: the prediction store names no 'body' channel in its 'heads' attribute ({heads})")
-    if settings.method != "paper" and method_head(settings, heads) is None:
-        log.info("method %r: the model has no %s head (heads %s), so the paper's method runs", settings.method, settings.method, heads)
+    if settings.method in ("border", "seed") and method_head(settings, heads) is None:
+        log.info("method %r: the model has no %s head (heads %s): the paper's method runs on the maps it predicted", settings.method, settings.method, heads)
     return preds, model, heads
 
 

@@ -139,6 +139,7 @@ def segment_in_memory(predictor, image, name: str, predict_settings, settings, s
     """
     import zarr
 
+    from nucseg.chunks import map_heads
     from nucseg.measure import COLUMNS
 
     with tempfile.TemporaryDirectory(prefix="nucseg-") as tmp:
@@ -146,6 +147,6 @@ def segment_in_memory(predictor, image, name: str, predict_settings, settings, s
         maps = predict_maps(predictor, image, group, name, predict_settings)
         tables: list[pd.DataFrame] = []
         writers = _KeptLabels()
-        row = segment_maps(maps, predictor.heads, image, name, settings, tmp, tables, writers, source=source, model=model)
+        row = segment_maps(maps, map_heads(maps, predictor.heads), image, name, settings, tmp, tables, writers, source=source, model=model)
     objects = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=["image_id", *COLUMNS])
     return writers.labels_image, objects, row

@@ -198,7 +198,8 @@ def predict_region(
     if tuple(source.shape[:2]) != entry.shape:
         raise ValueError(f"{images_zarr}: image {entry.image_id!r} is {source.shape[:2]}, the plan {plan_json} says {entry.shape}: plan again")
     predictor = open_predictor(model_dir, settings, threads)
-    h, w, c, k = rows.stop - rows.start, cols.stop - cols.start, settings.chunk, len(predictor.heads)
+    heads = predictor.route(entry.statistics.modality)[0].heads  # a modality model may have heads of its own
+    h, w, c, k = rows.stop - rows.start, cols.stop - cols.start, settings.chunk, len(heads)
     start = time.perf_counter()
     with atomic_dir(out_zarr, overwrite=True) as tmp:
         array = zarr.create_array(tmp, shape=(k, h, w), dtype="float16", chunks=(k, min(h, c), min(w, c)), fill_value=0)
@@ -209,7 +210,7 @@ def predict_region(
         lazy = LazyImage(source, "YXC", f"{images_zarr}:images/{entry.image_id}")
         scale, routed = predict_lazy(predictor, lazy, settings, sink, flush_rows=min(h, c), stats=entry.statistics, scale=entry.scale, region=(rows, cols))
         array.attrs.update(
-            heads=predictor.heads,
+            heads=heads,
             region=[rows.start, rows.stop, cols.start, cols.stop],
             image_shape=list(entry.shape),
             scale=scale,

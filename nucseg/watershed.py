@@ -1,6 +1,6 @@
 """The watershed of one window, and the whole-map statistics it is given.
 
-Three instance methods (:class:`SegmentSettings` ``method``):
+Four instance methods (:class:`SegmentSettings` ``method``):
 
 ``paper``
     The published step (El Mokhtari): Otsu threshold of the nucleus probability, hole
@@ -18,6 +18,9 @@ Three instance methods (:class:`SegmentSettings` ``method``):
     mask's distance transform, smoothed (a flood with fewer ties: the same nuclei chunk by
     chunk as in one pass). A foreground component with no seed keeps its own label. A
     model without a seed head falls back to ``paper`` (logged once per dataset).
+``auto`` (the default)
+    ``seed`` for maps with a seed head, ``paper`` for the others, image by image (a model
+    folder's model for one modality may have a seed head where its main model has none).
 
 :func:`segment_window` is the step on one window, pure numpy (with exact, faster versions of
 the scipy and scikit-image steps it uses: :func:`distance_transform`, :func:`label_peaks`,
@@ -43,9 +46,10 @@ from nucseg.tiling import blocks as block_grid
 
 log = logging.getLogger(__name__)
 
-METHODS = ("paper", "border", "seed")
-#: The head each method reads beside ``body`` (``paper`` reads none).
-METHOD_HEADS = {"border": "border", "seed": "seed"}
+METHODS = ("auto", "paper", "border", "seed")
+#: The head each method reads beside ``body`` (``paper`` reads none; ``auto``: ``seed`` where
+#: the maps have it).
+METHOD_HEADS = {"border": "border", "seed": "seed", "auto": "seed"}
 #: Method ``seed``: a pixel of the seed map above this is part of a marker.
 SEED_THRESHOLD = 0.5
 #: Side of the blocks in which :func:`map_statistics` reads a map (fixed, so that the
@@ -63,9 +67,10 @@ class SegmentSettings:
 
     Attributes
     ----------
-    method : "paper", "border" or "seed"
+    method : "auto", "paper", "border" or "seed"
         Instance method (module docstring). ``border`` and ``seed`` need a model with that
-        head and fall back to ``paper`` without one.
+        head and fall back to ``paper`` without one; ``auto`` is ``seed`` where the maps have
+        a seed head and ``paper`` elsewhere.
     threshold : "otsu" or float
         Foreground threshold on the nucleus probability. ``"otsu"`` computes it
         over the whole image and clips it into ``otsu_bounds`` (an image with no
@@ -87,7 +92,7 @@ class SegmentSettings:
         Which files to write per image (:mod:`nucseg.outputs`); the tables are always written.
     """
 
-    method: str = "paper"
+    method: str = "auto"
     threshold: str | float = "otsu"
     otsu_bounds: tuple[float, float] = field(default=(0.3, 0.7))
     min_size: int = 10
@@ -118,7 +123,8 @@ class SegmentSettings:
 
 def method_head(settings: SegmentSettings, heads: list[str] | tuple[str, ...]) -> str | None:
     """The head the method reads beside ``body`` (``border``, ``seed``) where the model has it;
-    None where the paper's method runs (method ``paper``, or the model lacks the head)."""
+    None where the paper's method runs (method ``paper``, or the model lacks the head: under
+    ``auto``, a model without a seed head)."""
     head = METHOD_HEADS.get(settings.method)
     return head if head in heads else None
 
@@ -291,8 +297,8 @@ def segment_window(
     mask, components, n = _foreground(body, threshold, settings) if foreground is None else foreground
     if n == 0:
         return np.zeros(body.shape, np.int32)
-    if aux is not None and settings.method == "seed":
-        markers, surface = ndi.label((aux > SEED_THRESHOLD) & mask)[0], -ndi.gaussian_filter(distance_transform(mask), 1.0)
+    if aux is not None and settings.method != "border":  # seed, or auto on maps with a seed head
+        markers, surface = _seed_markers(aux, mask, settings), -(body + 0.1 * ndi.gaussian_filter(distance_transform(mask), 1.0))
     else:
         markers, surface = _distance_markers(body, aux, mask, components, threshold, spacing, settings)
     # components with no marker (tiny, cut away by the border, or without a seed) keep their own label
@@ -306,6 +312,17 @@ def segment_window(
         areas = np.bincount(labels.ravel())
         labels[areas[labels] < settings.min_size] = 0
     return labels
+
+
+def _seed_markers(seed: np.ndarray, mask: np.ndarray, settings: SegmentSettings) -> np.ndarray:
+    """Method ``seed``: the connected pieces of the seed map above :data:`SEED_THRESHOLD` inside
+    the mask, numbered; a piece under ``min_size`` pixels (noise, or a nucleus too small to
+    keep) is no marker."""
+    markers, _ = ndi.label((seed > SEED_THRESHOLD) & mask)
+    if settings.min_size > 1:
+        areas = np.bincount(markers.ravel())
+        markers[areas[markers] < settings.min_size] = 0
+    return markers
 
 
 def _distance_markers(

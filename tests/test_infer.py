@@ -248,9 +248,10 @@ def test_to_float16_equals_numpy_bit_for_bit():
 def test_a_model_folder_routes_an_image_to_its_modality_model(tmp_path):
     """config.json ``modalities``: a colour (histology) image is predicted by the folder's own
     model for it, a grey one by the main model, each exactly as that model alone predicts it;
-    the route is recorded in the maps' attributes."""
+    the route is recorded in the maps' attributes, and so are the heads of the model that
+    predicted them (a modality model may have a seed head where the main model has none)."""
     torch.manual_seed(1)
-    main, he = (ResUNet(ModelConfig(width=4, heads=("body", "border"))).eval() for _ in range(2))
+    main, he = (ResUNet(ModelConfig(width=4, heads=heads)).eval() for heads in (("body", "border"), ("body", "border", "seed")))
     folder = save_model_folder(main, tmp_path / "model")
     save_model_folder(he, folder / "he")
     config = json.loads((folder / "config.json").read_text())
@@ -267,6 +268,26 @@ def test_a_model_folder_routes_an_image_to_its_modality_model(tmp_path):
         maps = predict_to_zarr(predictor, LazyImage(image, "YXC", name), group, name, settings)
         np.testing.assert_allclose(maps[:].astype(np.float32), predict_image(model, image, settings, PLAIN_NORMALIZE), atol=1e-3)
     assert group["grey"].attrs["modality_model"] is None and group["colour"].attrs["modality_model"] == "histology"
+    assert group["grey"].attrs["heads"] == ["body", "border"] and group["colour"].attrs["heads"] == ["body", "border", "seed"]
+    assert group["colour"].shape[0] == 3
+
+
+def test_a_modality_model_of_another_task_is_refused(tiny_model, tmp_path):
+    """A folder's model for one modality may add heads to the main model's, but a model of the
+    other task (class maps, no body head) is refused by name."""
+    from nucseg.infer import open_predictor
+    from nucseg.nets.semantic import NetConfig, build_net
+
+    folder = save_model_folder(tiny_model, tmp_path / "model")
+    net_config = NetConfig("unet", 4, ("background", "cell"))
+    (folder / "classes").mkdir()
+    torch.save(build_net(net_config).state_dict(), folder / "classes" / "weights.pt")
+    semantic = dict(task="semantic", classes={"background": 0, "cell": 1}, architecture="unet", model=net_config.to_dict(), normalize=PLAIN_NORMALIZE)
+    (folder / "classes" / "config.json").write_text(json.dumps(semantic))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "modalities": {"histology": "classes"}}))
+    with pytest.raises(ValueError, match=r"the model for histology images has heads \['background', 'cell'\]"):
+        open_predictor(folder, PredictSettings(engine="eager"))
 
 
 @pytest.mark.parametrize(

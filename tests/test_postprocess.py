@@ -147,7 +147,7 @@ def test_labels_are_consecutive_with_many_objects():
         (dict(otsu_bounds=(0.5, 1.1)), "otsu_bounds"),
         (dict(min_size=-1), "min_size must be >= 0 .* got -1"),
         (dict(marker_spacing=0), "marker_spacing > 0, got .*, 0"),
-        (dict(method="winner"), re.escape("segment method must be one of ('paper', 'border', 'seed'), got 'winner'")),
+        (dict(method="winner"), re.escape("segment method must be one of ('auto', 'paper', 'border', 'seed'), got 'winner'")),
         (dict(chunk=32), "chunk must be >= 64 .* got chunk=32"),
         (dict(overlap=-1), "overlap=-1"),
     ],
