@@ -47,12 +47,14 @@ from nucseg.sizes import nucleus_diameters
 
 from benchlib import DATA, ROOT, STARDIST_SOURCES, images_of, machine, maps_at, segment_maps, summarise
 
-SOURCES = (*STARDIST_SOURCES, "dsb_val")
+SOURCES = (*STARDIST_SOURCES, "dsb_val", "dsb_all")
 
 
 def score_source(predictor, source: str, scales: list, args) -> pd.DataFrame:
     rows = []
     for group, image_id, sample in images_of(source, args.workdir, args.accuracy_workdir, args.limit, args.trained_in):
+        if args.groups and group not in args.groups:
+            continue
         truth_d = nucleus_diameters(sample.labels, drop_edge=False)
         for scale in scales:
             maps, used, seconds = maps_at(predictor, sample.image, image_id, scale)
@@ -88,13 +90,14 @@ def with_oracle(scores: pd.DataFrame) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path(nucseg.PRETRAINED_MODEL), help="model folder (default: the shipped model)")
-    parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES))
+    parser.add_argument("--sources", nargs="+", choices=SOURCES, default=["kromp_train", "monuseg_train", "dsb_val"])
     parser.add_argument("--scales", nargs="+", default=["1", "auto", "floor"], help="predict scales: numbers, auto, and floor (no network)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "sources", help="where the sources are unpacked")
     parser.add_argument("--accuracy-workdir", type=Path, default=ROOT / "results" / "accuracy", help="bench_accuracy.py's workdir (dsb_val)")
     parser.add_argument(
         "--methods", nargs="+", choices=METHODS, default=["paper"], help="segment methods (border, seed: paper where the model lacks that head)"
     )
+    parser.add_argument("--groups", nargs="+", default=None, help="only these image groups (e.g. histology with dsb_all: a group a model held out)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, default=0, help="the first N images of each source (0: all)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the per-image scores here")

@@ -78,11 +78,11 @@ def image_heads(predictor, image: np.ndarray, image_id: str) -> list[str]:
 def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int, trained_in: Path | None = None):
     """Yield ``(group, image_id, sample)`` for every image of a source (with ``trained_in``, a
     training run's working directory: only the validation split of a source that run trained
-    on, as group ``<source>_val``)."""
+    on, as group ``<source>_val``). ``dsb_val``: the challenge set's validation split;
+    ``dsb_all``: all its images, both splits (for a model that held a group out of training)."""
     import pandas as pd
 
     from nucseg.datasets import download_dataset, list_images, read_sample
-    from nucseg.sizes import nucleus_diameters
 
     if source in STARDIST_SOURCES:
         dest = workdir / "datasets" / source
@@ -103,15 +103,23 @@ def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int, tr
     if not index_csv.is_file():
         raise SystemExit(f"{index_csv} not found: run `python benchmarks/bench_accuracy.py` first (or leave dsb_val out of --sources)")
     index = pd.read_csv(index_csv, dtype={"image_id": str})
-    val = index[index["split"] == "val"].head(limit or None)
+    val = (index if source == "dsb_all" else index[index["split"] == "val"]).head(limit or None)
     dataset = accuracy_workdir / "results" / "datasets" / "stage1_train_fixed"
     for row in val.itertuples():
         sample = read_sample(dataset, row.image_id)
-        group = row.modality
-        if group == "fluorescence":
-            d = nucleus_diameters(sample.labels, drop_edge=False)
-            group = "fluo_large" if d.size and np.median(d) >= LARGE else "fluo_small"
-        yield group, row.image_id, sample
+        yield image_group(row.modality, sample.labels), row.image_id, sample
+
+
+def image_group(modality: str, labels: np.ndarray) -> str:
+    """The challenge set's image groups: ``fluo_small`` / ``fluo_large`` (fluorescence whose
+    nuclei's median diameter in the ground truth is under / at least :data:`LARGE` px), else
+    the modality guess (``histology``, ``brightfield``)."""
+    from nucseg.sizes import nucleus_diameters
+
+    if modality != "fluorescence":
+        return modality
+    d = nucleus_diameters(labels, drop_edge=False)
+    return "fluo_large" if d.size and np.median(d) >= LARGE else "fluo_small"
 
 
 def maps_at(predictor, image: np.ndarray, image_id: str, scale) -> tuple[dict[str, np.ndarray], float, float]:
