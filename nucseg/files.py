@@ -120,15 +120,20 @@ def remove_stale(folder: str | os.PathLike, pattern: str) -> list[Path]:
     return stale
 
 
-def _rmtree(path: Path) -> None:
+def _rmtree(path: Path, settle: float = 0.0) -> None:
     """Remove a folder; again if a writer thread that had not yet stopped (a failed zarr write's
-    siblings) added to it meanwhile (``Directory not empty``)."""
-    for _ in range(5):
+    siblings) added to it meanwhile (``Directory not empty``). ``settle``: after a failed write,
+    the folder must stay gone this many seconds (a loaded machine runs such a thread late: one
+    re-created a chunk's folder after the first removal), retried for up to 10 s."""
+    deadline = time.monotonic() + 10.0
+    while True:
         shutil.rmtree(path, ignore_errors=True)
+        time.sleep(settle if not path.exists() else 0.1)
         if not path.exists():
             return
-        time.sleep(0.1)
-    shutil.rmtree(path)
+        if time.monotonic() > deadline:
+            shutil.rmtree(path)
+            return
 
 
 @contextlib.contextmanager
@@ -221,7 +226,7 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         os.replace(tmp, dest)
     finally:
         if tmp.exists():
-            _rmtree(tmp)  # writer threads of a failed write (dask, zarr) may still be adding files
+            _rmtree(tmp, settle=0.5)  # writer threads of a failed write (dask, zarr) may still be adding files
 
 
 @contextlib.contextmanager
