@@ -52,7 +52,7 @@ from nucseg.infer import PredictSettings, open_predictor, predict_lazy
 from nucseg.metrics import evaluate_image, pixel_scores
 from nucseg.postprocess import SegmentSettings, segment_probability
 
-from benchlib import DATASET, ROOT, image_heads, machine, predict_maps
+from benchlib import DATASET, ROOT, machine, whole_image_maps
 
 CONFIG = ROOT / "config" / "pretrained.yaml"
 
@@ -113,9 +113,9 @@ def predictions(model_dir: Path, dataset: Path, index: pd.DataFrame, tta_options
                 heads = json.loads(path.with_suffix(".heads.json").read_text())
             else:
                 predictor = predictor or open_predictor(model_dir, PredictSettings())
-                predictor.tta, heads = tta, image_heads(predictor, sample.image, row.image_id)
+                predictor.tta = tta
                 t0 = time.perf_counter()
-                prob = predict_maps(predictor, sample.image, row.image_id, PredictSettings(tta=tta))
+                prob, _, heads = whole_image_maps(predictor, sample.image, row.image_id, PredictSettings(tta=tta))
                 seconds = time.perf_counter() - t0
                 prob = prob.astype(np.float16).astype(np.float32)  # what the predict stage stores
                 if path is not None:

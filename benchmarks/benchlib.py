@@ -52,27 +52,23 @@ def predict_maps(predictor, image: np.ndarray, image_id: str, settings: PredictS
     return whole_image_maps(predictor, image, image_id, settings)[0]
 
 
-def whole_image_maps(predictor, image: np.ndarray, image_id: str, settings: PredictSettings) -> tuple[np.ndarray, float]:
-    """:func:`predict_maps`, and the predict scale used (``settings.scale``, or the one ``auto`` chose).
-    The maps' channels are the heads of the model that predicted the image
-    (:func:`image_heads`: a folder's model for its modality may have heads of its own)."""
-    from nucseg.bigimage import LazyImage
+def whole_image_maps(predictor, image: np.ndarray, image_id: str, settings: PredictSettings) -> tuple[np.ndarray, float, list[str]]:
+    """:func:`predict_maps`, the predict scale used (``settings.scale``, or the one ``auto``
+    chose) and the maps' channels: the heads of the model that predicted the image (a folder's
+    model for its modality may have heads of its own)."""
+    from nucseg.bigimage import LazyImage, image_statistics
     from nucseg.infer import predict_lazy
 
-    prob = np.empty((len(image_heads(predictor, image, image_id)),) + image.shape[:2], np.float32)
+    lazy = LazyImage(image, "YXC", image_id)
+    stats = image_statistics(lazy)  # once: the route's heads and the prediction's percentiles
+    heads = predictor.route(stats.modality)[0].heads
+    prob = np.empty((len(heads),) + image.shape[:2], np.float32)
 
     def sink(r: int, block: np.ndarray) -> None:
         prob[:, r : r + block.shape[1]] = block
 
-    used, _ = predict_lazy(predictor, LazyImage(image, "YXC", image_id), settings, sink)
-    return prob, used
-
-
-def image_heads(predictor, image: np.ndarray, image_id: str) -> list[str]:
-    """The heads of the model of ``predictor``'s folder that predicts ``image`` (its modality's)."""
-    from nucseg.bigimage import LazyImage, image_statistics
-
-    return predictor.route(image_statistics(LazyImage(image, "YXC", image_id)).modality)[0].heads
+    used, _ = predict_lazy(predictor, lazy, settings, sink, stats=stats)
+    return prob, used, heads
 
 
 def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int, trained_in: Path | None = None):
@@ -135,8 +131,8 @@ def maps_at(predictor, image: np.ndarray, image_id: str, scale) -> tuple[dict[st
         h, w = image.shape[:2]
         grey = predictor.normalizer(LazyImage(image, "YXC", image_id))(np.arange(h), np.arange(w)).mean(axis=2)
         return {"body": np.clip(grey, 0, 1)}, float("nan"), time.perf_counter() - t0
-    prob, used = whole_image_maps(predictor, image, image_id, PredictSettings(scale=scale))
-    return dict(zip(image_heads(predictor, image, image_id), prob)), used, time.perf_counter() - t0
+    prob, used, heads = whole_image_maps(predictor, image, image_id, PredictSettings(scale=scale))
+    return dict(zip(heads, prob)), used, time.perf_counter() - t0
 
 
 def segment_maps(maps: dict[str, np.ndarray], method: str = "paper") -> np.ndarray:

@@ -558,7 +558,8 @@ def _folder_predictor(model_dir: str | os.PathLike, settings: PredictSettings, d
         route = _folder_predictor(Path(model_dir) / sub, settings, device, serves=(modality,))
         if route.routes:
             raise ValueError(f"{Path(model_dir) / sub}: the model for {modality} images has modality models of its own; one level only")
-        if ("body" in route.heads) != ("body" in predictor.heads) or ("body" not in route.heads and route.heads != predictor.heads):
+        same_task_heads = "body" in route.heads and "body" in predictor.heads  # instance models may add heads
+        if route.heads != predictor.heads and not same_task_heads:
             raise ValueError(f"{Path(model_dir) / sub}: the model for {modality} images has heads {route.heads}, the folder's model {predictor.heads}")
         predictor.routes[modality] = route
     return predictor

@@ -14,9 +14,9 @@ Four instance methods (:class:`SegmentSettings` ``method``):
 ``seed``
     de Andrade's shrunk nuclei, for models with a ``seed`` head (each nucleus's core, apart
     from its neighbours'): the markers are the connected pieces of the seed map above
-    :data:`SEED_THRESHOLD` inside the nucleus mask, and the watershed grows them over the
-    mask's distance transform, smoothed (a flood with fewer ties: the same nuclei chunk by
-    chunk as in one pass). A foreground component with no seed keeps its own label. A
+    :data:`SEED_THRESHOLD` inside the nucleus mask, and the watershed grows them over the body
+    probability plus :data:`SEED_FLOOD_DISTANCE` of the mask's smoothed distance transform
+    (which breaks the ties of float16 plateaus: the same nuclei chunk by chunk as in one pass). A foreground component with no seed keeps its own label. A
     model without a seed head falls back to ``paper`` (logged once per dataset).
 ``auto`` (the default)
     ``seed`` for maps with a seed head, ``paper`` for the others, image by image (a model
@@ -52,6 +52,9 @@ METHODS = ("auto", "paper", "border", "seed")
 METHOD_HEADS = {"border": "border", "seed": "seed", "auto": "seed"}
 #: Method ``seed``: a pixel of the seed map above this is part of a marker.
 SEED_THRESHOLD = 0.5
+#: Method ``seed``: the weight of the mask's smoothed distance beside the body probability in
+#: the surface the markers flood.
+SEED_FLOOD_DISTANCE = 0.1
 #: Side of the blocks in which :func:`map_statistics` reads a map (fixed, so that the
 #: statistics do not depend on the segmentation's chunk size).
 STATS_BLOCK = 2048
@@ -298,7 +301,7 @@ def segment_window(
     if n == 0:
         return np.zeros(body.shape, np.int32)
     if aux is not None and settings.method != "border":  # seed, or auto on maps with a seed head
-        markers, surface = _seed_markers(aux, mask, settings), -(body + 0.1 * ndi.gaussian_filter(distance_transform(mask), 1.0))
+        markers, surface = _seed_markers(aux, mask, settings), -(body + SEED_FLOOD_DISTANCE * ndi.gaussian_filter(distance_transform(mask), 1.0))
     else:
         markers, surface = _distance_markers(body, aux, mask, components, threshold, spacing, settings)
     # components with no marker (tiny, cut away by the border, or without a seed) keep their own label
