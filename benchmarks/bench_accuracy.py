@@ -5,7 +5,7 @@ set (``../shared/data/dsb2018/stage1_train_fixed.zip``): the images the preproce
 out (15 % per modality, seed 0, the same split for every configuration), at full size. Each
 image is predicted once per test-time-augmentation setting, segmented by each instance method
 (the published one: Otsu + distance-transform watershed on the body map; the border-seeded
-one, for models with a border head) and scored with :func:`nucseg.metrics.evaluate_image`.
+one, for models with a border head; the seed-map one, for models with a seed head) and scored with :func:`nucseg.metrics.evaluate_image`.
 Prints one row per configuration: the challenge score (mean over IoU 0.50..0.95 of
 TP / (TP + FP + FN), per image, then over images), AP at 0.50 and 0.75, pixel IoU, the challenge
 score per modality, and the inference time per megapixel.
@@ -139,7 +139,8 @@ def score(
         if grid:
             points = [p for p in GRID if p[0] == "paper" or "border" in heads]
         else:
-            points = [(m, settings.threshold, settings.marker_spacing, settings.border_weight) for m in ["paper"] + (["border"] if "border" in heads else [])]
+            methods = ["paper"] + [h for h in ("border", "seed") if h in heads]
+            points = [(m, settings.threshold, settings.marker_spacing, settings.border_weight) for m in methods]
         for method, threshold, spacing, weight in points:
             point = replace(settings, method=method, threshold=threshold, marker_spacing=spacing, border_weight=weight)
             metrics = evaluate_image(sample.labels, segment(prob, heads, method, point))

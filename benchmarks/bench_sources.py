@@ -31,6 +31,7 @@ results/accuracy: download and preprocess of stage1_train_fixed, a few minutes):
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -52,7 +53,8 @@ SOURCES = (*STARDIST_SOURCES, "dsb_val", "dsb_all")
 
 def score_source(predictor, source: str, scales: list, args) -> pd.DataFrame:
     rows = []
-    for group, image_id, sample in images_of(source, args.workdir, args.accuracy_workdir, args.limit, args.trained_in):
+    trained_on = json.loads((args.model / "config.json").read_text()).get("datasets")  # older model folders do not record them
+    for group, image_id, sample in images_of(source, args.workdir, args.accuracy_workdir, args.limit, args.trained_in, trained_on):
         if args.groups and group not in args.groups:
             continue
         truth_d = nucleus_diameters(sample.labels, drop_edge=False)
@@ -105,7 +107,8 @@ def main() -> None:
         "--trained-in",
         type=Path,
         default=None,
-        help="the model's training run (its workdir): a source it trained on is scored on its validation split only (group <name>_val)",
+        help="the model's training run (its workdir): a source it trained on is scored on its validation split only (group <name>_val); "
+        "the sources the model folder records (config.json datasets), else every source that run preprocessed",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -71,10 +71,11 @@ def whole_image_maps(predictor, image: np.ndarray, image_id: str, settings: Pred
     return prob, used, heads
 
 
-def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int, trained_in: Path | None = None):
+def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int, trained_in: Path | None = None, trained_on: list[str] | None = None):
     """Yield ``(group, image_id, sample)`` for every image of a source (with ``trained_in``, a
     training run's working directory: only the validation split of a source that run trained
-    on, as group ``<source>_val``). ``dsb_val``: the challenge set's validation split;
+    on, as group ``<source>_val``; the sources it preprocessed, or of those only ``trained_on``,
+    the datasets a model folder records, ``config.json`` ``datasets``). ``dsb_val``: the challenge set's validation split;
     ``dsb_all``: all its images, both splits (for a model that held a group out of training)."""
     import pandas as pd
 
@@ -86,7 +87,7 @@ def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int, tr
             download_dataset(str(DATA / source / f"{source}.zip"), dest, layout="stardist", subdir=STARDIST_SOURCES[source])
         ids = list_images(dest, "stardist")
         index_csv = trained_in / "results" / "preprocessed" / source / "train_index.csv" if trained_in else None
-        if index_csv is not None and index_csv.is_file():
+        if index_csv is not None and index_csv.is_file() and (trained_on is None or source in trained_on):
             index = pd.read_csv(index_csv, dtype={"image_id": str})
             val = set(index.loc[index["split"] == "val", "image_id"])
             ids = [i for i in ids if i in val]

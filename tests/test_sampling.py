@@ -156,5 +156,6 @@ def test_training_with_shares_draws_each_store_its_share(tmp_path):
     settings = TrainSettings(**{**SETTINGS, "epochs": 1}, shares={"b": 0.5})
     config = train_model(list(stores), list(indexes), tmp_path / "model", settings, threads=1, datasets=["a", "b"])
     assert config["train"]["shares"] == {"b": 0.5}
+    assert config["datasets"] == ["a", "b"]  # the model folder records what it trained on
     with pytest.raises(ValueError, match="train shares must be fractions"):
         TrainSettings(shares={"b": 1.5})

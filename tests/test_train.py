@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -64,7 +65,7 @@ def trained(tmp_path_factory):
 
 
 def test_model_folder_is_self_describing(trained):
-    root, _, _, config = trained
+    root, store, _, config = trained
     folder = root / "model"
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "curves.png", "history.csv", "weights.pt"]
     assert json.loads((folder / "config.json").read_text()) == json.loads(json.dumps(config))
@@ -74,6 +75,7 @@ def test_model_folder_is_self_describing(trained):
     assert config["best_val_iou"] == pytest.approx(history["val_iou"].max())
     assert (config["device"], config["cpu_threads"], config["torch_version"]) == ("cpu", 1, torch.__version__)
     assert config["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert config["datasets"] == [Path(store).parent.name]  # by default, the store's folder name
     model, _ = load_model(folder)
     assert isinstance(model, ResUNet) and not model.training
     assert model.config.width == 4

@@ -138,11 +138,17 @@ def make_sampler(
         return torch.utils.data.RandomSampler(train_set, num_samples=per_epoch, generator=generator)
     weights = task.sample_weights(train_set, examples, settings) if settings.sampling != "uniform" else np.ones(len(train_set))
     if settings.shares:
-        names = list(datasets) if datasets is not None else [Path(s).parent.name for s in stores]
+        names = dataset_names(stores, datasets)
         weights = dataset_shares(weights, np.array([s for s, _, _, _ in examples]), names, settings.shares)
         drawn = pd.Series(weights).groupby([names[s] for s, _, _, _ in examples]).sum()
         log.info("share of draws per dataset: %s", ", ".join(f"{n} {v:.2f}" for n, v in drawn.items()))
     return torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), per_epoch, replacement=True, generator=generator)
+
+
+def dataset_names(stores: list, datasets: list[str] | None = None) -> list[str]:
+    """The training stores' dataset names: ``datasets`` where given (the workflow's), else each
+    store's folder name (``results/preprocessed/<name>/train.zarr``)."""
+    return list(datasets) if datasets is not None else [Path(s).parent.name for s in stores]
 
 
 def training_nuclei(train_set: CropDataset, indexes: list[str] | None = None, from_crops: bool = True) -> dict:

@@ -23,7 +23,7 @@ from nucseg.model import choose_device
 from nucseg.modelfolder import write_model_folder
 from nucseg.tasks import Task, make_task
 from nucseg.training.checkpoint import TrainState, checkpoint_identity, initialise, seed_everything
-from nucseg.training.data import CropDataset, make_sampler, split_examples, training_nuclei
+from nucseg.training.data import CropDataset, dataset_names, make_sampler, split_examples, training_nuclei
 from nucseg.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def write_trained_model(
 
     ``nuclei``: the training nuclei's diameters (:func:`~nucseg.training.data.training_nuclei`),
     recorded as ``config.json`` ``nuclei``: the target of ``predict.scale: auto``. ``notes``: more
-    keys of config.json (``stopped``: a run written from its checkpoint part-way)."""
+    keys of config.json (:func:`train` records ``datasets``, the names of the training datasets)."""
     best_row = table.loc[table["val_iou"].idxmax()]
     extra = {"nuclei": nuclei} if nuclei else {}
     config = dict(
@@ -200,7 +200,10 @@ def train_model(
     # a semantic class map's crops are no label images: its sizes come from the stores only
     nuclei = training_nuclei(train_set, list(map(str, indexes)), from_crops=task.name == "instance")
     invert_dark = settings.invert_dark and task.invert_dark
-    return write_trained_model(out_dir, state.best_state, pd.DataFrame(state.history), settings, task, architecture, model_config, invert_dark, device, nuclei)
+    # the datasets this run trained on (a model it started from, train.init, records its own)
+    notes = {"datasets": dataset_names(stores, datasets)}
+    history = pd.DataFrame(state.history)
+    return write_trained_model(out_dir, state.best_state, history, settings, task, architecture, model_config, invert_dark, device, nuclei, notes)
 
 
 def _start(settings: TrainSettings, threads: int | None) -> torch.device:
