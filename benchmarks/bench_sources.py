@@ -46,7 +46,7 @@ from nucseg.metrics import evaluate_image
 from nucseg.postprocess import METHODS
 from nucseg.sizes import nucleus_diameters
 
-from benchlib import DATA, ROOT, STARDIST_SOURCES, images_of, machine, maps_at, segment_maps, summarise
+from benchlib import DATA, ROOT, STARDIST_SOURCES, haematoxylin, images_of, machine, maps_at, segment_maps, summarise
 
 SOURCES = (*STARDIST_SOURCES, "dsb_val", "dsb_all")
 
@@ -58,8 +58,9 @@ def score_source(predictor, source: str, scales: list, args) -> pd.DataFrame:
         if args.groups and group not in args.groups:
             continue
         truth_d = nucleus_diameters(sample.labels, drop_edge=False)
+        image = haematoxylin(sample.image) if args.input == "haematoxylin" else sample.image
         for scale in scales:
-            maps, used, seconds = maps_at(predictor, sample.image, image_id, scale)
+            maps, used, seconds = maps_at(predictor, image, image_id, scale)
             for method in args.methods if scale != "floor" else ["paper"]:
                 metrics = evaluate_image(sample.labels, segment_maps(maps, method))
                 rows.append(
@@ -100,6 +101,12 @@ def main() -> None:
         "--methods", nargs="+", choices=METHODS, default=["paper"], help="segment methods (border, seed: paper where the model lacks that head)"
     )
     parser.add_argument("--groups", nargs="+", default=None, help="only these image groups (e.g. histology with dsb_all: a group a model held out)")
+    parser.add_argument(
+        "--input",
+        choices=["image", "haematoxylin"],
+        default="image",
+        help="what is predicted (and what the floor thresholds): the image itself, or its haematoxylin channel (colour deconvolution; for stained images)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--limit", type=int, default=0, help="the first N images of each source (0: all)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the per-image scores here")
@@ -122,7 +129,7 @@ def main() -> None:
     scores = with_oracle(scores)
     if args.csv:
         scores.to_csv(args.csv, index=False)
-    print(f"model: {args.model}")
+    print(f"model: {args.model}" + (" (input: the haematoxylin channel)" if args.input == "haematoxylin" else ""))
     print(f"segment: default settings, method {' / '.join(args.methods)}; scale_used: median over the images; s_per_mp: predict, probe included")
     print(summarise(scores).to_string(float_format=lambda v: f"{v:.3f}"))
     print(f"scoring {time.perf_counter() - t0:.0f} s")

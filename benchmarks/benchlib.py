@@ -107,6 +107,20 @@ def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int, tr
         yield image_group(row.modality, sample.labels), row.image_id, sample
 
 
+def haematoxylin(image: np.ndarray) -> np.ndarray:
+    """A stained colour image's haematoxylin channel as a grey ``(H, W, 3) uint8`` image: the
+    haematoxylin optical density of colour deconvolution (:func:`skimage.color.rgb2hed`, Ruifrok
+    and Johnston's H&E-DAB vectors), its 1-99.8 percentiles stretched to 0..255. Nuclei come out
+    bright on a dark background, as in fluorescence (an experiment of BENCHMARKS.md, "A
+    haematoxylin channel for stained images held out")."""
+    from skimage.color import rgb2hed
+
+    h = rgb2hed(image[..., :3])[..., 0]
+    lo, hi = np.percentile(h, [1.0, 99.8])
+    grey = (np.clip((h - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
 def image_group(modality: str, labels: np.ndarray) -> str:
     """The challenge set's image groups: ``fluo_small`` / ``fluo_large`` (fluorescence whose
     nuclei's median diameter in the ground truth is under / at least :data:`LARGE` px), else
