@@ -53,8 +53,7 @@ SOURCES = (*STARDIST_SOURCES, "dsb_val", "dsb_all")
 
 def score_source(predictor, source: str, scales: list, args) -> pd.DataFrame:
     rows = []
-    trained_on = json.loads((args.model / "config.json").read_text()).get("datasets")  # older model folders do not record them
-    for group, image_id, sample in images_of(source, args.workdir, args.accuracy_workdir, args.limit, args.trained_in, trained_on):
+    for group, image_id, sample in images_of(source, args.workdir, args.accuracy_workdir, args.limit, args.trained_in, args.trained_on):
         if args.groups and group not in args.groups:
             continue
         truth_d = nucleus_diameters(sample.labels, drop_edge=False)
@@ -118,6 +117,7 @@ def main() -> None:
         "the sources the model folder records (config.json datasets), else every source that run preprocessed",
     )
     args = parser.parse_args()
+    args.trained_on = json.loads((args.model / "config.json").read_text()).get("datasets")  # older model folders do not record them
     logging.basicConfig(level=logging.WARNING)
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} not found: this benchmark needs ../shared/data beside the checkout")

@@ -96,15 +96,22 @@ def images_of(source: str, workdir: Path, accuracy_workdir: Path, limit: int, tr
         for image_id in ids:
             yield source, image_id, read_sample(dest, image_id, "stardist")
         return
-    index_csv = accuracy_workdir / "results" / "preprocessed" / "stage1_train_fixed" / "train_index.csv"
-    if not index_csv.is_file():
-        raise SystemExit(f"{index_csv} not found: run `python benchmarks/bench_accuracy.py` first (or leave dsb_val out of --sources)")
-    index = pd.read_csv(index_csv, dtype={"image_id": str})
+    index, dataset = challenge_index(accuracy_workdir)
     val = (index if source == "dsb_all" else index[index["split"] == "val"]).head(limit or None)
-    dataset = accuracy_workdir / "results" / "datasets" / "stage1_train_fixed"
     for row in val.itertuples():
         sample = read_sample(dataset, row.image_id)
         yield image_group(row.modality, sample.labels), row.image_id, sample
+
+
+def challenge_index(accuracy_workdir: Path) -> tuple[pd.DataFrame, Path]:
+    """The challenge set's preprocess index (image ids, modality guess, split) and its unpacked
+    dataset folder, from bench_accuracy.py's pipeline run in ``accuracy_workdir``."""
+    import pandas as pd
+
+    index_csv = accuracy_workdir / "results" / "preprocessed" / DATASET / "train_index.csv"
+    if not index_csv.is_file():
+        raise SystemExit(f"{index_csv} not found: run `python benchmarks/bench_accuracy.py` first (its --workdir)")
+    return pd.read_csv(index_csv, dtype={"image_id": str}), accuracy_workdir / "results" / "datasets" / DATASET
 
 
 def haematoxylin(image: np.ndarray) -> np.ndarray:
@@ -116,6 +123,7 @@ def haematoxylin(image: np.ndarray) -> np.ndarray:
     from skimage.color import rgb2hed
 
     h = rgb2hed(image[..., :3])[..., 0]
+    # in float64: nucseg.imageio's float32 stretch moves a few pixels by one grey level
     lo, hi = np.percentile(h, [1.0, 99.8])
     grey = (np.clip((h - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=2)

@@ -16,9 +16,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from benchlib import DATASET, ROOT, haematoxylin
+from benchlib import ROOT, challenge_index, haematoxylin
 
 
 def main() -> None:
@@ -32,15 +31,12 @@ def main() -> None:
     parser.add_argument("--accuracy-workdir", type=Path, default=ROOT / "results" / "accuracy", help=workdir_help)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "hed" / "dsb_histology_h")
     args = parser.parse_args()
-    index_csv = args.accuracy_workdir / "results" / "preprocessed" / DATASET / "train_index.csv"
-    if not index_csv.is_file():
-        raise SystemExit(f"{index_csv} not found: run `python benchmarks/bench_accuracy.py` first (its --workdir)")
-    index = pd.read_csv(index_csv, dtype={"image_id": str})
+    index, dataset = challenge_index(args.accuracy_workdir)
     ids = index.loc[index["modality"] == "histology", "image_id"].tolist()
     (args.out / "images").mkdir(parents=True, exist_ok=True)
     (args.out / "masks").mkdir(exist_ok=True)
     for image_id in ids:
-        sample = read_sample(args.accuracy_workdir / "results" / "datasets" / DATASET, image_id)
+        sample = read_sample(dataset, image_id)
         imsave(args.out / "images" / f"{image_id}.png", haematoxylin(sample.image)[..., 0], check_contrast=False)
         tifffile.imwrite(args.out / "masks" / f"{image_id}.tif", sample.labels.astype(np.uint16))
     print(f"{len(ids)} stained images as their haematoxylin channel in {args.out}")

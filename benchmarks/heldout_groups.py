@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
-from benchlib import DATASET, ROOT, image_group
+from benchlib import ROOT, challenge_index, image_group
 
 SAMPLE_IDS = ROOT / "resources" / "sample" / "sample_ids.txt"
 
@@ -32,11 +30,7 @@ def group_ids(accuracy_workdir: Path) -> dict[str, list[str]]:
     """Every image of the preprocessed challenge set, by group (``{group: [image ids]}``)."""
     from nucseg.datasets import read_sample
 
-    index_csv = accuracy_workdir / "results" / "preprocessed" / DATASET / "train_index.csv"
-    if not index_csv.is_file():
-        raise SystemExit(f"{index_csv} not found: run `python benchmarks/bench_accuracy.py` first (its --workdir)")
-    index = pd.read_csv(index_csv, dtype={"image_id": str})
-    dataset = accuracy_workdir / "results" / "datasets" / DATASET
+    index, dataset = challenge_index(accuracy_workdir)
     groups: dict[str, list[str]] = {}
     for row in index.itertuples():
         groups.setdefault(image_group(row.modality, read_sample(dataset, row.image_id).labels), []).append(row.image_id)
